@@ -1,0 +1,273 @@
+"""The one typed configuration of glossrec.
+
+Every default is the GLoSS paper's (reference-code) setting unless a comment beside it says what
+was measured to justify a change. TOML files in ``configs/`` override these defaults; the CLI
+overrides the files. Sections mirror the stages of the data flow.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from glossrec.errors import ConfigError
+
+PAPER_TEMPLATE = (
+    "Below is a customer's purchase history on Amazon, listed in chronological order "
+    "(earliest to latest). \n"
+    "Each item is represented by the following format: Title: <item title> \n"
+    "Based on this history, predict **only one** item the customer is most likely to purchase "
+    "next in the same format.\n"
+    "\n"
+    "### Purchase history:\n"
+    "{history}\n"
+    "\n"
+    "### Next item:\n"
+    "{target}"
+)
+
+EMBEDDED_LLM = "embedded:smollm2"
+EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in a TOML file must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: Path | None = None
+    """Dataset folder with items.jsonl[.gz] and sequences.jsonl[.gz]."""
+    title_words: int = Field(25, ge=1)
+    """Reference preprocessing caps titles at their first 25 words."""
+    item_format: str = "Title: {title}"
+    """How one item is written in prompts and indexed for retrieval. Other attributes of the
+    items file may be named, e.g. "Title: {title} | Brand: {brand}"."""
+
+
+class SplitConfig(_Section):
+    valid_fraction: float = Field(0.05, gt=0, lt=1)
+    seed: int = 42
+    min_length: int = Field(3, ge=3)
+    every_prefix: bool = False
+    """Paper: one training example per user. True emits every prefix (length >= 1) as well."""
+
+
+class PromptConfig(_Section):
+    template: str = PAPER_TEMPLATE
+    max_length: int = Field(1024, ge=32)
+    """Token budget of a training text; prompts are cut from the LEFT, whole items first."""
+
+    @field_validator("template")
+    @classmethod
+    def _has_fields(cls, v: str) -> str:
+        for name in ("{history}", "{target}"):
+            if name not in v:
+                raise ValueError(f"template must contain {name}")
+        if not v.endswith("{target}"):
+            raise ValueError("template must end with {target} (generation continues there)")
+        return v
+
+
+class ModelConfig(_Section):
+    name: str = EMBEDDED_LLM
+    """A hub name (meta-llama/Llama-3.2-1B), a local directory, or "embedded:smollm2"."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bf16 on CUDA, float32 weights on CPU (bf16 autocast is a train/generate option)."""
+    load_in_4bit: bool | None = None
+    """None: 4-bit NF4 (QLoRA, the paper) when CUDA and bitsandbytes are present."""
+    backend: Literal["hf", "unsloth"] = "hf"
+    cache_dir: Path | None = None
+    """Where the converted embedded model is cached; default ~/.cache/glossrec."""
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    ]
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(300, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(3, ge=1)
+    seed: int = 3407
+    loss: Literal["full", "target"] = "full"
+    """Paper: causal-LM loss over the whole text. "target": only the next-item tokens + EOS."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (CPU budgets); None = the epochs."""
+    max_examples: int | None = Field(None, ge=1)
+    """Train on a reproducible random subset of this many examples; None = all."""
+    max_valid_examples: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    """Validate every N optimizer steps instead of every epoch (long CPU epochs)."""
+    save_steps: int = Field(50, ge=1)
+    """Checkpoint (adapter + optimizer) every N optimizer steps so a killed run resumes."""
+    bf16: bool | None = None
+    """None: bf16 on CUDA; on CPU, bf16 autocast (measured ~1.6x faster than fp32 here)."""
+    optim: str | None = None
+    """None: paged 8-bit AdamW on CUDA (paper), torch AdamW on CPU."""
+
+
+class GenerateConfig(_Section):
+    num_beams: int = Field(5, ge=1)
+    num_return: int = Field(5, ge=1)
+    max_new_tokens: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "vllm"] = "hf"
+    bf16: bool = False
+    """CPU bf16 generation is faster but may change some beams; fp32 is the exact default."""
+    max_users: int | None = Field(None, ge=1)
+
+    @field_validator("num_return")
+    @classmethod
+    def _return_le_beams(cls, v: int, info: Any) -> int:
+        beams = info.data.get("num_beams", 5)
+        if v > beams:
+            raise ValueError(f"num_return ({v}) cannot exceed num_beams ({beams})")
+        return v
+
+
+class RetrieveConfig(_Section):
+    retriever: Literal["dense", "bm25"] = "dense"
+    encoder: str = EMBEDDED_ENCODER
+    """Sentence-transformers name or path; the paper used intfloat/e5-small-v2 (hub)."""
+    e5_prefixes: bool = False
+    """Add "query: "/"passage: " (e5 training format). Off = the reference code."""
+    faiss: bool = False
+    """Use a FAISS inner-product index for dense search (large catalogs)."""
+    encode_batch_size: int = Field(256, ge=1)
+    bm25_stopwords: str | None = "en"
+    bm25_stemmer: str | None = None
+    bm25_method: str = "lucene"
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    ranking: Literal["paper", "max", "rrf"] = "paper"
+    """paper: top-1 item per text ordered by score; max/rrf: top-k per text fused."""
+    per_text_k: int = Field(20, ge=1)
+    """Hits per text for the max/rrf fusions."""
+    rrf_k: int = Field(60, ge=1)
+    exclude_history: bool = False
+    """Paper: items already in the history stay rankable."""
+
+
+class EvalConfig(_Section):
+    split: Literal["test", "valid"] = "test"
+    cutoffs: list[int] = [5, 10, 20]
+    users: int | None = Field(None, ge=1)
+    """Evaluate a reproducible random sample of this many users; None = all."""
+    user_seed: int = 0
+    cold_max: int = Field(5, ge=1)
+    power_min: int | None = None
+    """Users with n > power_min are power users. None: the paper's h for a known dataset
+    (beauty 14, toys 13, sports 13), else the 90th percentile of lengths (the paper's ~10%)."""
+
+
+class RunConfig(_Section):
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    prompt: PromptConfig = PromptConfig()
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    retrieve: RetrieveConfig = RetrieveConfig()
+    evaluate: EvalConfig = EvalConfig()
+    out: Path | None = None
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"{loc}: {e['msg']}")
+    return f"{source}: invalid config: " + "; ".join(parts)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults < TOML file < overrides ({"train": {"max_steps": 10}} or dotted keys)."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        # Relative data/out paths in a config file are relative to the file.
+        for section, key in (("data", "path"), (None, "out")):
+            holder = raw.get(section, {}) if section else raw
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                val = Path(holder[key]).expanduser()
+                if not val.is_absolute():
+                    holder[key] = str((p.parent / val).resolve())
+    if overrides:
+        nested: dict[str, Any] = {}
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if "." in k:
+                sec, key = k.split(".", 1)
+                nested.setdefault(sec, {})[key] = v
+            elif isinstance(v, dict):
+                nested[k] = _merge(nested.get(k, {}), v)
+            else:
+                nested[k] = v
+        raw = _merge(raw, nested)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    """Serialize a resolved config (None values are omitted: TOML has no null)."""
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    lines: list[str] = []
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for k, v in top.items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    for sec, vals in data.items():
+        if not isinstance(vals, dict):
+            continue
+        lines.append(f"\n[{sec}]")
+        for k, v in vals.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -1,0 +1,215 @@
+"""Datasets: a catalog of titled items and users' chronological item sequences.
+
+A dataset is a folder with two files (plain or gzipped JSON lines):
+
+- ``items.jsonl[.gz]``: ``{"item_id": str, "title": str | null, ...other attributes}``
+- ``sequences.jsonl[.gz]``: ``{"user_id": str, "items": [item_id, ...]}`` oldest first.
+
+Loading applies the GLoSS protocol: items without a title are dropped from the catalog and from
+every sequence (a counted, reported skip), and users left with no item are dropped. Users with
+fewer than 3 items are kept here because the validation-user rule samples from them too
+(:mod:`glossrec.splits` filters them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glossrec.errors import DataError
+from glossrec.io import iter_jsonl
+
+_WS = re.compile(r"\s+")
+
+__all__ = ["Catalog", "Dataset", "LoadReport", "load_dataset", "find_file", "clean_title"]
+
+
+def clean_title(title: str, max_words: int = 25) -> str:
+    """Collapse whitespace and keep the first `max_words` words (the reference preprocessing)."""
+    return " ".join(_WS.split(title.strip())[:max_words])
+
+
+class _FormatDict(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+@dataclass
+class Catalog:
+    """Item ids <-> dense indices, and the one place where an item becomes text."""
+
+    ids: list[str]
+    titles: list[str]
+    attrs: list[dict[str, Any]] = field(default_factory=list)
+    item_format: str = "Title: {title}"
+    title_words: int = 25
+
+    def __post_init__(self) -> None:
+        if not self.attrs:
+            self.attrs = [{} for _ in self.ids]
+        self.index: dict[str, int] = {iid: i for i, iid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.index
+
+    def text(self, i: int) -> str:
+        return self.format_item(self.titles[i], self.attrs[i])
+
+    def format_item(self, title: str, attrs: dict[str, Any] | None = None) -> str:
+        """Serialize one item; also used for free titles of items the catalog does not know."""
+        values = _FormatDict({k: _attr_str(v) for k, v in (attrs or {}).items()})
+        values["title"] = clean_title(title, self.title_words)
+        return self.item_format.format_map(values)
+
+    def texts(self) -> list[str]:
+        return [self.text(i) for i in range(len(self.ids))]
+
+    def indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self.index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+
+def _attr_str(v: Any) -> str:
+    if isinstance(v, list):
+        flat: list[str] = []
+        for x in v:
+            flat.extend(x if isinstance(x, list) else [x])
+        return ", ".join(str(x) for x in flat)
+    return "" if v is None else str(v)
+
+
+@dataclass
+class LoadReport:
+    """What loading skipped under the GLoSS protocol, so nothing is dropped silently."""
+
+    untitled_items: list[str] = field(default_factory=list)
+    dropped_interactions: int = 0
+    dropped_users: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.untitled_items:
+            ex = ", ".join(self.untitled_items[:5])
+            out.append(f"skipped {len(self.untitled_items)} items without a title ({ex}{', ...' if len(self.untitled_items) > 5 else ''})")
+        if self.dropped_interactions:
+            out.append(f"dropped {self.dropped_interactions} interactions with untitled items")
+        if self.dropped_users:
+            out.append(f"dropped {len(self.dropped_users)} users left with no titled item")
+        return out
+
+
+@dataclass
+class Dataset:
+    name: str
+    catalog: Catalog
+    users: list[str]
+    sequences: list[np.ndarray]
+    """Catalog indices per user, oldest first (int64)."""
+    report: LoadReport = field(default_factory=LoadReport)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.user_index = {u: i for i, u in enumerate(self.users)}
+
+    @property
+    def n_interactions(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    def stats(self, min_length: int = 3) -> dict[str, float]:
+        seqs = [s for s in self.sequences if len(s) >= min_length]
+        n = sum(len(s) for s in seqs)
+        return {"users": len(seqs), "items": len(self.catalog), "interactions": n,
+                "mean_length": round(n / max(len(seqs), 1), 2)}
+
+
+def find_file(folder: Path, stem: str) -> Path:
+    for name in (f"{stem}.jsonl.gz", f"{stem}.jsonl"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"no {stem}.jsonl or {stem}.jsonl.gz in this folder", folder)
+
+
+def _require_str(obj: dict[str, Any], key: str, path: Path, line: int) -> str:
+    if key not in obj:
+        raise DataError("missing", path, line, key)
+    v = obj[key]
+    if not isinstance(v, str) or not v.strip():
+        raise DataError(f"must be a non-empty string, got {v!r}", path, line, key)
+    return v
+
+
+def load_dataset(path: str | Path, item_format: str = "Title: {title}",
+                 title_words: int = 25) -> Dataset:
+    """Load and validate a dataset folder; errors name the file, line and field."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError("dataset folder not found", folder)
+    items_path = find_file(folder, "items")
+    seq_path = find_file(folder, "sequences")
+    report = LoadReport()
+
+    ids: list[str] = []
+    titles: list[str] = []
+    attrs: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    untitled: set[str] = set()
+    for line, obj in iter_jsonl(items_path):
+        iid = _require_str(obj, "item_id", items_path, line)
+        if iid in seen or iid in untitled:
+            first = seen.get(iid, "an earlier line")
+            raise DataError(f"duplicate item_id {iid!r} (first on line {first})", items_path, line, "item_id")
+        title = obj.get("title")
+        if title is not None and not isinstance(title, str):
+            raise DataError(f"must be a string or null, got {type(title).__name__}", items_path, line, "title")
+        if title is None or not title.strip():
+            # The paper drops untitled items: a counted, reported skip, not an error.
+            untitled.add(iid)
+            report.untitled_items.append(iid)
+            continue
+        seen[iid] = line
+        ids.append(iid)
+        titles.append(title)
+        attrs.append({k: v for k, v in obj.items() if k not in ("item_id", "title")})
+    if not ids and not untitled:
+        raise DataError("no items (empty file)", items_path)
+    if not ids:
+        raise DataError("no item has a title", items_path)
+    catalog = Catalog(ids, titles, attrs, item_format=item_format, title_words=title_words)
+
+    users: list[str] = []
+    seqs: list[np.ndarray] = []
+    user_seen: dict[str, int] = {}
+    index = catalog.index
+    for line, obj in iter_jsonl(seq_path):
+        uid = _require_str(obj, "user_id", seq_path, line)
+        if uid in user_seen:
+            raise DataError(f"duplicate user_id {uid!r} (first on line {user_seen[uid]})", seq_path, line, "user_id")
+        user_seen[uid] = line
+        items = obj.get("items")
+        if not isinstance(items, list):
+            raise DataError(f"must be a list of item ids, got {type(items).__name__}", seq_path, line, "items")
+        kept: list[int] = []
+        for pos, iid in enumerate(items):
+            j = index.get(iid) if isinstance(iid, str) else None
+            if j is not None:
+                kept.append(j)
+            elif isinstance(iid, str) and iid in untitled:
+                report.dropped_interactions += 1
+            else:
+                raise DataError(f"unknown item id {iid!r} at position {pos} (not in {items_path.name})",
+                                seq_path, line, "items")
+        if not kept:
+            report.dropped_users.append(uid)
+            continue
+        users.append(uid)
+        seqs.append(np.asarray(kept, dtype=np.int64))
+    if not user_seen:
+        raise DataError("no users (empty file)", seq_path)
+    return Dataset(folder.name, catalog, users, seqs, report, folder)
