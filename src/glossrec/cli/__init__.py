@@ -1,0 +1,44 @@
+"""Thin command-line layer: parse options, call the stages, print one-line errors.
+
+Each command group lives in its own module and registers itself on :data:`app`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from glossrec.cli.app import app
+from glossrec.errors import GlossrecError
+
+# Importing registers the commands.
+from glossrec.cli import data as _data  # noqa: F401,E402
+from glossrec.cli import retrieval as _retrieval  # noqa: F401,E402
+from glossrec.cli import train as _train  # noqa: F401,E402
+from glossrec.cli import generate as _generate  # noqa: F401,E402
+from glossrec.cli import run as _run  # noqa: F401,E402
+from glossrec.cli import serve as _serve  # noqa: F401,E402
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console entry point: user errors become one readable line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except GlossrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise

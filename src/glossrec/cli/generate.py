@@ -1,0 +1,5 @@
+"""CLI commands: generate."""
+
+from __future__ import annotations
+
+from glossrec.cli.app import app  # noqa: F401
