@@ -19,3 +19,8 @@ def version() -> None:
     from glossrec import __version__
 
     typer.echo(__version__)
+
+
+@app.callback()
+def _root() -> None:
+    """Generative sequential recommendation with semantic search (GLoSS)."""
