@@ -128,6 +128,10 @@ class GenerateConfig(_Section):
     bf16: bool = False
     """CPU bf16 generation is faster but may change some beams; fp32 is the exact default."""
     max_users: int | None = Field(None, ge=1)
+    stop_at_newline: bool = False
+    """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline
+    (only the first line is kept anyway): faster, but beams are scored on their first line alone,
+    so some texts differ from the paper setting (see bench/generation.py)."""
 
     @field_validator("num_return")
     @classmethod

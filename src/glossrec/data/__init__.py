@@ -1,14 +1,32 @@
 """Datasets: a catalog of titled items and users' chronological item sequences.
 
-A dataset is a folder with two files (plain or gzipped JSON lines):
+The dataset folder format
+-------------------------
+A dataset is a folder with two files, each plain (``.jsonl``) or gzipped (``.jsonl.gz``) JSON
+lines, UTF-8, one object per line (blank lines are ignored):
 
-- ``items.jsonl[.gz]``: ``{"item_id": str, "title": str | null, ...other attributes}``
-- ``sequences.jsonl[.gz]``: ``{"user_id": str, "items": [item_id, ...]}`` oldest first.
+- ``items.jsonl[.gz]``: ``{"item_id": str, "title": str | null, ...other attributes}``.
+  ``item_id`` is a non-empty string, unique in the file. ``title`` is the item's text as it is
+  in the source (HTML entities kept); ``null``, an empty string or a missing ``title`` marks an
+  untitled item. Any other keys (``brand``, ``categories``, ``price``, ...) are attributes that
+  ``data.item_format`` may name (``"Title: {title} | Brand: {brand}"``).
+- ``sequences.jsonl[.gz]``: ``{"user_id": str, "items": [item_id, ...]}``, one line per user
+  (unique), items in chronological order, oldest first; every id must be in the items file
+  (repeats are allowed: a user may buy an item twice).
+
+This is the format of ``../shared/data/amazon2014/{beauty,toys,sports}``. The importers write it:
+:mod:`glossrec.data.amazon` (raw Amazon 2014 review + metadata files, ``glossrec data import
+amazon``), :mod:`glossrec.data.csv_import` (your own interactions + items CSV files, ``glossrec
+data import csv``), and :mod:`glossrec.data.fetch` (``glossrec data fetch``) downloads the raw
+Amazon files first. :mod:`glossrec.data.sample` draws a reproducible user sample of a folder.
+See docs/data-format.md.
 
 Loading applies the GLoSS protocol: items without a title are dropped from the catalog and from
 every sequence (a counted, reported skip), and users left with no item are dropped. Users with
 fewer than 3 items are kept here because the validation-user rule samples from them too
-(:mod:`glossrec.splits` filters them).
+(:mod:`glossrec.splits` filters them). Anything else malformed (bad JSON, a truncated gzip file,
+a missing or mistyped field, a duplicate id, an unknown item in a sequence, an empty file) is a
+:class:`~glossrec.errors.DataError` naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -162,9 +180,9 @@ def load_dataset(path: str | Path, item_format: str = "Title: {title}",
     untitled: set[str] = set()
     for line, obj in iter_jsonl(items_path):
         iid = _require_str(obj, "item_id", items_path, line)
-        if iid in seen or iid in untitled:
-            first = seen.get(iid, "an earlier line")
-            raise DataError(f"duplicate item_id {iid!r} (first on line {first})", items_path, line, "item_id")
+        if iid in seen:
+            raise DataError(f"duplicate item_id {iid!r} (first on line {seen[iid]})", items_path, line, "item_id")
+        seen[iid] = line
         title = obj.get("title")
         if title is not None and not isinstance(title, str):
             raise DataError(f"must be a string or null, got {type(title).__name__}", items_path, line, "title")
@@ -173,7 +191,6 @@ def load_dataset(path: str | Path, item_format: str = "Title: {title}",
             untitled.add(iid)
             report.untitled_items.append(iid)
             continue
-        seen[iid] = line
         ids.append(iid)
         titles.append(title)
         attrs.append({k: v for k, v in obj.items() if k not in ("item_id", "title")})
@@ -192,15 +209,20 @@ def load_dataset(path: str | Path, item_format: str = "Title: {title}",
         if uid in user_seen:
             raise DataError(f"duplicate user_id {uid!r} (first on line {user_seen[uid]})", seq_path, line, "user_id")
         user_seen[uid] = line
-        items = obj.get("items")
+        if "items" not in obj:
+            raise DataError("missing", seq_path, line, "items")
+        items = obj["items"]
         if not isinstance(items, list):
             raise DataError(f"must be a list of item ids, got {type(items).__name__}", seq_path, line, "items")
         kept: list[int] = []
         for pos, iid in enumerate(items):
-            j = index.get(iid) if isinstance(iid, str) else None
+            if not isinstance(iid, str):
+                raise DataError(f"item ids must be strings, got {type(iid).__name__} {iid!r} at "
+                                f"position {pos}", seq_path, line, "items")
+            j = index.get(iid)
             if j is not None:
                 kept.append(j)
-            elif isinstance(iid, str) and iid in untitled:
+            elif iid in untitled:
                 report.dropped_interactions += 1
             else:
                 raise DataError(f"unknown item id {iid!r} at position {pos} (not in {items_path.name})",

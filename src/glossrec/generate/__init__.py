@@ -1,0 +1,202 @@
+"""Generation: prompts in, several candidate next-item texts per prompt out.
+
+Two backends sit behind one :class:`Generator` protocol: :class:`~glossrec.generate.hf.HFGenerator`
+(transformers beam search; CPU or GPU) and :class:`~glossrec.generate.vllm.VLLMGenerator` (vLLM
+beam search; GPU). Both post-process with :func:`postprocess`, so a text means the same thing
+whichever backend made it. :func:`generate_to_file` writes results as it goes and resumes after a
+kill. Importing this package does not import torch: the CLI starts fast and the backends load
+only when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from glossrec.errors import DataError
+from glossrec.io import atomic_write
+
+if TYPE_CHECKING:
+    from glossrec.config import RunConfig
+
+__all__ = [
+    "Generator", "postprocess", "make_generator", "generate_to_file", "read_generations",
+    "HFGenerator", "VLLMGenerator",
+]
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that turns prompts into `num_return` candidate texts each, in input order."""
+
+    def generate(self, prompts: list[str]) -> list[list[str]]: ...
+
+
+def postprocess(text: str) -> str:
+    """The first item line of a continuation, stripped.
+
+    The model continues after "### Next item:\\n"; a fine-tuned model writes one "Title: ..."
+    line then EOS, an untrained one rambles on. Only the first non-empty line is an item, and
+    retrieval must not see the rest. Leading blank lines are skipped; an empty continuation
+    gives "".
+    """
+    return _NEWLINE.split(text.lstrip(), maxsplit=1)[0].strip()
+
+
+def make_generator(cfg: RunConfig, adapter_dir: Path | None) -> Generator:
+    """The configured backend, with the base model and (optionally) a LoRA adapter loaded."""
+    max_prompt = max(1, cfg.prompt.max_length - cfg.generate.max_new_tokens)
+    if cfg.generate.backend == "vllm":
+        from glossrec.generate.vllm import VLLMGenerator
+        from glossrec.models import resolve_model_path
+
+        return VLLMGenerator(str(resolve_model_path(cfg.model)), adapter_dir, cfg.generate,
+                             max_prompt_tokens=max_prompt)
+    from glossrec.generate.hf import HFGenerator
+    from glossrec.models import load_model
+
+    model, tokenizer = load_model(cfg.model, adapter_dir=adapter_dir, trainable=False)
+    return HFGenerator(model, tokenizer, cfg.generate, max_prompt_tokens=max_prompt)
+
+
+def __getattr__(name: str) -> Any:
+    # The backends import torch (or vllm): load them on first use only.
+    if name == "HFGenerator":
+        from glossrec.generate.hf import HFGenerator
+
+        return HFGenerator
+    if name == "VLLMGenerator":
+        from glossrec.generate.vllm import VLLMGenerator
+
+        return VLLMGenerator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- resumable output file ------------------------------------------------------------------
+
+
+@dataclass
+class _Existing:
+    done: dict[str, list[str]]
+    good_bytes: int
+    """Length of the file's prefix made of complete lines; anything after it is a torn write."""
+
+
+def _scan(path: Path) -> _Existing:
+    """Read the complete lines of a generations file; a torn last line is reported, not parsed."""
+    done: dict[str, list[str]] = {}
+    good = 0
+    if not path.exists():
+        return _Existing(done, 0)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # Everything before the last "\n" is complete; what follows it (if anything) is torn.
+    complete, _tail = lines[:-1], lines[-1]
+    for lineno, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            good += len(raw) + 1
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if lineno == len(complete):
+                break  # a broken final line is a torn write too: cut it off with the tail
+            raise DataError("not valid JSON (a corrupt generations file; delete it to start over)",
+                            path, lineno) from None
+        uid = obj.get("user_id") if isinstance(obj, dict) else None
+        texts = obj.get("texts") if isinstance(obj, dict) else None
+        if not isinstance(uid, str) or not isinstance(texts, list):
+            raise DataError("expected {\"user_id\": str, \"texts\": [str, ...]}", path, lineno)
+        if uid in done:
+            raise DataError(f"user {uid!r} appears twice", path, lineno, "user_id")
+        done[uid] = [str(t) for t in texts]
+        good += len(raw) + 1
+    return _Existing(done, good)
+
+
+def _batches(items: Sequence[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def _line(user_id: str, texts: list[str]) -> str:
+    return json.dumps({"user_id": user_id, "texts": texts}, ensure_ascii=False) + "\n"
+
+
+def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_path: Path,
+                     batch_size: int, show_progress: bool = True) -> Path:
+    """Generate for (user_id, prompt) pairs, appending one JSON line per user as it goes.
+
+    A killed run loses at most the batch in flight: each batch is flushed and fsynced, and on
+    restart users already in the file are skipped and a torn last line is cut off. Pending
+    users are processed shortest prompt first so that each batch pads little; when every user
+    is done the file is rewritten (atomically) in the order of `items`, so the result does not
+    depend on where a run was interrupted.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    out_path = Path(out_path)
+    ids = [uid for uid, _ in items]
+    if len(set(ids)) != len(ids):
+        dup = next(u for i, u in enumerate(ids) if u in ids[:i])
+        raise ValueError(f"user {dup!r} is listed twice")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    existing = _scan(out_path)
+    if out_path.exists() and out_path.stat().st_size != existing.good_bytes:
+        with open(out_path, "r+b") as f:
+            f.truncate(existing.good_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+    done = existing.done
+    pending = [(uid, p) for uid, p in items if uid not in done]
+    # Characters are a good enough proxy for tokens to group similar lengths.
+    pending.sort(key=lambda it: len(it[1]))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="user",
+               desc="generate", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        with open(out_path, "a", encoding="utf-8") as f:
+            for batch in _batches(pending, batch_size):
+                texts = generator.generate([p for _, p in batch])
+                if len(texts) != len(batch):
+                    raise RuntimeError(f"generator returned {len(texts)} results for {len(batch)} prompts")
+                for (uid, _), t in zip(batch, texts):
+                    f.write(_line(uid, t))
+                    done[uid] = t
+                f.flush()
+                os.fsync(f.fileno())
+                bar.update(len(batch))
+    finally:
+        bar.close()
+    _reorder(out_path, ids, done)
+    return out_path
+
+
+def _reorder(path: Path, order: list[str], done: dict[str, list[str]]) -> None:
+    """Rewrite the file in `order` (users not in `order` kept after, in file order)."""
+    current = list(done)
+    known = set(order)
+    wanted = order + [u for u in current if u not in known]
+    if current == wanted:
+        return
+    with atomic_write(path) as f:
+        for uid in wanted:
+            f.write(_line(uid, done[uid]))
+
+
+def read_generations(path: Path) -> dict[str, list[str]]:
+    """user_id -> texts of a generations file (complete lines only; a torn last line is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", path)
+    return _scan(path).done

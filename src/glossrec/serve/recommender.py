@@ -1,0 +1,388 @@
+"""The Python API: a history in, ranked catalog items out, on a catalog that changes live.
+
+Two modes share one path: LIS (the query is the last history item's text) and LM (a prompt of
+the history texts is continued by the fine-tuned model into several candidate titles, each is
+searched, and the hits are fused). Requests are handled in batches (:meth:`recommend_many`) so a
+server can send many users' prompts to the model in one generate call.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+
+from glossrec.config import RunConfig, config_to_toml, load_config
+from glossrec.errors import ConfigError, DataError, GlossrecError
+from glossrec.io import atomic_write
+from glossrec.retrieve.ranking import fuse
+from glossrec.serve.store import (
+    ItemRecord, LiveCatalog, RetrieverLoader, UnknownItemsError, WriteResult, is_live_catalog,
+)
+
+Mode = Literal["lis", "lm"]
+Ranking = Literal["paper", "max", "rrf"]
+GenerateFn = Callable[[list[str]], list[list[str]]]
+
+INDEX_DIR = "index"
+ADAPTER_DIR = "adapter"
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One past item: a catalog id, or a free title for an item the catalog does not know.
+
+    With both, the catalog's text is used when it knows the id and the title otherwise (a cart
+    from another shop whose ids are foreign).
+    """
+
+    item_id: str | None = None
+    title: str | None = None
+
+    @classmethod
+    def parse(cls, value: HistoryInput, position: int = 0) -> HistoryEntry:
+        if isinstance(value, HistoryEntry):
+            entry = value
+        elif isinstance(value, str):
+            entry = cls(item_id=value)
+        elif isinstance(value, Mapping):
+            extra = set(value) - {"item_id", "title"}
+            if extra:
+                raise DataError(f"history entry {position}: unknown keys {sorted(extra)} "
+                                "(use item_id and/or title)")
+            entry = cls(value.get("item_id"), value.get("title"))
+        else:
+            raise DataError(f"history entry {position}: expected an item id or an object with "
+                            f"item_id/title, got {type(value).__name__}")
+        for name in ("item_id", "title"):
+            v = getattr(entry, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise DataError(f"history entry {position}: {name} must be a non-empty string")
+        if entry.item_id is None and entry.title is None:
+            raise DataError(f"history entry {position}: needs an item_id or a title")
+        return entry
+
+
+HistoryInput = Union[str, HistoryEntry, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    rank: int
+    item_id: str
+    title: str
+    score: float
+    queries: tuple[str, ...]
+    """The query texts (generated titles, or the last item's text in LIS) that found it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "item_id": self.item_id, "title": self.title,
+                "score": self.score, "queries": list(self.queries)}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: list[RecommendedItem]
+    queries: list[str]
+    """Every query text used, in order (beam order in LM mode)."""
+    mode: Mode
+    catalog_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": [i.to_json() for i in self.items], "queries": self.queries,
+                "mode": self.mode, "catalog_version": self.catalog_version}
+
+
+@dataclass(frozen=True)
+class Request:
+    history: Sequence[HistoryInput]
+    k: int = 10
+    exclude_history: bool = True
+
+
+@dataclass
+class _Resolved:
+    ids: list[str]
+    """History ids the catalog holds (to exclude)."""
+    texts: list[str]
+    """Item text of every history entry, oldest first."""
+    k: int
+    exclude: bool
+    queries: list[str] = field(default_factory=list)
+
+
+def _as_generate_fn(gen: Any) -> GenerateFn:
+    if gen is None:
+        raise ConfigError("LM mode needs a generator")
+    if hasattr(gen, "generate"):
+        return gen.generate
+    if callable(gen):
+        return gen
+    raise ConfigError(f"not a generator: {type(gen).__name__}")
+
+
+def _render_prompt(history_texts: list[str], cfg: RunConfig) -> str:
+    try:
+        from glossrec.prompts import render
+    except ImportError:  # pragma: no cover - the prompts module is always there in a release
+        return cfg.prompt.template.format(history="\n".join(history_texts), target="")
+    return render(history_texts, None, cfg.prompt.template)
+
+
+def adapter_path(run_dir: Path) -> Path | None:
+    """The run's trained LoRA adapter, if training has finished."""
+    adir = run_dir / ADAPTER_DIR
+    return adir if (adir / "adapter_config.json").is_file() else None
+
+
+class Recommender:
+    """Recommendations from a live catalog, in LIS mode or LM (GLoSS) mode."""
+
+    def __init__(self, catalog: LiveCatalog, config: RunConfig | None = None,
+                 generator: Any = None, mode: Mode | None = None,
+                 ranking: Ranking | None = None) -> None:
+        self.catalog = catalog
+        self.config = config or RunConfig()
+        self.mode: Mode = mode or ("lm" if generator is not None else "lis")
+        self._generate = _as_generate_fn(generator) if self.mode == "lm" else None
+        self.ranking: Ranking = ranking or self.config.retrieve.ranking
+        self.generate_calls = 0
+        """How many times the model was called (batching makes it fewer than requests)."""
+        self._tmpdir: Path | None = None
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, mode: Literal["auto", "lis", "lm"] = "auto",
+                 generator: Any = None, ranking: Ranking | None = None,
+                 loader: RetrieverLoader | None = None) -> Recommender:
+        """Serve a run directory: its config, live catalog (built from the dataset on first use)
+        and, in LM mode, its adapter. auto = LM when the run has a trained adapter, else LIS."""
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); make one with "
+                              "`glossrec index --data DIR --out RUN_DIR`")
+        cfg = load_config(cfg_path)
+        catalog = open_or_build_catalog(run_dir, cfg, loader)
+        adapter = adapter_path(run_dir)
+        chosen: Mode = ("lm" if adapter is not None else "lis") if mode == "auto" else mode
+        if chosen == "lm" and generator is None:
+            from glossrec.generate import make_generator
+
+            generator = make_generator(cfg, adapter)
+        return cls(catalog, cfg, generator, chosen, ranking)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, run_dir: str | Path, mode: Literal["auto", "lis", "lm"] = "auto",
+                    generator: Any = None, ranking: Ranking | None = None) -> Recommender:
+        """Write `cfg` as the run's config (if it has none yet) and serve that run."""
+        run_dir = Path(run_dir)
+        if not (run_dir / CONFIG_FILE).is_file():
+            write_config(run_dir, cfg)
+        return cls.from_run(run_dir, mode, generator, ranking)
+
+    @classmethod
+    def from_dataset(cls, path: str | Path, retriever: Literal["bm25", "dense"] = "bm25",
+                     out: str | Path | None = None, encoder: str | None = None,
+                     ranking: Ranking | None = None) -> Recommender:
+        """LIS-only recommendations over a dataset's catalog, no model needed.
+
+        `out` keeps the run directory (config + live catalog) for later; by default it lives in
+        a temporary folder removed by :meth:`close`.
+        """
+        tmp = None
+        if out is None:
+            tmp = Path(tempfile.mkdtemp(prefix="glossrec-"))
+            out = tmp / "run"
+        run_dir = make_index_run(path, retriever, out, encoder=encoder)
+        rec = cls.from_run(run_dir, mode="lis", ranking=ranking)
+        rec._tmpdir = tmp
+        return rec
+
+    def close(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Recommender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- catalog ------------------------------------------------------------------------------
+
+    def add_items(self, items: Sequence[ItemRecord | Mapping[str, Any]]) -> WriteResult:
+        """Add (or replace) items; the next request can return them."""
+        recs = [i if isinstance(i, ItemRecord) else ItemRecord.from_json(i) for i in items]
+        return self.catalog.add(recs)
+
+    def remove_items(self, item_ids: Sequence[str]) -> WriteResult:
+        """Remove items; no later request returns them."""
+        return self.catalog.remove(list(item_ids))
+
+    def get_item(self, item_id: str) -> ItemRecord:
+        self.catalog.refresh()
+        rec = self.catalog.get(item_id)
+        if rec is None:
+            raise UnknownItemsError([item_id], "unknown item id")
+        return rec
+
+    # ---- recommending -------------------------------------------------------------------------
+
+    def recommend(self, history: Sequence[HistoryInput], k: int = 10,
+                  exclude_history: bool = True) -> Recommendation:
+        """Top-k items for one history (ids, {"item_id"}/{"title"} objects, oldest first)."""
+        out = self.recommend_many([Request(history, k, exclude_history)])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def recommend_many(self, requests: Sequence[Request]) -> list[Recommendation | GlossrecError]:
+        """Many requests at once: one generate call, one search call. A request's own error
+        (unknown ids, empty history) is returned in its slot and does not fail the others."""
+        self.catalog.refresh()
+        results: list[Recommendation | GlossrecError | None] = [None] * len(requests)
+        todo: list[tuple[int, _Resolved]] = []
+        for n, req in enumerate(requests):
+            try:
+                todo.append((n, self._resolve(req)))
+            except GlossrecError as e:
+                results[n] = e
+        if todo:
+            self._set_queries([r for _, r in todo])
+            for (n, _), rec in zip(todo, self._search([r for _, r in todo])):
+                results[n] = rec
+        return results  # type: ignore[return-value]
+
+    def _resolve(self, req: Request) -> _Resolved:
+        if not isinstance(req.k, int) or isinstance(req.k, bool) or req.k < 1:
+            raise DataError(f"k must be a positive integer, got {req.k!r}")
+        if isinstance(req.history, (str, bytes)) or not isinstance(req.history, Sequence):
+            raise DataError("history must be a list of items, oldest first")
+        if not req.history:
+            raise DataError("history is empty: give at least one item id or title")
+        entries = [HistoryEntry.parse(h, p) for p, h in enumerate(req.history)]
+        ids: list[str] = []
+        texts: list[str] = []
+        unknown: list[str] = []
+        cat = self.catalog
+        with cat.locked():
+            for e in entries:
+                rec = cat.get(e.item_id) if e.item_id is not None else None
+                if rec is not None:
+                    ids.append(rec.item_id)
+                    texts.append(cat.text_of(rec))
+                elif e.title is not None:
+                    texts.append(cat.format_title(e.title))
+                else:
+                    unknown.append(e.item_id)  # type: ignore[arg-type]
+        if unknown:
+            raise UnknownItemsError(list(dict.fromkeys(unknown)))
+        return _Resolved(ids, texts, req.k, bool(req.exclude_history))
+
+    def _set_queries(self, todo: list[_Resolved]) -> None:
+        if self.mode == "lis":
+            for r in todo:
+                r.queries = [r.texts[-1]]
+            return
+        assert self._generate is not None
+        prompts = [_render_prompt(r.texts, self.config) for r in todo]
+        self.generate_calls += 1
+        outs = self._generate(prompts)
+        if len(outs) != len(prompts):
+            raise RuntimeError(f"generator returned {len(outs)} results for {len(prompts)} prompts")
+        for r, texts in zip(todo, outs):
+            kept = [t.strip() for t in texts if t and t.strip()]
+            # An all-empty generation would rank nothing; the last item's text is the best query left.
+            r.queries = kept or [r.texts[-1]]
+
+    def _search(self, todo: list[_Resolved]) -> list[Recommendation]:
+        rows: list[str] = []
+        owners: list[int] = []
+        for n, r in enumerate(todo):
+            rows.extend(r.queries)
+            owners.extend([n] * len(r.queries))
+        max_k = max(r.k for r in todo)
+        if self.mode == "lis":
+            width = max_k
+        elif self.ranking == "paper":
+            width = 1
+        else:
+            width = max(self.config.retrieve.per_text_k, max_k)
+        cat = self.catalog
+        out: list[Recommendation] = []
+        with cat.locked():
+            width = max(1, min(width, len(cat)))
+            exclude = [cat.positions(todo[o].ids) if todo[o].exclude else np.zeros(0, np.int64)
+                       for o in owners]
+            pos, scores = cat.retriever.search(rows, width, exclude=exclude)
+            start = 0
+            for r in todo:
+                stop = start + len(r.queries)
+                hp, hs = pos[start:stop], scores[start:stop]
+                if self.mode == "lis":
+                    items, sc = hp[0][hp[0] >= 0][: r.k], hs[0][hp[0] >= 0][: r.k]
+                else:
+                    items, sc = fuse(hp, hs, self.ranking, r.k, self.config.retrieve.rrf_k)
+                cols = 1 if (self.mode == "lm" and self.ranking == "paper") else hp.shape[1]
+                ranked = []
+                for rank, (p, s) in enumerate(zip(items.tolist(), sc.tolist()), start=1):
+                    found = tuple(q for q, row in zip(r.queries, hp) if p in row[:cols])
+                    rec = cat.get(cat.id_at(p))
+                    assert rec is not None
+                    ranked.append(RecommendedItem(rank, rec.item_id, rec.title, float(s), found))
+                out.append(Recommendation(ranked, list(r.queries), self.mode, cat.version))
+                start = stop
+        return out
+
+
+# ---- run directories -------------------------------------------------------------------------
+
+
+def write_config(run_dir: Path, cfg: RunConfig) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CONFIG_FILE
+    with atomic_write(path) as f:
+        f.write(config_to_toml(cfg))
+    return path
+
+
+def open_or_build_catalog(run_dir: Path, cfg: RunConfig,
+                          loader: RetrieverLoader | None = None) -> LiveCatalog:
+    """The run's live catalog; on first use it is indexed from the configured dataset."""
+    folder = run_dir / INDEX_DIR
+    if is_live_catalog(folder):
+        return LiveCatalog.open(folder, loader)
+    if cfg.data.path is None:
+        raise ConfigError(f"{run_dir}: no live catalog in {INDEX_DIR}/ and no [data] path in "
+                          f"{CONFIG_FILE} to build one from")
+    from glossrec.data import load_dataset
+    from glossrec.retrieve import build_retriever
+
+    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
+    return LiveCatalog.from_catalog(folder, ds.catalog, build_retriever(cfg.retrieve), loader)
+
+
+def make_index_run(data: str | Path, retriever: Literal["bm25", "dense"], out: str | Path,
+                   config: str | Path | None = None, encoder: str | None = None) -> Path:
+    """A servable LIS run directory from a dataset alone: config.toml + a live catalog."""
+    out = Path(out)
+    data = Path(data).expanduser().resolve()
+    overrides: dict[str, Any] = {"data": {"path": str(data)}, "retrieve": {"retriever": retriever}}
+    if encoder:
+        overrides["retrieve"]["encoder"] = encoder
+    cfg = load_config(config, overrides)
+    if is_live_catalog(out / INDEX_DIR):
+        raise ConfigError(f"{out}: already has a live catalog; choose another --out or delete "
+                          f"{out / INDEX_DIR}")
+    write_config(out, cfg)
+    open_or_build_catalog(out, cfg)
+    return out

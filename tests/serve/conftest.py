@@ -1,0 +1,152 @@
+"""Fixtures for serving tests: a tiny dataset, a fast word-overlap retriever, a fake generator."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glossrec.io import read_json, write_json
+from glossrec.retrieve.base import Retriever, mask_rows, topk
+
+TITLES = {
+    "A1": "Shea butter hand cream 3 oz",
+    "A2": "Argan oil shampoo for dry hair",
+    "A3": "Argan oil conditioner for dry hair",
+    "A4": "Matte red lipstick long lasting",
+    "A5": "Waterproof black mascara volume",
+    "A6": "Gel nail polish top coat",
+    "A7": "Vitamin C face serum 1 oz",
+    "A8": "Mineral sunscreen SPF 50 face lotion",
+    "A9": "Bamboo hair brush detangling",
+    "B1": "Rose water facial toner spray",
+    "B2": "Charcoal face mask peel off",
+    "B3": "Tea tree oil acne spot treatment",
+}
+SEQUENCES = {
+    "u1": ["A2", "A3", "A9", "A1"],
+    "u2": ["A4", "A5", "A6"],
+    "u3": ["A7", "A8", "B1", "B2", "B3"],
+}
+
+
+def write_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "items.jsonl.gz", "wt", encoding="utf-8") as f:
+        for iid, title in TITLES.items():
+            f.write(json.dumps({"item_id": iid, "title": title}) + "\n")
+    with gzip.open(folder / "sequences.jsonl.gz", "wt", encoding="utf-8") as f:
+        for uid, items in SEQUENCES.items():
+            f.write(json.dumps({"user_id": uid, "items": items}) + "\n")
+    return folder
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return set(_TOKEN.findall(text.lower())) - {"title"}
+
+
+class WordRetriever(Retriever):
+    """Cosine of binary word sets: exact, dependency-free, and easy to reason about in tests."""
+
+    kind = "words"
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._texts: list[str] = []
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def index(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        self._ids, self._texts = list(ids), list(texts)
+
+    def search(self, texts: Sequence[str], k: int, exclude: Sequence[np.ndarray] | None = None,
+               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        docs = [_words(t) for t in self._texts]
+        scores = np.zeros((len(texts), len(docs)), dtype=np.float32)
+        for r, q in enumerate(texts):
+            qw = _words(q)
+            for c, d in enumerate(docs):
+                if qw and d:
+                    scores[r, c] = len(qw & d) / math.sqrt(len(qw) * len(d))
+        mask_rows(scores, exclude)
+        return topk(scores, k)
+
+    def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        for i, t in zip(ids, texts):
+            if i in self._ids:
+                self._texts[self._ids.index(i)] = t
+            else:
+                self._ids.append(i)
+                self._texts.append(t)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        missing = [i for i in ids if i not in self._ids]
+        if missing:
+            raise KeyError(missing)
+        gone = set(ids)
+        keep = [n for n, i in enumerate(self._ids) if i not in gone]
+        self._ids = [self._ids[n] for n in keep]
+        self._texts = [self._texts[n] for n in keep]
+
+    def save(self, folder: Path) -> None:
+        write_json(Path(folder) / "words.json", {"ids": self._ids, "texts": self._texts})
+
+    @classmethod
+    def load(cls, folder: Path) -> WordRetriever:
+        obj = read_json(Path(folder) / "words.json")
+        r = cls()
+        r.index(obj["ids"], obj["texts"])
+        return r
+
+
+class FakeGenerator:
+    """Returns, for each prompt, fixed texts; records every call's batch size."""
+
+    def __init__(self, texts: list[str] | None = None, delay_s: float = 0.0) -> None:
+        self.texts = texts
+        self.delay_s = delay_s
+        self.calls: list[int] = []
+        self.prompts: list[str] = []
+
+    def generate(self, prompts: list[str]) -> list[list[str]]:
+        import time
+
+        self.calls.append(len(prompts))
+        self.prompts.extend(prompts)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = []
+        for p in prompts:
+            if self.texts is not None:
+                out.append(list(self.texts))
+            else:
+                # Echo the last history line: a model that predicts "the same again".
+                hist = p.split("### Purchase history:\n", 1)[1].split("\n\n### Next item:", 1)[0]
+                out.append([hist.splitlines()[-1], "Title: nothing matches zzz"])
+        return out
+
+
+@pytest.fixture()
+def dataset_dir(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture()
+def word_catalog(tmp_path: Path):
+    from glossrec.data import load_dataset
+    from glossrec.serve.store import LiveCatalog
+
+    ds = load_dataset(write_dataset(tmp_path / "data"))
+    return LiveCatalog.from_catalog(tmp_path / "index", ds.catalog, WordRetriever(),
+                                    loader=WordRetriever.load)

@@ -1,0 +1,52 @@
+"""Config files: defaults are the paper's, overrides layer, errors are one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glossrec.config import PAPER_TEMPLATE, RunConfig, config_to_toml, load_config
+from glossrec.errors import ConfigError
+
+
+def test_paper_defaults() -> None:
+    c = RunConfig()
+    assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (16, 16, 0.0)
+    assert (c.train.learning_rate, c.train.warmup_steps, c.train.batch_size, c.train.grad_accum) == (1e-4, 300, 4, 4)
+    assert (c.generate.num_beams, c.generate.num_return, c.generate.max_new_tokens) == (5, 5, 50)
+    assert c.retrieve.ranking == "paper" and not c.retrieve.exclude_history
+    assert c.prompt.template == PAPER_TEMPLATE
+
+
+def test_file_then_overrides_and_roundtrip(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\npath = "data/x"\n[train]\nmax_steps = 7\n[retrieve]\nretriever = "bm25"\n')
+    c = load_config(p, {"train.max_steps": 9, "evaluate": {"users": 10}})
+    assert c.train.max_steps == 9 and c.evaluate.users == 10 and c.retrieve.retriever == "bm25"
+    assert c.data.path == (tmp_path / "data/x").resolve()
+    back = tmp_path / "back.toml"
+    back.write_text(config_to_toml(c))
+    assert load_config(back) == c
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("[train]\nlearning_rat = 1\n", "train.learning_rat"),
+    ("[train]\nbatch_size = 0\n", "train.batch_size"),
+    ("[retrieve]\nretriever = 'sparse'\n", "retrieve.retriever"),
+    ("[generate]\nnum_beams = 2\nnum_return = 5\n", "num_return"),
+    ("[prompt]\ntemplate = 'no fields'\n", "prompt.template"),
+    ("not toml = = 1", "not valid TOML"),
+])
+def test_errors_name_the_file_and_key(tmp_path: Path, body: str, needle: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
