@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional, Union
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, StrictBool, StrictInt, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -211,9 +211,20 @@ def _models(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[Ba
                 raise ValueError("a history entry needs an item_id or a title")
             return self
 
+    def _entry(v: Any) -> Any:
+        # One clear message instead of one per union member.
+        if isinstance(v, str):
+            return {"item_id": v}
+        if isinstance(v, dict):
+            return v
+        raise ValueError("each history entry must be an item id (string) or an object with "
+                         "item_id and/or title")
+
+    Entry = Annotated[HistoryItem, BeforeValidator(_entry)]
+
     class RecommendIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        history: list[Union[ItemId, HistoryItem]] = Field(
+        history: list[Entry] = Field(
             ..., min_length=1, max_length=s.max_history,
             description="Past items, oldest first: item ids, or {item_id} / {title} objects.")
         k: StrictInt = Field(10, ge=1, le=s.max_k)
@@ -249,8 +260,9 @@ def _clean_errors(errors: list[Any]) -> list[dict[str, str]]:
     for e in errors:
         loc = [str(x) for x in e.get("loc", ()) if x not in ("body",)]
         # Union members add their type name to the location; it means nothing to a client.
-        loc = [x for x in loc if not x.startswith(("function-after", "constrained-str", "HistoryItem", "str"))]
-        out.append({"field": ".".join(loc) or "body", "message": str(e.get("msg", "invalid"))})
+        loc = [x for x in loc if not x.startswith(("function-", "constrained-str"))]
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append({"field": ".".join(loc) or "body", "message": msg})
     return out
 
 
@@ -344,8 +356,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
               responses={422: {"description": "Invalid request or unknown history item ids"},
                          413: {"description": "Body too large"}, 400: {"description": "Malformed JSON"}})
     async def recommend(body: RecommendIn) -> Any:  # type: ignore[valid-type]
-        history = [h if isinstance(h, str) else h.model_dump(exclude_none=True)
-                   for h in body.history]  # type: ignore[attr-defined]
+        history = [h.model_dump(exclude_none=True) for h in body.history]  # type: ignore[attr-defined]
         result = await batcher.submit(RecRequest(history, body.k, body.exclude_history))  # type: ignore[attr-defined]
         return result.to_json()
 
