@@ -117,6 +117,16 @@ class TrainConfig(_Section):
     """None: bf16 on CUDA; on CPU, bf16 autocast (measured ~1.6x faster than fp32 here)."""
     optim: str | None = None
     """None: paged 8-bit AdamW on CUDA (paper), torch AdamW on CPU."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping (the transformers Trainer default the reference code ran with)."""
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optim(cls, v: str | None) -> str | None:
+        known = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
+        if v is not None and v not in known:
+            raise ValueError(f"unknown optimizer {v!r} (known: {', '.join(known)})")
+        return v
 
 
 class GenerateConfig(_Section):
