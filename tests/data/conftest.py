@@ -143,7 +143,8 @@ def loopback(tmp_path: Path) -> Iterator[Loopback]:
     root.mkdir()
     log = ServerLog()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(root, log))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
     thread.start()
     try:
         yield Loopback(f"http://127.0.0.1:{server.server_address[1]}/", root, log)

@@ -48,7 +48,7 @@ def _rows(path: Path, required: list[str], delimiter: str | None
           ) -> Iterator[tuple[int, dict[str, str]]]:
     """(line, {column: value}) for each record; ragged rows are errors naming the column."""
     lines = (text for _, text in iter_text_lines(path))
-    reader = csv.reader(lines, delimiter=_delimiter(path, delimiter))
+    reader = csv.reader(lines, delimiter=_delimiter(path, delimiter), strict=True)
     try:
         header = next(reader, None)
         if header is None:
