@@ -150,3 +150,89 @@ def word_catalog(tmp_path: Path):
     ds = load_dataset(write_dataset(tmp_path / "data"))
     return LiveCatalog.from_catalog(tmp_path / "index", ds.catalog, WordRetriever(),
                                     loader=WordRetriever.load)
+
+
+# ---- a real service in a subprocess ------------------------------------------------------------
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass as _dataclass
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@_dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(run_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 60.0) -> Server:
+    """`glossrec serve` on a free loopback port; returns once /health answers."""
+    port = free_port()
+    log = run_dir.parent / f"server-{port}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-c", "from glossrec.cli import main; main()", "serve",
+           "--run", str(run_dir), "--port", str(port), "--log-level", "warning", *args]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"server did not come up in {timeout} s:\n{server.output()}")
+
+
+def stop_server(server: Server, kill: bool = False) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@contextmanager
+def running(run_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = start_server(run_dir, *args, env=env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture()
+def bm25_run(tmp_path: Path) -> Path:
+    """A servable LIS run (BM25) over the tiny dataset, made like `glossrec index` makes it."""
+    from glossrec.serve import make_index_run
+
+    return make_index_run(write_dataset(tmp_path / "data"), "bm25", tmp_path / "run")

@@ -127,14 +127,6 @@ def _as_generate_fn(gen: Any) -> GenerateFn:
     raise ConfigError(f"not a generator: {type(gen).__name__}")
 
 
-def _render_prompt(history_texts: list[str], cfg: RunConfig) -> str:
-    try:
-        from glossrec.prompts import render
-    except ImportError:  # pragma: no cover - the prompts module is always there in a release
-        return cfg.prompt.template.format(history="\n".join(history_texts), target="")
-    return render(history_texts, None, cfg.prompt.template)
-
-
 def adapter_path(run_dir: Path) -> Path | None:
     """The run's trained LoRA adapter, if training has finished."""
     adir = run_dir / ADAPTER_DIR
@@ -152,9 +144,28 @@ class Recommender:
         self.mode: Mode = mode or ("lm" if generator is not None else "lis")
         self._generate = _as_generate_fn(generator) if self.mode == "lm" else None
         self.ranking: Ranking = ranking or self.config.retrieve.ranking
+        self._builder = self._prompt_builder(generator) if self.mode == "lm" else None
         self.generate_calls = 0
         """How many times the model was called (batching makes it fewer than requests)."""
         self._tmpdir: Path | None = None
+
+    def _prompt_builder(self, generator: Any) -> Any:
+        """Prompts cut to the model's token budget in whole items (the pipeline's rule); a
+        generator without a tokenizer (a test double) gets the plain template."""
+        from glossrec.prompts import PromptBuilder
+
+        tokenizer = getattr(generator, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        return PromptBuilder.from_config(tokenizer, self.config.prompt, self.catalog.formatter.item_format)
+
+    def _prompt(self, history_texts: list[str]) -> str:
+        from glossrec.prompts import render, resolve_template
+
+        if self._builder is not None:
+            return self._builder.test_prompt(history_texts, self.config.generate.max_new_tokens)
+        template = resolve_template(self.config.prompt.template, self.catalog.formatter.item_format)
+        return render(history_texts, None, template)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -294,7 +305,7 @@ class Recommender:
                 r.queries = [r.texts[-1]]
             return
         assert self._generate is not None
-        prompts = [_render_prompt(r.texts, self.config) for r in todo]
+        prompts = [self._prompt(r.texts) for r in todo]
         self.generate_calls += 1
         outs = self._generate(prompts)
         if len(outs) != len(prompts):
