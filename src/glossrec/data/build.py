@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Hashable
@@ -21,11 +24,11 @@ from tqdm import tqdm
 
 from glossrec.data import clean_title
 from glossrec.errors import DataError
-from glossrec.io import atomic_write, open_text, write_json
+from glossrec.io import open_text
 
 __all__ = [
     "Interaction", "ItemRecord", "ImportReport", "BuiltDataset", "build_dataset", "write_dataset",
-    "iter_text_lines", "write_gz_lines",
+    "iter_text_lines", "StagedFiles", "staged_files",
 ]
 
 REPORT_NAME = "import_report.json"
@@ -159,14 +162,55 @@ def build_dataset(rows: Iterable[Interaction], items: dict[str, ItemRecord], *,
     return BuiltDataset(out_items, sequences, report)
 
 
-def write_gz_lines(path: Path, lines: Iterable[str]) -> None:
-    """Gzip text lines atomically and reproducibly (no name or time in the gzip header)."""
-    with atomic_write(path, "wb") as f:
-        with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
-            for line in lines:
-                gz.write(line.encode("utf-8"))
-                if not line.endswith("\n"):
-                    gz.write(b"\n")
+class StagedFiles:
+    """Files written to temporary names and renamed together only when all are complete.
+
+    Per-file atomic writes are not enough for a dataset: a failure while writing the second file
+    would pair a new items file with an old sequences file.
+    """
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Path, Path]] = []
+
+    def _open(self, path: Path) -> tuple[int, Path]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.pairs.append((Path(tmp), path))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a shared dataset unreadable to others
+        return fd, Path(tmp)
+
+    def gz_lines(self, path: Path, lines: Iterable[str]) -> None:
+        """Gzip text lines reproducibly: no file name or time stamp in the gzip header."""
+        fd, _ = self._open(Path(path))
+        with os.fdopen(fd, "wb") as f:
+            with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
+                for line in lines:
+                    gz.write(line.encode("utf-8") if line.endswith("\n")
+                             else (line + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def json(self, path: Path, obj: Any) -> None:
+        fd, _ = self._open(Path(path))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextmanager
+def staged_files() -> Iterator[StagedFiles]:
+    """Collect writes; rename them all into place on success, delete them all on error."""
+    staged = StagedFiles()
+    try:
+        yield staged
+    except BaseException:
+        for tmp, _ in staged.pairs:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged.pairs:
+        os.replace(tmp, final)
 
 
 def _item_line(rec: ItemRecord) -> str:
@@ -181,17 +225,15 @@ def write_dataset(built: BuiltDataset, out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError("output exists and is not a folder", out)
-    out.mkdir(parents=True, exist_ok=True)
     # Serialize first: a value JSON cannot hold must fail before anything is written.
     item_lines = [_item_line(r) for r in built.items]
     seq_lines = [json.dumps({"user_id": u, "items": s}, ensure_ascii=False)
                  for u, s in built.sequences]
-    write_gz_lines(out / "items.jsonl.gz", item_lines)
-    write_gz_lines(out / "sequences.jsonl.gz", seq_lines)
-    write_json(out / REPORT_NAME, built.report.to_dict())
-    for stale in ("items.jsonl", "sequences.jsonl"):
-        # A plain file left by an older import would otherwise shadow nothing but confuse readers.
-        (out / stale).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with staged_files() as files:
+        files.gz_lines(out / "items.jsonl.gz", item_lines)
+        files.gz_lines(out / "sequences.jsonl.gz", seq_lines)
+        files.json(out / REPORT_NAME, built.report.to_dict())
     return out
 
 

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from glossrec.data import find_file
-from glossrec.data.build import iter_text_lines, write_gz_lines
+from glossrec.data.build import iter_text_lines, staged_files
 from glossrec.errors import DataError
-from glossrec.io import write_json
 
 __all__ = ["SampleReport", "sample_dataset"]
 
@@ -122,11 +121,12 @@ def sample_dataset(data: str | Path, n_users: int, seed: int, out: str | Path) -
     dst = Path(out)
     if dst.resolve() == src.resolve():
         raise DataError("the sample would overwrite its source; choose another --out", dst)
-    write_gz_lines(dst / "items.jsonl.gz", item_lines)
-    write_gz_lines(dst / "sequences.jsonl.gz", [text for _, text, _ in picked])
     report = SampleReport(
         source=str(data), seed=seed, users=n_users, source_users=len(seq_rows),
         items=len(item_lines), source_items=n_source_items,
         source_sha256={p.name: _sha256(p) for p in (items_path, seq_path)})
-    write_json(dst / SAMPLE_INFO, report.to_dict())
+    with staged_files() as files:
+        files.gz_lines(dst / "items.jsonl.gz", item_lines)
+        files.gz_lines(dst / "sequences.jsonl.gz", [text for _, text, _ in picked])
+        files.json(dst / SAMPLE_INFO, report.to_dict())
     return report
