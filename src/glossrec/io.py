@@ -39,7 +39,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise DataError("file not found", path) from None
-        raise DataError(f"truncated or corrupt file after line {lineno} ({e})", path) from None
+        raise DataError(f"truncated or corrupt file after line {lineno} ({e})", path, lineno + 1) from None
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason})", path, lineno + 1) from None
 
@@ -58,6 +58,7 @@ def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") ->
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         try:
