@@ -2,4 +2,53 @@
 
 from __future__ import annotations
 
-from glossrec.cli.app import app  # noqa: F401
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from glossrec.cli.app import app
+
+
+@app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; resumed if it "
+                                      "has checkpoints).")],
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="TOML config; default: OUT/config.toml if present, else the "
+        "paper defaults.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps.")] = None,
+    max_examples: Annotated[Optional[int], typer.Option(
+        help="Train on a reproducible random subset of N examples.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset folder (overrides data.path).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help='Base model: hub name, local folder, .gguf file or "embedded:smollm2".')] = None,
+) -> None:
+    """Fine-tune LoRA adapters (the GLoSS recipe); writes OUT/config.toml and OUT/adapter/."""
+    from glossrec.config import config_to_toml, load_config
+    from glossrec.io import atomic_write
+    from glossrec.train import latest_checkpoint, train_from_config
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("glossrec").setLevel(logging.INFO)
+    if config is None and (out / "config.toml").is_file():
+        config = out / "config.toml"
+    overrides = {"train.max_steps": max_steps, "train.max_examples": max_examples,
+                 "data.path": str(data.expanduser().resolve()) if data is not None else None,
+                 "model.name": model}
+    cfg = load_config(config, overrides)
+    cfg.out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "config.toml") as f:
+        f.write(config_to_toml(cfg))
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        typer.echo(f"resuming from {ckpt}", err=True)
+    result = train_from_config(cfg, out)
+    best = (f"best valid loss {result.best_valid_loss:.4f} at step {result.best_step}"
+            if result.best_valid_loss is not None else "no validation set")
+    stop = ", stopped early" if result.stopped_early else ""
+    typer.echo(f"trained {result.steps} steps ({result.epochs:.2f} epochs){stop}; {best}; "
+               f"adapter: {result.adapter_dir}")

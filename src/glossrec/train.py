@@ -1,0 +1,612 @@
+"""LoRA fine-tuning: the whole training loop in one readable file (plain torch + peft).
+
+The paper's recipe, every number from ``TrainConfig``: AdamW (8-bit paged on CUDA, torch AdamW
+on CPU) at lr 1e-4, linear schedule with 300 warm-up steps, weight decay 0.01, micro-batch 4 x
+gradient accumulation 4, 10 epochs, seed 3407, validation loss every epoch (or every
+``eval_steps``), the best adapter kept, early stopping after 3 evaluations without improvement.
+
+Loss: causal-LM cross-entropy over the whole training text ("full", the paper) or only over the
+target line + EOS ("target"). Labels come from the attention mask, never from the pad id: the pad
+token of SmolLM2 IS its EOS, and the EOS that ends a training text must be learned. The loss of
+one optimizer step is the mean over every label token of its accumulated micro-batches (not a
+mean of micro-batch means), so padding and batch composition do not reweight examples.
+
+Resumability: every ``save_steps`` optimizer steps a checkpoint (adapter, optimizer, scheduler,
+RNG states, step / epoch / position in the epoch, best-so-far, loss history) is written to
+``RUN_DIR/checkpoints/step-N`` via a temporary folder and a rename. A killed run restarts from
+its newest checkpoint: the epoch's shuffled order is recomputed from (seed, epoch) and the
+consumed micro-batches are skipped, so the step count, the loss curve (``RUN_DIR/train_log.jsonl``)
+and, on CPU, the final weights continue exactly as if it had never stopped.
+
+Output: ``RUN_DIR/adapter/`` holds only the best adapter (adapter_model.safetensors +
+adapter_config.json), a tokenizer copy and ``glossrec_train.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from glossrec.config import RunConfig, TrainConfig
+from glossrec.errors import ConfigError
+from glossrec.io import read_json, write_json, write_jsonl
+from glossrec.prompts import PromptPair
+
+__all__ = [
+    "Encoded", "TrainState", "TrainResult", "encode_pairs", "make_labels", "collate",
+    "subset", "train", "train_from_config", "latest_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+T = TypeVar("T")
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One training text as token ids; positions before `loss_start` are not labels."""
+
+    input_ids: tuple[int, ...]
+    loss_start: int = 0
+
+
+def subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
+    """A reproducible random subset of n items, in their original order (all when n is None)."""
+    if n is None or n >= len(items):
+        return list(items)
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+    return [items[i] for i in keep]
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full",
+                 max_length: int | None = None) -> list[Encoded]:
+    """Token ids of prompt + target + EOS for each pair.
+
+    Prompt and target are tokenized separately (prompt with the tokenizer's special tokens, e.g.
+    a BOS), exactly as generation sees the prompt; the EOS id is appended, not parsed from text.
+    Pairs longer than `max_length` (only when not built by PromptBuilder) lose tokens from the
+    left.
+    """
+    if not pairs:
+        return []
+    eos = tokenizer.eos_token_id
+    prompts = tokenizer([p.prompt for p in pairs])["input_ids"]
+    targets = tokenizer([p.target for p in pairs], add_special_tokens=False)["input_ids"]
+    out, cut = [], 0
+    for p_ids, t_ids in zip(prompts, targets):
+        ids = list(p_ids) + list(t_ids) + [eos]
+        start = 0 if loss == "full" else len(p_ids)
+        if max_length is not None and len(ids) > max_length:
+            drop = len(ids) - max_length
+            ids, start, cut = ids[drop:], max(0, start - drop), cut + 1
+        out.append(Encoded(tuple(ids), start))
+    if cut:
+        log.warning("%d training texts exceeded %s tokens and were cut from the left",
+                    cut, max_length)
+    return out
+
+
+def make_labels(input_ids: Any, attention_mask: Any, loss_start: Any | None = None) -> Any:
+    """Labels = input ids where the attention mask is 1 and the position >= loss_start.
+
+    Masking by attention mask (not by pad id) keeps the final EOS as a label although
+    pad == EOS.
+    """
+    import torch
+
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
+    if loss_start is not None:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        labels = labels.masked_fill(pos[None, :] < loss_start[:, None], IGNORE)
+    return labels
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-pad a micro-batch to its longest text (dynamic padding, no packing)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        input_ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
+        attention[i, :len(e.input_ids)] = 1
+    starts = torch.tensor([e.loss_start for e in batch], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "labels": make_labels(input_ids, attention, starts)}
+
+
+def n_label_tokens(batch: dict[str, Any]) -> int:
+    """Tokens that are predicted (the first position predicts nothing after the shift)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def loss_sum(model: Any, batch: dict[str, Any], device: str) -> Any:
+    """Summed next-token cross-entropy over the batch's label tokens (float32)."""
+    import torch.nn.functional as F
+
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    """Micro-batches of the current epoch already consumed."""
+    best_loss: float | None = None
+    best_step: int | None = None
+    best_dir: str | None = None
+    bad_evals: int = 0
+    last_eval_step: int | None = None
+    stopped_early: bool = False
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    epochs: float
+    best_step: int | None
+    best_valid_loss: float | None
+    stopped_early: bool
+    resumed_from: int | None
+    history: list[dict[str, Any]]
+    model: Any = field(default=None, repr=False)
+    """The trained peft model holding the best adapter's weights (what RUN_DIR/adapter has)."""
+    tokenizer: Any = field(default=None, repr=False)
+
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_BEST_DIR = re.compile(r"^best-step-(\d+)$")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (incomplete ones never get their final name)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def _fingerprint(cfg: RunConfig, n_train: int, n_valid: int) -> dict[str, Any]:
+    """Settings a resumed run must share with the checkpoint (max_steps/epochs may change)."""
+    t = cfg.train
+    return {"model": cfg.model.name, "lora": cfg.lora.model_dump(mode="json"), "loss": t.loss,
+            "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
+            "learning_rate": t.learning_rate, "n_train": n_train, "n_valid": n_valid}
+
+
+def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary folder beside `final`, then rename it into place (replacing `final`)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    os.chmod(tmp, 0o755)
+    try:
+        fill(tmp)
+        if final.exists():
+            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _save_adapter(model: Any, folder: Path, base_name: str) -> None:
+    for cfg in getattr(model, "peft_config", {}).values():
+        cfg.base_model_name_or_path = base_name  # portable: the spec, not a cache path
+    model.save_pretrained(str(folder))
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --- optimizer, schedule, precision ---------------------------------------------------------
+
+
+def _optimizer(params: list[Any], t: TrainConfig, device: str) -> Any:
+    import importlib.util
+
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    name = t.optim or ("paged_adamw_8bit" if on_cuda and has_bnb else "adamw_torch")
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    if not (on_cuda and has_bnb):
+        raise ConfigError(f"train.optim = {name!r} needs CUDA and bitsandbytes; "
+                          "use \"adamw_torch\" on CPU")
+    import bitsandbytes as bnb  # type: ignore[import-not-found]
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def _linear_schedule(optimizer: Any, warmup: int, total: int) -> Any:
+    """transformers' get_linear_schedule_with_warmup: 0 -> lr over warmup, then -> 0 at total."""
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
+                          dtype=torch.bfloat16)
+
+
+def _use_bf16(t: TrainConfig, device: str) -> bool:
+    import torch
+
+    want = True if t.bf16 is None else t.bf16
+    if want and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        if t.bf16:
+            raise ConfigError("train.bf16 = true but this GPU has no bfloat16 support")
+        return False
+    return want
+
+
+def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
+                  device: str, bf16: bool) -> float:
+    """Token-mean validation loss (length-sorted batches: less padding, same result)."""
+    import torch
+
+    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(order), batch_size):
+            batch = collate([data[i] for i in order[s:s + batch_size]], pad_id)
+            with _autocast(device, bf16):
+                total += float(loss_sum(model, batch, device))
+            count += n_label_tokens(batch)
+    if was_training:
+        model.train()
+    return total / max(count, 1)
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled micro-batches of one epoch, a pure function of (seed, epoch)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=gen).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one training run holds while it runs; the loop below mutates `state` only."""
+
+    cfg: RunConfig
+    run_dir: Path
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    device: str
+    bf16: bool
+    state: TrainState
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        import torch
+
+        step = self.state.step
+
+        def fill(tmp: Path) -> None:
+            _save_adapter(self.model, tmp, self.cfg.model.name)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(_rng_state(), tmp / "rng.pt")
+            write_json(tmp / "state.json", asdict(self.state))
+
+        path = _atomic_dir(self.ckpt_root / f"step-{step:07d}", fill)
+        self._prune(keep_step=step)
+        return path
+
+    def _prune(self, keep_step: int) -> None:
+        """Keep only the newest checkpoint and the best adapter it refers to."""
+        for p in self.ckpt_root.iterdir():
+            m_step, m_best = _STEP_DIR.match(p.name), _BEST_DIR.match(p.name)
+            if m_step and int(m_step.group(1)) != keep_step:
+                shutil.rmtree(p, ignore_errors=True)
+            elif m_best and p.name != self.state.best_dir and int(m_best.group(1)) <= keep_step:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def save_best(self) -> None:
+        name = f"best-step-{self.state.step:07d}"
+        _atomic_dir(self.ckpt_root / name,
+                    lambda tmp: _save_adapter(self.model, tmp, self.cfg.model.name))
+        self.state.best_dir = name
+
+    def resume(self, ckpt: Path) -> None:
+        import torch
+
+        state = TrainState(**read_json(ckpt / "state.json"))
+        if state.fingerprint and state.fingerprint != self.state.fingerprint:
+            diff = sorted(k for k in set(state.fingerprint) | set(self.state.fingerprint)
+                          if state.fingerprint.get(k) != self.state.fingerprint.get(k))
+            raise ConfigError(
+                f"{ckpt}: this checkpoint was made with different settings ({', '.join(diff)}); "
+                "use a new run folder or delete its checkpoints/ to start over")
+        _load_adapter_weights(self.model, ckpt, self.device)
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False,
+                                                  map_location=self.device))
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        self.state = state
+        # Anything written after this checkpoint by the killed run will be redone.
+        for p in self.ckpt_root.iterdir():
+            m = _BEST_DIR.match(p.name)
+            if (m and int(m.group(1)) > state.step) or p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+        self.write_log()
+
+    def write_log(self) -> None:
+        write_jsonl(self.run_dir / "train_log.jsonl", self.state.history)
+
+    def evaluate(self, valid: Sequence[Encoded], pad_id: int) -> bool:
+        """Validate, keep the best adapter; True when early stopping says stop."""
+        t, s = self.cfg.train, self.state
+        loss = evaluate_loss(self.model, valid, pad_id, t.batch_size, self.device, self.bf16)
+        s.last_eval_step = s.step
+        improved = s.best_loss is None or loss < s.best_loss
+        if improved:
+            s.best_loss, s.best_step, s.bad_evals = loss, s.step, 0
+            self.save_best()
+        else:
+            s.bad_evals += 1
+        s.history.append({"step": s.step, "epoch": s.epoch, "valid_loss": loss,
+                          "best": improved})
+        log.info("step %d: valid loss %.4f%s", s.step, loss, " (best)" if improved else "")
+        return s.bad_evals >= t.patience
+
+
+def _groups(batches: list[list[int]], start: int, accum: int) -> Iterator[tuple[int, list[list[int]]]]:
+    for g in range(start, len(batches), accum):
+        yield g, batches[g:g + accum]
+
+
+def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
+          valid_pairs: Sequence[PromptPair] = (),
+          on_step: Callable[[TrainState], None] | None = None) -> TrainResult:
+    """Fine-tune LoRA adapters on (prompt, target) pairs; resume from run_dir's checkpoints.
+
+    `on_step` is called after every optimizer step (progress reporting, tests).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from glossrec.models import apply_lora, count_parameters, load_model, resolve_device
+
+    t = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_pairs = subset(train_pairs, t.max_examples, t.seed)
+    valid_pairs = subset(valid_pairs, t.max_valid_examples, t.seed)
+    if not train_pairs:
+        raise ConfigError("no training examples (check the dataset and train.max_examples)")
+
+    _seed_all(t.seed)
+    device = resolve_device()
+    model, tok = load_model(cfg.model, trainable=True, device=device,
+                            max_seq_length=cfg.prompt.max_length)
+    model = apply_lora(model, cfg.lora, seed=t.seed)
+    trainable, total_params = count_parameters(model)
+    log.info("LoRA: %s trainable of %s parameters", f"{trainable:,}", f"{total_params:,}")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length)
+    valid_data = encode_pairs(tok, valid_pairs, t.loss, cfg.prompt.max_length)
+    n_batches = math.ceil(len(train_data) / t.batch_size)
+    steps_per_epoch = math.ceil(n_batches / t.grad_accum)
+    total = t.max_steps if t.max_steps is not None else steps_per_epoch * t.epochs
+    if t.warmup_steps >= total:
+        log.warning("train.warmup_steps (%d) >= total steps (%d): the learning rate never "
+                    "reaches train.learning_rate", t.warmup_steps, total)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, t, device)
+    scheduler = _linear_schedule(optimizer, t.warmup_steps, total)
+    state = TrainState(fingerprint=_fingerprint(cfg, len(train_data), len(valid_data)))
+    run = _Run(cfg, run_dir, model, tok, optimizer, scheduler, device, _use_bf16(t, device), state)
+
+    resumed_from = None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        run.resume(ckpt)
+        resumed_from = run.state.step
+        if run.state.finished and not run.state.stopped_early and run.state.step < total:
+            run.state.finished = False  # a longer run asked for (e.g. a larger max_steps)
+        log.info("resuming from %s (step %d)", ckpt, resumed_from)
+
+    s = run.state
+    model.train()
+    bar = tqdm(total=total, initial=min(s.step, total), desc="train", unit="step",
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    while not s.finished and s.step < total:
+        batches = _epoch_batches(len(train_data), t.batch_size, t.seed, s.epoch)
+        for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
+            micro = [collate([train_data[i] for i in b], pad_id) for b in group]
+            n_tok = max(1, sum(n_label_tokens(b) for b in micro))
+            step_loss = 0.0
+            for batch in micro:
+                with _autocast(device, run.bf16):
+                    loss = loss_sum(model, batch, device) / n_tok
+                loss.backward()
+                step_loss += float(loss.detach())
+            if t.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            s.step += 1
+            s.batch_in_epoch = g + len(group)
+            end_of_epoch = s.batch_in_epoch >= len(batches)
+            s.history.append({"step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
+                              "loss": step_loss, "lr": lr, "tokens": n_tok,
+                              "seconds": round(time.perf_counter() - t0, 3)})
+            if end_of_epoch:
+                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", epoch=s.epoch)
+
+            last = s.step >= total
+            due = (s.step % t.eval_steps == 0) if t.eval_steps else end_of_epoch
+            if valid_data and (due or last) and s.last_eval_step != s.step:
+                s.stopped_early = run.evaluate(valid_data, pad_id)
+            s.finished = last or s.stopped_early
+            if s.step % t.save_steps == 0 or s.finished:
+                run.save_checkpoint()
+            run.write_log()
+            if on_step is not None:
+                on_step(s)
+            if s.finished or end_of_epoch:
+                break
+    bar.close()
+    if not s.finished:  # resumed a run that had already finished its steps
+        s.finished = True
+    adapter = _write_final_adapter(run)
+    _load_adapter_weights(model, adapter, device)  # like load_best_model_at_end
+    model.eval()
+    return TrainResult(adapter, s.step, s.epoch + s.batch_in_epoch / max(n_batches, 1),
+                       s.best_step, s.best_loss, s.stopped_early, resumed_from, s.history,
+                       model, tok)
+
+
+def _load_adapter_weights(model: Any, folder: Path, device: str) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors"),
+                                               device=device))
+
+
+def _write_final_adapter(run: _Run) -> Path:
+    """RUN_DIR/adapter: the best adapter (or the last one without validation), atomically."""
+    s = run.state
+    best = run.ckpt_root / s.best_dir if s.best_dir else None
+
+    def fill(tmp: Path) -> None:
+        if best is not None and (best / "adapter_model.safetensors").is_file():
+            for name in ("adapter_model.safetensors", "adapter_config.json"):
+                shutil.copy2(best / name, tmp / name)
+        else:
+            _save_adapter(run.model, tmp, run.cfg.model.name)
+            for extra in tmp.glob("README.md"):
+                extra.unlink()
+        run.tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / "glossrec_train.json", {
+            "model": run.cfg.model.name, "steps": s.step, "best_step": s.best_step,
+            "best_valid_loss": s.best_loss, "stopped_early": s.stopped_early,
+            "lora": run.cfg.lora.model_dump(mode="json"), "loss": run.cfg.train.loss})
+
+    return _atomic_dir(run.run_dir / "adapter", fill)
+
+
+def train_from_config(cfg: RunConfig, run_dir: Path,
+                      on_step: Callable[[TrainState], None] | None = None) -> TrainResult:
+    """Load the dataset, make the paper's splits and prompts, and train."""
+    from glossrec.data import load_dataset
+    from glossrec.models import load_tokenizer
+    from glossrec.prompts import PromptBuilder, make_pairs
+    from glossrec.splits import make_splits
+
+    if cfg.data.path is None:
+        raise ConfigError("data.path is not set: name a dataset folder in the config or pass --data")
+    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
+    for line in ds.report.lines():
+        log.info("%s: %s", ds.name, line)
+    splits = make_splits(ds, cfg.split)
+    t = cfg.train
+    # Sample examples before rendering (cheaper); train() samples the same indices (no-op here).
+    train_ex = subset(splits.train, t.max_examples, t.seed)
+    valid_ex = subset(splits.valid, t.max_valid_examples, t.seed)
+    builder = PromptBuilder.from_config(load_tokenizer(cfg.model), cfg.prompt,
+                                        ds.catalog.item_format)
+    train_pairs = make_pairs(train_ex, ds.catalog, builder, "train")
+    valid_pairs = make_pairs(valid_ex, ds.catalog, builder, "train")
+    return train(cfg, run_dir, train_pairs, valid_pairs, on_step=on_step)

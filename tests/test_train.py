@@ -1,0 +1,242 @@
+"""Training: label masking, loss modes, adapters round trip, early stopping, kill and resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from glossrec.config import load_config
+from glossrec.errors import ConfigError
+from glossrec.models import load_model
+from glossrec.prompts import PromptPair
+from glossrec.train import (IGNORE, Encoded, collate, encode_pairs, latest_checkpoint, subset,
+                            train, train_from_config)
+
+HELPER_PATH = Path(__file__).parent / "train_helper.py"
+_spec = importlib.util.spec_from_file_location("glossrec_train_helper", HELPER_PATH)
+helper = importlib.util.module_from_spec(_spec)
+assert _spec.loader is not None
+_spec.loader.exec_module(helper)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_lm_dir: Path):
+    return AutoTokenizer.from_pretrained(tiny_lm_dir)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Deterministic float reductions and no oversubscription of a shared CPU.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_labels_masked_by_attention_not_pad_id(tok) -> None:
+    eos = tok.eos_token_id
+    assert tok.pad_token_id == eos  # like SmolLM2
+    batch = collate([Encoded((5, 6, 7, eos)), Encoded((8, eos))], pad_id=eos)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, eos], [8, eos, eos, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    # The EOS ending each text is a label; the padding (also EOS) is not.
+    assert batch["labels"].tolist() == [[5, 6, 7, eos], [8, eos, IGNORE, IGNORE]]
+
+
+def test_target_loss_masks_the_prompt(tok) -> None:
+    pair = PromptPair("### Next item:\n", "Title: comb")
+    full, = encode_pairs(tok, [pair], "full")
+    target, = encode_pairs(tok, [pair], "target")
+    p_ids = tok(pair.prompt)["input_ids"]
+    t_ids = tok(pair.target, add_special_tokens=False)["input_ids"]
+    assert list(full.input_ids) == p_ids + t_ids + [tok.eos_token_id]
+    assert full.loss_start == 0 and target.loss_start == len(p_ids)
+    labels = collate([target, Encoded((1,))], tok.eos_token_id)["labels"][0].tolist()
+    assert labels == [IGNORE] * len(p_ids) + t_ids + [tok.eos_token_id]
+
+
+def test_subset_is_reproducible_and_ordered() -> None:
+    items = list(range(100))
+    a = subset(items, 10, 3)
+    assert a == subset(items, 10, 3) and a == sorted(a) and len(set(a)) == 10
+    assert subset(items, None, 3) == items and subset(items, 500, 3) == items
+
+
+def _logits(model, tok, text: str) -> torch.Tensor:
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def test_train_save_load_gives_same_logits(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    data = helper.pairs(tok, 12)
+    cfg = helper.config(tiny_lm_dir, max_steps=3, warmup_steps=0)
+    result = train(cfg, tmp_path / "run", data[:8], data[8:])
+    adapter = tmp_path / "run" / "adapter"
+    assert {"adapter_model.safetensors", "adapter_config.json", "glossrec_train.json"} <= {
+        p.name for p in adapter.iterdir()}
+    assert result.steps == 3
+    assert json.loads((adapter / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == str(tiny_lm_dir)
+    text = data[0].text(tok.eos_token)
+    loaded, _ = load_model(cfg.model, adapter_dir=adapter)
+    base, _ = load_model(cfg.model)
+    trained = _logits(result.model, tok, text)
+    assert torch.allclose(trained, _logits(loaded, tok, text), atol=1e-5)
+    assert not torch.allclose(trained, _logits(base, tok, text), atol=1e-3)
+    merged, _ = load_model(cfg.model, adapter_dir=adapter, merge=True)
+    assert torch.allclose(trained, _logits(merged, tok, text), atol=1e-4)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert any("valid_loss" in r for r in rows)  # the last step is always validated
+
+
+def test_early_stopping_keeps_best_adapter(tiny_lm_dir: Path, tok, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 1.0])
+    monkeypatch.setattr("glossrec.train.evaluate_loss", lambda *a, **k: next(losses))
+    data = helper.pairs(tok, 10)
+    cfg = helper.config(tiny_lm_dir, eval_steps=1, patience=3, epochs=5, save_steps=100)
+    run = tmp_path / "run"
+    result = train(cfg, run, data[:8], data[8:])
+    assert result.stopped_early and result.steps == 5
+    assert result.best_step == 2 and result.best_valid_loss == 2.0
+    final = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    last = load_file(str(latest_checkpoint(run) / "adapter_model.safetensors"))
+    assert latest_checkpoint(run).name == "step-0000005"
+    assert any(not torch.equal(final[k], last[k]) for k in final)  # best != last
+    best = load_file(str(run / "checkpoints" / "best-step-0000002" / "adapter_model.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    meta = json.loads((run / "adapter" / "glossrec_train.json").read_text())
+    assert meta["best_step"] == 2 and meta["stopped_early"] is True
+
+
+def test_kill_and_resume_continues_exactly(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    data = helper.pairs(tok, 24)
+    cfg = helper.config(tiny_lm_dir)
+    ref = train(cfg, tmp_path / "ref", data[:20], data[20:])
+    assert ref.steps == 10
+
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(HELPER_PATH), str(tiny_lm_dir), str(run), "1.0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 150
+        while latest_checkpoint(run) is None:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run / "adapter").exists()
+    killed_at = int(latest_checkpoint(run).name.split("-")[1])
+    assert 2 <= killed_at < 10
+
+    resumed = train(cfg, run, data[:20], data[20:])
+    assert resumed.resumed_from == killed_at and resumed.steps == 10
+    steps = [r["step"] for r in resumed.history if "loss" in r]
+    assert steps == list(range(1, 11))
+    for a, b in zip(resumed.history, ref.history):
+        assert a.keys() == b.keys()
+        for key in ("loss", "valid_loss", "lr"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8)
+    logged = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [r["step"] for r in ref.history]
+    w_ref = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
+    w_res = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    for k in w_ref:
+        assert torch.allclose(w_ref[k], w_res[k], atol=1e-6), k
+
+
+def test_resume_with_other_settings_is_refused(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    data = helper.pairs(tok, 8)
+    train(helper.config(tiny_lm_dir, max_steps=2), tmp_path / "run", data)
+    with pytest.raises(ConfigError, match="different settings.*learning_rate"):
+        train(helper.config(tiny_lm_dir, max_steps=3, learning_rate=1e-3), tmp_path / "run", data)
+    # A longer run with the same settings continues.
+    more = train(helper.config(tiny_lm_dir, max_steps=3), tmp_path / "run", data)
+    assert more.resumed_from == 2 and more.steps == 3
+
+
+def _write_dataset(folder: Path) -> Path:
+    folder.mkdir()
+    items = [{"item_id": f"i{i}", "title": f"{helper.WORDS[i % 15]} {helper.WORDS[(i * 7) % 15]} {i}"}
+             for i in range(30)]
+    seqs = [{"user_id": f"u{u:02d}", "items": [f"i{(u + k * 3) % 30}" for k in range(3 + u % 4)]}
+            for u in range(40)]
+    (folder / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    (folder / "sequences.jsonl").write_text("".join(json.dumps(x) + "\n" for x in seqs))
+    return folder
+
+
+def test_cli_trains_writes_config_and_resumes(tiny_lm_dir: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from glossrec.cli import main
+
+    data = _write_dataset(tmp_path / "ds")
+    conf = tmp_path / "c.toml"
+    conf.write_text('[train]\nbatch_size = 2\ngrad_accum = 1\nwarmup_steps = 0\nbf16 = false\n'
+                    'save_steps = 1\n\n[lora]\nr = 2\nalpha = 4\n')
+    out = tmp_path / "run"
+    argv = ["glossrec", "train", "--config", str(conf), "--out", str(out), "--max-steps", "2",
+            "--data", str(data), "--model", str(tiny_lm_dir)]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    saved = load_config(out / "config.toml")
+    assert saved.train.max_steps == 2 and saved.model.name == str(tiny_lm_dir)
+    assert saved.data.path == data and saved.lora.r == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert "trained 2 steps" in capsys.readouterr().out
+    # No --config: the run folder's own config is used, and training resumes.
+    monkeypatch.setattr(sys, "argv", ["glossrec", "train", "--out", str(out), "--max-steps", "3"])
+    main()
+    captured = capsys.readouterr()
+    assert "resuming from" in captured.err and "trained 3 steps" in captured.out
+
+
+def test_cli_without_data_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys) -> None:
+    from glossrec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["glossrec", "train", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert "data.path is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[train]\nbatch_sise = 4\n", "train.batch_sise: Extra inputs are not permitted"),
+    ("[train]\nbatch_size = 0\n", "train.batch_size: Input should be greater than or equal to 1"),
+    ("[train]\noptim = \"sgd\"\n", "train.optim: Value error, unknown optimizer 'sgd'"),
+    ("[train]\nloss = \"prompt\"\n", "train.loss: Input should be 'full' or 'target'"),
+    ("[lora]\nr = 0\n", "lora.r: Input should be greater than or equal to 1"),
+    ("[prompt]\ntemplate = \"no fields\"\n", "prompt.template: Value error, template must contain"),
+])
+def test_config_errors_are_clear(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_train_from_config_needs_data(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.path"):
+        train_from_config(load_config(), tmp_path)
