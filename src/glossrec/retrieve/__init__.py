@@ -225,8 +225,12 @@ def _write_current(folder: Path, name: str) -> None:
 def _prune(folder: Path, keep: str) -> None:
     """Delete every version but `keep`, and leftovers of crashed saves; best effort."""
     for p in folder.iterdir():
-        if p.name != keep and (_VERSION_RE.match(p.name) or p.name.startswith(_TMP_PREFIX)):
+        if p.name == keep:
+            continue
+        if _VERSION_RE.match(p.name) or p.name.startswith(_TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(f".{CURRENT}.") and p.name.endswith(".tmp"):  # atomic_write's temp
+            p.unlink(missing_ok=True)
 
 
 def save_versioned(folder: str | Path, write: Callable[[Path], None]) -> Path:
