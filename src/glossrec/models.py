@@ -18,6 +18,8 @@ dependencies (bitsandbytes, unsloth) are imported only inside their branch.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -25,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -91,6 +94,32 @@ def _gguf_source(gguf: Path) -> dict[str, Any]:
     return {"gguf": str(gguf.resolve()), "size": st.st_size}
 
 
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """Speed up a transformers GGUF load about 2x without changing its result.
+
+    transformers parses the file's metadata once for the tokenizer's config, once for the model
+    config and once for the weights, and rebuilds gguf's tensor-name map for every module; here
+    each is computed once. The patch lives only for the duration of one conversion.
+    """
+    import gguf
+
+    orig_reader, orig_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = orig_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(orig_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = orig_reader, orig_map
+
+
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantize a GGUF model into a safetensors model folder at `target`, atomically.
 
@@ -105,9 +134,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model cache is ordinary readable data
     try:
         t0 = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype="float32")
+        with _gguf_read_once():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                         dtype="float32")
         # The weights are already dequantized: drop the GGUF quantizer marker, or the saved
         # config would claim a quantization the safetensors weights do not have.
         model.hf_quantizer = None
