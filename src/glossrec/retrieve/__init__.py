@@ -117,7 +117,7 @@ class ItemTable:
         return len(self.ids)
 
     def reset(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        ids, texts = _check_pairs(ids, texts)
+        ids, texts = check_items(ids, texts)
         pos = {iid: p for p, iid in enumerate(ids)}
         if len(pos) != len(ids):
             dups = sorted({iid for p, iid in enumerate(ids) if pos[iid] != p})
@@ -137,9 +137,8 @@ class ItemTable:
         An id repeated within one call keeps its last text. Positions >= the old length are new
         items, appended in input order.
         """
-        ids, texts = _check_pairs(ids, texts)
-        last = {iid: j for j, iid in enumerate(ids)}
-        keep = np.fromiter(sorted(last.values()), dtype=np.int64, count=len(last))
+        ids, texts = check_items(ids, texts)
+        keep = self.last_occurrences(ids)
         out = np.empty(len(keep), dtype=np.int64)
         for n, j in enumerate(keep.tolist()):
             iid = ids[j]
@@ -154,6 +153,12 @@ class ItemTable:
             out[n] = p
         return keep, out
 
+    @staticmethod
+    def last_occurrences(ids: Sequence[str]) -> np.ndarray:
+        """Indices of each id's last occurrence, ascending (what ``upsert`` keeps)."""
+        last = {iid: j for j, iid in enumerate(ids)}
+        return np.fromiter(sorted(last.values()), dtype=np.int64, count=len(last))
+
     def remove(self, ids: Sequence[str]) -> np.ndarray:
         """Delete items; returns the keep-mask over the old positions (for array rows)."""
         drop = self.positions(list(ids))
@@ -164,7 +169,8 @@ class ItemTable:
         return keep
 
 
-def _check_pairs(ids: Sequence[str], texts: Sequence[str]) -> tuple[list[str], list[str]]:
+def check_items(ids: Sequence[str], texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(ids, texts) as lists, checked to pair up and be strings."""
     ids, texts = list(ids), list(texts)
     if len(ids) != len(texts):
         raise ValueError(f"{len(ids)} ids but {len(texts)} texts")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from glossrec.errors import ConfigError, DataError
 from glossrec.retrieve import (
-    ItemTable, check_search_args, current_version, read_items, read_meta, rows_per_chunk,
+    ItemTable, check_items, check_search_args, current_version, read_items, read_meta, rows_per_chunk,
     save_versioned, write_items, write_meta,
 )
 from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
@@ -182,13 +182,14 @@ class BM25Retriever(Retriever):
                 "k1": self.k1, "b": self.b}
 
     def index(self, ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
-        self._items.reset(ids, texts)
-        self._tokens = self._tokenize(self._items.texts, show_progress)
-        self._matrix = None
+        table = ItemTable(*check_items(ids, texts))
+        self._tokens = self._tokenize(table.texts, show_progress)
+        self._items, self._matrix = table, None
 
     def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        keep, positions = self._items.upsert(ids, texts)
-        new_tokens = self._tokenize([texts[j] for j in keep.tolist()], False)
+        ids, texts = check_items(ids, texts)
+        new_tokens = self._tokenize([texts[j] for j in ItemTable.last_occurrences(ids).tolist()], False)
+        _, positions = self._items.upsert(ids, texts)
         for p, toks in zip(positions.tolist(), new_tokens):
             if p < len(self._tokens):
                 self._tokens[p] = toks

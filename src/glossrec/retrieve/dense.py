@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from glossrec.config import EMBEDDED_ENCODER
 from glossrec.errors import ConfigError, DataError
 from glossrec.retrieve import (
-    ItemTable, check_search_args, current_version, read_array, read_items, read_meta,
+    ItemTable, check_items, check_search_args, current_version, read_array, read_items, read_meta,
     rows_per_chunk, save_versioned, write_array, write_items, write_meta,
 )
 from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
@@ -112,18 +112,16 @@ class DenseRetriever(Retriever):
         return {"encoder": self.encoder, "e5_prefixes": self.e5_prefixes, "batch_size": self.batch_size}
 
     def index(self, ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
-        table = ItemTable(list(ids), list(texts))
+        table = ItemTable(*check_items(ids, texts))
         emb = self.encode(table.texts, is_query=False, show_progress=show_progress)
         self._items, self._emb = table, emb
         self._changed()
 
     def add(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        ids, texts = list(ids), list(texts)
-        if len(ids) != len(texts):
-            raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
-        last = sorted({iid: j for j, iid in enumerate(ids)}.values())
-        new = self.encode([texts[j] for j in last], is_query=False)  # before any state changes
-        keep, positions = self._items.upsert(ids, texts)
+        ids, texts = check_items(ids, texts)
+        # Encode first: a failing encoder leaves the index unchanged.
+        new = self.encode([texts[j] for j in ItemTable.last_occurrences(ids).tolist()], is_query=False)
+        _, positions = self._items.upsert(ids, texts)
         emb = self._emb
         if len(emb) == 0 or emb.shape[1] != new.shape[1]:
             emb = np.zeros((0, new.shape[1]), dtype=np.float32)
