@@ -121,3 +121,10 @@ def test_real_minilm_paraphrase_finds_item() -> None:
                         "jigsaw toy for children"], 1)
     assert idx[:, 0].tolist() == [1, 3, 2]
     assert (sc[:, 0] > 0.4).all()
+
+
+def test_local_encoder_path_is_stored_absolute(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my-encoder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert DenseRetriever(encoder="my-encoder").settings()["encoder"] == str(tmp_path / "my-encoder")
+    assert DenseRetriever(encoder="intfloat/e5-small-v2").encoder == "intfloat/e5-small-v2"

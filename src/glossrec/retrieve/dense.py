@@ -81,6 +81,8 @@ class DenseRetriever(Retriever):
             raise ConfigError(f"retrieve.encode_batch_size must be >= 1, got {batch_size}")
         if encoder.startswith("embedded:") and encoder not in EMBEDDED_ENCODERS:
             resolve_encoder(encoder)  # raises the ConfigError naming the known ones
+        if not encoder.startswith("embedded:") and Path(encoder).expanduser().is_dir():
+            encoder = str(Path(encoder).expanduser().resolve())  # a saved index reloads from any cwd
         self.encoder, self.e5_prefixes = encoder, bool(e5_prefixes)
         self.batch_size, self.device = int(batch_size), device
         self._model: Any = None
