@@ -145,3 +145,183 @@ def run_retrieve(cfg: RunConfig, queries: dict[str, list[str]], out: Path | None
                    {"method": f"texts-{cfg.retrieve.retriever}-{cfg.retrieve.ranking}",
                     "unscored_users": unknown,
                     "timing_s": {"search": round(t_search, 3)}})
+
+
+# --- the full GLoSS run ----------------------------------------------------------------------
+
+_STAGE_SECTIONS = {
+    "train": ("data", "split", "prompt", "model", "lora", "train"),
+    "generate": ("data", "split", "prompt", "model", "lora", "train", "generate", "evaluate"),
+}
+
+
+def stage_key(cfg: RunConfig, stage: str) -> str:
+    """A fingerprint of the config sections a stage's output depends on."""
+    import hashlib
+    import json
+
+    dump = cfg.model_dump(mode="json")
+    payload = {s: dump[s] for s in _STAGE_SECTIONS[stage]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    """RUN_DIR/manifest.json: which stages finished, with which config, in how long."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from glossrec.io import read_json
+
+        self.path = run_dir / "manifest.json"
+        self.data: dict[str, Any] = read_json(self.path) if self.path.exists() else {"stages": {}}
+
+    def done(self, stage: str, key: str) -> bool:
+        rec = self.data["stages"].get(stage)
+        if rec is None:
+            return False
+        if rec["key"] != key:
+            raise ConfigError(
+                f"{self.path.parent}: the '{stage}' stage was made with a different config "
+                f"({rec['key']} != {key}); use a new --out, or --force to redo it")
+        return True
+
+    def mark(self, stage: str, key: str, seconds: float, **info: Any) -> None:
+        from glossrec.io import write_json
+
+        self.data["stages"][stage] = {"key": key, "seconds": round(seconds, 1), **info}
+        write_json(self.path, self.data)
+
+    def forget(self, *stages: str) -> None:
+        for s in stages:
+            self.data["stages"].pop(s, None)
+
+
+def _with(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    upd = {name: getattr(cfg, name).model_copy(update=vals) for name, vals in sections.items()}
+    return cfg.model_copy(update=upd)
+
+
+def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
+        baselines: bool = True) -> dict[str, Evaluation]:
+    """data -> train -> generate -> retrieve -> evaluate into one run directory.
+
+    Stages whose outputs exist for the same config are skipped; a killed training or generation
+    resumes where it stopped. LIS (BM25 and dense) is scored on the same users beside GLoSS.
+    """
+    from glossrec.config import config_to_toml
+    from glossrec.io import atomic_write
+
+    run_dir = Path(out or cfg.out or "runs/run").resolve()
+    cfg = cfg.model_copy(update={"out": run_dir})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(run_dir)
+    if force:
+        manifest.forget("train", "generate")
+    with atomic_write(run_dir / "config.toml") as f:
+        f.write(config_to_toml(cfg))
+    ds = load_data(cfg)
+    prep = prepare(cfg, ds)
+    log(f"run {run_dir}: {ds.name}, {len(prep.examples)} {cfg.evaluate.split} users evaluated")
+
+    key = stage_key(cfg, "train")
+    if manifest.done("train", key) and (run_dir / "adapter").is_dir():
+        log("train: done already, skipped")
+    else:
+        from glossrec.train import train_from_config
+
+        t0 = time.perf_counter()
+        res = train_from_config(cfg, run_dir)
+        manifest.mark("train", key, time.perf_counter() - t0, result=_jsonable(res))
+
+    gens = run_dir / "generations.jsonl"
+    key = stage_key(cfg, "generate")
+    if manifest.done("generate", key) and gens.exists():
+        log("generate: done already, skipped")
+    else:
+        from glossrec.generate import generate_to_file, make_generator
+        from glossrec.models import load_tokenizer
+        from glossrec.prompts import test_prompts
+
+        t0 = time.perf_counter()
+        items = test_prompts(prep.examples, ds.catalog, load_tokenizer(cfg.model), cfg.prompt,
+                             cfg.generate.max_new_tokens)
+        generator = make_generator(cfg, run_dir / "adapter")
+        generate_to_file(generator, items, gens, cfg.generate.batch_size)
+        manifest.mark("generate", key, time.perf_counter() - t0, users=len(items))
+
+    from glossrec.generate import read_generations
+
+    queries = read_generations(gens)
+    results: dict[str, Evaluation] = {}
+    main_name = f"GLoSS-{cfg.retrieve.retriever}"
+    results[main_name] = run_retrieve(cfg, queries, run_dir, ds, source=str(gens))
+    if baselines:
+        other = "bm25" if cfg.retrieve.retriever == "dense" else "dense"
+        results[f"GLoSS-{other}"] = run_retrieve(_with(cfg, retrieve={"retriever": other}), queries,
+                                                 run_dir / f"gloss-{other}", ds, source=str(gens))
+        for kind in ("bm25", "dense"):
+            results[f"LIS-{kind}"] = run_lis(_with(cfg, retrieve={"retriever": kind}),
+                                             run_dir / f"lis-{kind}", ds)
+    write_report(run_dir, results)
+    return results
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else repr(obj)
+
+
+def write_report(run_dir: Path, results: dict[str, Evaluation]) -> None:
+    """report.md (overall + per segment tables, 95% bootstrap CIs) and report.png."""
+    from glossrec.evaluate import SEGMENTS, bootstrap_ci, format_table
+    from glossrec.io import atomic_write
+
+    lines = [f"# Run report: {run_dir.name}", "", "```",
+             format_table({k: v.metrics for k, v in results.items()}), "```", "",
+             "Recall@5 with 95% bootstrap CI (users resampled):", ""]
+    for name, ev in results.items():
+        lo, hi = bootstrap_ci(ev.per_user["recall@5"])
+        lines.append(f"- {name}: {ev.metrics['overall']['recall@5']:.4f} [{lo:.4f}, {hi:.4f}]")
+    for seg in SEGMENTS:
+        lines += ["", f"## {seg} users", "", "```",
+                  format_table({k: v.metrics[seg] for k, v in results.items()},
+                               ("recall@5", "ndcg@5", "recall@10", "ndcg@10")), "```"]
+    with atomic_write(run_dir / "report.md") as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        _plot(run_dir / "report.png", results)
+    except Exception as e:  # a report without a figure is still a report
+        log(f"warning: no plot ({e})")
+
+
+def _plot(path: Path, results: dict[str, Evaluation]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from glossrec.evaluate import SEGMENTS
+
+    groups = ("overall", *SEGMENTS)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(results), 1)
+    for ax, metric in zip(axes, ("recall@5", "ndcg@5")):
+        for j, (name, ev) in enumerate(results.items()):
+            vals = [ev.metrics[g][metric] for g in groups]
+            ax.bar(np.arange(len(groups)) + j * width, vals, width, label=name)
+        ax.set_xticks(np.arange(len(groups)) + width * (len(results) - 1) / 2, groups)
+        ax.set_title(metric)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
