@@ -113,7 +113,8 @@ class DenseRetriever(Retriever):
         """What save() stores; the device is the loading machine's business, not the index's."""
         return {"encoder": self.encoder, "e5_prefixes": self.e5_prefixes, "batch_size": self.batch_size}
 
-    def index(self, ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
+    def index(self, ids: Sequence[str], texts: Sequence[str], show_progress: bool = True) -> None:
+        """Encode every item (minutes on CPU for a 12k catalog, hence a progress bar by default)."""
         table = ItemTable(*check_items(ids, texts))
         emb = self.encode(table.texts, is_query=False, show_progress=show_progress)
         self._items, self._emb = table, emb
