@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from glossrec.config import RunConfig
 
 __all__ = [
-    "Generator", "postprocess", "make_generator", "generate_to_file", "read_generations",
+    "Generator", "postprocess", "encode_prompts", "make_generator", "generate_to_file", "read_generations",
     "HFGenerator", "VLLMGenerator",
 ]
 
@@ -51,6 +51,21 @@ def postprocess(text: str) -> str:
     return _NEWLINE.split(text.lstrip(), maxsplit=1)[0].strip()
 
 
+def encode_prompts(tokenizer: Any, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids per prompt, cut from the LEFT to `max_tokens` (special tokens such as BOS kept).
+
+    The paper's safety net (its prompts are already fitted in whole items by glossrec.prompts):
+    HF truncation keeps the special tokens, and its side is tokenizer state, restored after.
+    """
+    old = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        enc = tokenizer(prompts, truncation=True, max_length=max_tokens, padding=False)
+    finally:
+        tokenizer.truncation_side = old
+    return [list(ids) for ids in enc["input_ids"]]
+
+
 def make_generator(cfg: RunConfig, adapter_dir: Path | None) -> Generator:
     """The configured backend, with the base model and (optionally) a LoRA adapter loaded."""
     max_prompt = max(1, cfg.prompt.max_length - cfg.generate.max_new_tokens)
@@ -63,7 +78,8 @@ def make_generator(cfg: RunConfig, adapter_dir: Path | None) -> Generator:
     from glossrec.generate.hf import HFGenerator
     from glossrec.models import load_model
 
-    model, tokenizer = load_model(cfg.model, adapter_dir=adapter_dir, trainable=False)
+    # Merging the adapter into the weights saves the LoRA matmuls at every step.
+    model, tokenizer = load_model(cfg.model, adapter_dir=adapter_dir, trainable=False, merge=True)
     return HFGenerator(model, tokenizer, cfg.generate, max_prompt_tokens=max_prompt)
 
 

@@ -9,15 +9,14 @@ as one prompt at a time: left padding is masked and position ids come from the a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from glossrec.config import GenerateConfig
 from glossrec.errors import ConfigError
-from glossrec.generate import postprocess
+from glossrec.generate import encode_prompts, postprocess
 
 __all__ = ["HFGenerator", "newline_token_ids"]
 
@@ -29,17 +28,6 @@ def newline_token_ids(tokenizer: Any) -> list[int]:
         if "\n" in tokenizer.decode([i], skip_special_tokens=False):
             ids.append(i)
     return ids
-
-
-@contextmanager
-def _left_truncation(tokenizer: Any) -> Iterator[None]:
-    # HF keeps special tokens (e.g. Llama's BOS) when it truncates; the side is tokenizer state.
-    old = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        yield
-    finally:
-        tokenizer.truncation_side = old
 
 
 def _device(model: Any) -> torch.device:
@@ -84,10 +72,7 @@ class HFGenerator:
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids per prompt, cut from the LEFT to max_prompt_tokens (special tokens kept)."""
-        with _left_truncation(self.tokenizer):
-            enc = self.tokenizer(prompts, truncation=True, max_length=self.max_prompt_tokens,
-                                 padding=False)
-        return [list(ids) for ids in enc["input_ids"]]
+        return encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
 
     def generate(self, prompts: list[str]) -> list[list[str]]:
         if not prompts:
