@@ -1,5 +1,78 @@
-"""CLI commands: generate."""
+"""CLI command: generate (a run directory's users -> generations.jsonl, resumable)."""
 
 from __future__ import annotations
 
-from glossrec.cli.app import app  # noqa: F401
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from glossrec.cli.app import app
+
+GENERATIONS = {"test": "generations.jsonl", "valid": "generations.valid.jsonl"}
+
+
+def generations_path(run_dir: Path, split: str) -> Path:
+    """Where a split's texts go: test -> generations.jsonl, valid -> generations.valid.jsonl."""
+    return Path(run_dir) / GENERATIONS[split]
+
+
+def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, users: int | None = None,
+                 batch_size: int | None = None, overwrite: bool = False,
+                 show_progress: bool = True) -> Path:
+    """Generate for a run directory: its config.toml, dataset and adapter/ (if trained).
+
+    Users: --users N, else generate.max_users, else evaluate.users (so `evaluate` finds the
+    same reproducible sample, drawn with evaluate.user_seed), else all users of the split.
+    """
+    from glossrec.config import load_config
+    from glossrec.data import load_dataset
+    from glossrec.errors import ConfigError
+    from glossrec.generate import generate_examples
+    from glossrec.splits import make_splits, sample_users
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.toml)")
+    cfg = load_config(cfg_path, {"generate.batch_size": batch_size})
+    if cfg.data.path is None:
+        raise ConfigError(f"{cfg_path}: [data] path is not set")
+    split = split or cfg.evaluate.split
+    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
+    n = users or cfg.generate.max_users or cfg.evaluate.users
+    examples = sample_users(make_splits(ds, cfg.split).get(split), n, cfg.evaluate.user_seed)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        print(f"note: {run_dir} has no trained adapter (adapter/adapter_config.json); "
+              f"generating with the base model {cfg.model.name}", file=sys.stderr)
+        adapter_dir = None
+    else:
+        adapter_dir = adapter
+    out = generations_path(run_dir, split)
+    t0 = time.perf_counter()
+    generate_examples(cfg, examples, ds.catalog, adapter_dir, out, overwrite=overwrite,
+                      extra_meta={"split": split, "dataset": str(cfg.data.path)},
+                      show_progress=show_progress)
+    print(f"{len(examples)} users ({split}) in {out} [{time.perf_counter() - t0:.1f}s]",
+          file=sys.stderr)
+    return out
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Option("--run", help="Run directory (config.toml, adapter/).")],
+    split: Annotated[Optional[str], typer.Option("--split", help="test or valid (default: evaluate.split).")] = None,
+    users: Annotated[Optional[int], typer.Option("--users", min=1, help="A reproducible random sample of N users (evaluate.user_seed).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prompts per beam-search batch (default: generate.batch_size).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
+) -> None:
+    """Beam-search next-item texts for a split's users into RUN/generations.jsonl (resumable)."""
+    from glossrec.errors import ConfigError
+
+    if split is not None and split not in GENERATIONS:
+        raise ConfigError(f"--split must be test or valid, got {split!r}")
+    out = generate_run(run, split, users, batch_size, overwrite)  # type: ignore[arg-type]
+    typer.echo(str(out))
