@@ -1,8 +1,9 @@
 """The retriever interface and the exact, deterministic top-k every backend shares.
 
 Ties in score are broken by the lower catalog position (the order of the items file, or of
-insertion for added items), so a run is reproducible bit for bit across machines and batch
-sizes. Backends compute full score rows in chunks and call :func:`topk`.
+insertion for added items), so a run is reproducible: BM25 scores are exact sums, identical
+across machines and batch sizes; dense scores are float32 matrix products whose last bits may
+vary with the batch shape. Backends compute full score rows in chunks and call :func:`topk`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return out_idx, out_sc
     kk = min(k, m)
     kth = np.partition(scores, m - kk, axis=1)[:, m - kk]
-    rows, cols = np.nonzero((scores >= kth[:, None]) & np.isfinite(scores))
+    rows, cols = np.nonzero(scores >= kth[:, None])
     vals = scores[rows, cols]
+    finite = np.isfinite(vals)  # only the candidates are checked: -inf marks excluded items
+    if not finite.all():
+        rows, cols, vals = rows[finite], cols[finite], vals[finite]
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     # position of each candidate within its row
