@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -87,6 +88,8 @@ def test_train_save_load_gives_same_logits(tiny_lm_dir: Path, tok, tmp_path: Pat
     assert {"adapter_model.safetensors", "adapter_config.json", "glossrec_train.json"} <= {
         p.name for p in adapter.iterdir()}
     assert result.steps == 3
+    summary = dataclasses.asdict(result)  # a JSON-able summary, never a copy of the model
+    assert "model" not in summary and json.dumps(summary, default=str)
     assert json.loads((adapter / "adapter_config.json").read_text())[
         "base_model_name_or_path"] == str(tiny_lm_dir)
     text = data[0].text(tok.eos_token)

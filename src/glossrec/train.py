@@ -183,9 +183,12 @@ class TrainResult:
     stopped_early: bool
     resumed_from: int | None
     history: list[dict[str, Any]]
-    model: Any = field(default=None, repr=False)
-    """The trained peft model holding the best adapter's weights (what RUN_DIR/adapter has)."""
-    tokenizer: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Plain attributes, not fields: asdict()/JSON of a result must not copy a model.
+        self.model: Any = None
+        """The trained peft model with the best adapter's weights (what RUN_DIR/adapter has)."""
+        self.tokenizer: Any = None
 
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -552,9 +555,10 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     adapter = _write_final_adapter(run)
     _load_adapter_weights(model, adapter, device)  # like load_best_model_at_end
     model.eval()
-    return TrainResult(adapter, s.step, s.epoch + s.batch_in_epoch / max(n_batches, 1),
-                       s.best_step, s.best_loss, s.stopped_early, resumed_from, s.history,
-                       model, tok)
+    result = TrainResult(adapter, s.step, s.epoch + s.batch_in_epoch / max(n_batches, 1),
+                         s.best_step, s.best_loss, s.stopped_early, resumed_from, s.history)
+    result.model, result.tokenizer = model, tok
+    return result
 
 
 def _load_adapter_weights(model: Any, folder: Path, device: str) -> None:
