@@ -232,35 +232,32 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         res = train_from_config(cfg, run_dir)
         manifest.mark("train", key, time.perf_counter() - t0, result=_jsonable(res))
 
-    gens = run_dir / "generations.jsonl"
-    key = stage_key(cfg, "generate")
-    if manifest.done("generate", key) and gens.exists():
-        log("generate: done already, skipped")
-    else:
-        from glossrec.generate import generate_to_file, make_generator
-        from glossrec.models import load_tokenizer
-        from glossrec.prompts import test_prompts
+    # generate_examples resumes a partial file and refuses one made with other settings.
+    from glossrec.generate import generate_examples
 
-        t0 = time.perf_counter()
-        items = test_prompts(prep.examples, ds.catalog, load_tokenizer(cfg.model), cfg.prompt,
-                             cfg.generate.max_new_tokens)
-        generator = make_generator(cfg, run_dir / "adapter")
-        generate_to_file(generator, items, gens, cfg.generate.batch_size)
-        manifest.mark("generate", key, time.perf_counter() - t0, users=len(items))
+    gens = run_dir / "generations.jsonl"
+    t0 = time.perf_counter()
+    generate_examples(cfg, prep.examples, ds.catalog, run_dir / "adapter", gens, overwrite=force)
+    if "generate" not in manifest.data["stages"] or force:
+        manifest.mark("generate", stage_key(cfg, "generate"), time.perf_counter() - t0,
+                      users=len(prep.examples))
 
     from glossrec.generate import read_generations
 
     queries = read_generations(gens)
-    results: dict[str, Evaluation] = {}
-    main_name = f"GLoSS-{cfg.retrieve.retriever}"
-    results[main_name] = run_retrieve(cfg, queries, run_dir, ds, source=str(gens))
+    kinds = [cfg.retrieve.retriever]
     if baselines:
-        other = "bm25" if cfg.retrieve.retriever == "dense" else "dense"
-        results[f"GLoSS-{other}"] = run_retrieve(_with(cfg, retrieve={"retriever": other}), queries,
-                                                 run_dir / f"gloss-{other}", ds, source=str(gens))
-        for kind in ("bm25", "dense"):
-            results[f"LIS-{kind}"] = run_lis(_with(cfg, retrieve={"retriever": kind}),
-                                             run_dir / f"lis-{kind}", ds)
+        kinds.append("bm25" if cfg.retrieve.retriever == "dense" else "dense")
+    results: dict[str, Evaluation] = {}
+    lis: dict[str, Evaluation] = {}
+    for n, kind in enumerate(kinds):
+        kcfg = _with(cfg, retrieve={"retriever": kind})
+        index = build_index(kcfg, ds)  # one index per retriever kind, shared by GLoSS and LIS
+        results[f"GLoSS-{kind}"] = run_retrieve(kcfg, queries, run_dir if n == 0 else run_dir / f"gloss-{kind}",
+                                                ds, index, source=str(gens))
+        if baselines:
+            lis[f"LIS-{kind}"] = run_lis(kcfg, run_dir / f"lis-{kind}", ds, index)
+    results.update(lis)
     write_report(run_dir, results)
     return results
 
