@@ -201,11 +201,12 @@ def _with(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
 
 
 def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
-        baselines: bool = True) -> dict[str, Evaluation]:
+        baselines: bool = True, score: bool = True) -> dict[str, Evaluation]:
     """data -> train -> generate -> retrieve -> evaluate into one run directory.
 
     Stages whose outputs exist for the same config are skipped; a killed training or generation
     resumes where it stopped. LIS (BM25 and dense) is scored on the same users beside GLoSS.
+    ``score=False`` stops after generation (a caller that scores its own variants).
     """
     from glossrec.config import config_to_toml
     from glossrec.io import atomic_write
@@ -242,6 +243,8 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         manifest.mark("generate", stage_key(cfg, "generate"), time.perf_counter() - t0,
                       users=len(prep.examples))
 
+    if not score:
+        return {}
     from glossrec.generate import read_generations
 
     queries = read_generations(gens)

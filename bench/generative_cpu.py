@@ -1,0 +1,96 @@
+"""GLoSS with the embedded SmolLM2-135M on CPU vs Last-Item Search, on the SAME test users.
+
+Runs (or resumes) `glossrec run configs/bench-cpu-beauty.toml`: LoRA fine-tuning on Beauty
+training examples within a CPU budget, beam-search generation for a fixed random sample of test
+users, retrieval and evaluation. Then scores, on exactly those users:
+
+  GLoSS-135M  dense / BM25, paper ranking, with and without exclude-history,
+              and the fused top-k variants (max, rrf) as the "what would close the gap" probes;
+  LIS         BM25 / dense, with and without exclude-history;
+
+with 95% bootstrap confidence intervals (users resampled) and per segment. Prints a table and
+writes bench/results/generative_cpu.json. Training and generation resume after a kill, so the
+bench can run in the background and be restarted.
+
+    .venv/bin/python bench/generative_cpu.py [--config configs/bench-cpu-beauty.toml] [--max-steps N] [--users N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from glossrec.config import load_config
+from glossrec.evaluate import SEGMENTS, bootstrap_ci
+from glossrec.generate import read_generations
+from glossrec.io import read_json, write_json
+from glossrec.pipeline import _with, build_index, load_data, run, run_lis, run_retrieve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "bench-cpu-beauty.toml"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--users", type=int, default=None)
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "generative_cpu.json"))
+    args = ap.parse_args()
+
+    cfg = load_config(args.config, {"train.max_steps": args.max_steps, "evaluate.users": args.users})
+    t0 = time.perf_counter()
+    run(cfg, args.out, score=False)
+    run_dir = Path(args.out or cfg.out).resolve()
+    cfg = cfg.model_copy(update={"out": run_dir})
+    ds = load_data(cfg)
+    gens = read_generations(run_dir / "generations.jsonl")
+    variants = {}
+    for kind in ("dense", "bm25"):
+        kcfg = _with(cfg, retrieve={"retriever": kind})
+        index = build_index(kcfg, ds)
+        for excl in (False, True):
+            tag = " +excl" if excl else ""
+            ecfg = _with(kcfg, retrieve={"retriever": kind, "exclude_history": excl})
+            variants[f"GLoSS-135M {kind}{tag}"] = run_retrieve(ecfg, gens, None, ds, index)
+            variants[f"LIS {kind}{tag}"] = run_lis(ecfg, None, ds, index)
+        for fusion in ("max", "rrf"):
+            fcfg = _with(kcfg, retrieve={"retriever": kind, "ranking": fusion, "per_text_k": 20})
+            variants[f"GLoSS-135M {kind} {fusion}-fusion"] = run_retrieve(fcfg, gens, None, ds, index)
+
+    users = {tuple(ev.user_ids) for ev in variants.values()}
+    assert len(users) == 1, "every row must be scored on the same users"
+    n_users = len(next(iter(users)))
+    manifest = read_json(run_dir / "manifest.json")
+    train_info = manifest["stages"].get("train", {})
+    rows = []
+    for name, ev in variants.items():
+        row = {"run": name, "users": n_users}
+        for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+            lo, hi = bootstrap_ci(ev.per_user[m])
+            row[m] = ev.metrics["overall"][m]
+            row[m + "_ci95"] = [lo, hi]
+        for seg in SEGMENTS:
+            row[seg] = {"users": ev.metrics[seg]["users"], "recall@5": ev.metrics[seg]["recall@5"],
+                        "ndcg@5": ev.metrics[seg]["ndcg@5"]}
+        rows.append(row)
+
+    print(f"\nBeauty, {n_users} fixed random test users (seed {cfg.evaluate.user_seed}); "
+          f"training: {train_info}")
+    print(f"{'run':34} {'R@5':>7} {'95% CI':>17} {'N@5':>7} {'95% CI':>17}   "
+          + "  ".join(f"{s} R@5/N@5" for s in SEGMENTS))
+    for r in rows:
+        seg = "  ".join(f"{r[s]['recall@5']:.4f}/{r[s]['ndcg@5']:.4f}" for s in SEGMENTS)
+        print(f"{r['run']:34} {r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
+              f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]   {seg}")
+    write_json(Path(args.json), {"config": str(args.config), "run_dir": str(run_dir),
+                                 "users": n_users, "train": train_info,
+                                 "generate": manifest["stages"].get("generate", {}),
+                                 "wall_s": round(time.perf_counter() - t0, 1), "rows": rows})
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
