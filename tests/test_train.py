@@ -243,3 +243,15 @@ def test_config_errors_are_clear(tmp_path: Path, toml: str, message: str) -> Non
 def test_train_from_config_needs_data(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.path"):
         train_from_config(load_config(), tmp_path)
+
+
+def test_cpu_bf16_default_needs_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    from glossrec.config import TrainConfig
+    from glossrec.train import _use_bf16
+
+    monkeypatch.setattr("glossrec.train.cpu_has_native_bf16", lambda: False)
+    assert _use_bf16(TrainConfig(), "cpu") is False  # emulated bf16 is ~8x slower here
+    assert _use_bf16(TrainConfig(bf16=True), "cpu") is True
+    monkeypatch.setattr("glossrec.train.cpu_has_native_bf16", lambda: True)
+    assert _use_bf16(TrainConfig(), "cpu") is True
+    assert _use_bf16(TrainConfig(bf16=False), "cpu") is False

@@ -310,15 +310,31 @@ def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]
                           dtype=torch.bfloat16)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    Without it, bf16 autocast is emulated and slow: on this project's AMD EPYC (AVX2 only),
+    one SmolLM2 optimizer step on 4 Beauty texts took 463 s with bf16 autocast vs 57 s in fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _use_bf16(t: TrainConfig, device: str) -> bool:
+    """train.bf16, or (None) bf16 on a GPU that has it and on CPUs with native bf16."""
     import torch
 
-    want = True if t.bf16 is None else t.bf16
-    if want and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        if t.bf16:
+    if device.startswith("cuda"):
+        supported = torch.cuda.is_bf16_supported()
+        if t.bf16 and not supported:
             raise ConfigError("train.bf16 = true but this GPU has no bfloat16 support")
-        return False
-    return want
+        return supported if t.bf16 is None else t.bf16
+    if t.bf16 is None:
+        return cpu_has_native_bf16()
+    return t.bf16
 
 
 def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
@@ -507,7 +523,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     model.train()
     bar = tqdm(total=total, initial=min(s.step, total), desc="train", unit="step",
                dynamic_ncols=True)
-    t0 = time.perf_counter()
+    # Wall-clock seconds continue across resumes, like the step count.
+    t0 = time.perf_counter() - max((r.get("seconds", 0.0) for r in s.history), default=0.0)
     while not s.finished and s.step < total:
         batches = _epoch_batches(len(train_data), t.batch_size, t.seed, s.epoch)
         for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
