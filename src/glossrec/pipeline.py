@@ -86,12 +86,23 @@ def run_lis(cfg: RunConfig, out: Path | None = None, ds: Dataset | None = None,
     queries = [cat.text(e.history[-1]) for e in prep.examples]
     k = max(cfg.evaluate.cutoffs)
     t0 = time.perf_counter()
-    ranked, scores = retriever.search(queries, k, _exclusions(prep.examples, cfg.retrieve.exclude_history),
-                                      show_progress=True)
+    exclude = _exclusions(prep.examples, cfg.retrieve.exclude_history)
+    if _reuses_item_embeddings(cfg, retriever, cat):
+        # The query IS a catalog item's text and queries are encoded like items (no e5
+        # prefixes): its embedding is already in the index, so nothing is encoded again.
+        emb = retriever.embeddings[[e.history[-1] for e in prep.examples]]  # type: ignore[attr-defined]
+        ranked, scores = retriever.search_embeddings(emb, k, exclude)  # type: ignore[attr-defined]
+    else:
+        ranked, scores = retriever.search(queries, k, exclude, show_progress=True)
     t_search = time.perf_counter() - t0
     return _finish(cfg, prep, ranked, scores, out,
                    {"method": f"LIS-{cfg.retrieve.retriever}",
                     "timing_s": {"index": round(t_index, 3), "search": round(t_search, 3)}})
+
+
+def _reuses_item_embeddings(cfg: RunConfig, retriever: Retriever, cat: Any) -> bool:
+    return (hasattr(retriever, "search_embeddings") and not cfg.retrieve.e5_prefixes
+            and list(retriever.ids) == cat.ids)
 
 
 def rank_texts(cfg: RunConfig, retriever: Retriever, texts_per_user: Sequence[Sequence[str]],

@@ -1,0 +1,3 @@
+from glossrec.cli import main
+
+main()
