@@ -255,3 +255,13 @@ def test_cpu_bf16_default_needs_native_support(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("glossrec.train.cpu_has_native_bf16", lambda: True)
     assert _use_bf16(TrainConfig(), "cpu") is True
     assert _use_bf16(TrainConfig(bf16=False), "cpu") is False
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_lm_dir: Path, tok,
+                                                        tmp_path: Path) -> None:
+    data = helper.pairs(tok, 8)
+    plain = train(helper.config(tiny_lm_dir, max_steps=2), tmp_path / "a", data)
+    ckpt = train(helper.config(tiny_lm_dir, max_steps=2, gradient_checkpointing=True),
+                 tmp_path / "b", data)
+    assert [r["loss"] for r in ckpt.history] == pytest.approx([r["loss"] for r in plain.history],
+                                                                rel=1e-5)

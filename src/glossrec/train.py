@@ -236,7 +236,8 @@ def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> Path:
 def _save_adapter(model: Any, folder: Path, base_name: str) -> None:
     for cfg in getattr(model, "peft_config", {}).values():
         cfg.base_model_name_or_path = base_name  # portable: the spec, not a cache path
-    model.save_pretrained(str(folder))
+    # LoRA never touches the embeddings; "auto" would look for the base config by that name.
+    model.save_pretrained(str(folder), save_embedding_layers=False)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -490,6 +491,9 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     device = resolve_device()
     model, tok = load_model(cfg.model, trainable=True, device=device,
                             max_seq_length=cfg.prompt.max_length)
+    if t.gradient_checkpointing and not getattr(model, "is_loaded_in_4bit", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model = apply_lora(model, cfg.lora, seed=t.seed)
     trainable, total_params = count_parameters(model)
     log.info("LoRA: %s trainable of %s parameters", f"{trainable:,}", f"{total_params:,}")

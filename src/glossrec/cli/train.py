@@ -21,6 +21,8 @@ def train_cmd(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps.")] = None,
     max_examples: Annotated[Optional[int], typer.Option(
         help="Train on a reproducible random subset of N examples.")] = None,
+    max_valid_examples: Annotated[Optional[int], typer.Option(
+        help="Validate on a reproducible random subset of N examples (CPU budgets).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder (overrides data.path).")] = None,
     model: Annotated[Optional[str], typer.Option(
         help='Base model: hub name, local folder, .gguf file or "embedded:smollm2".')] = None,
@@ -36,6 +38,7 @@ def train_cmd(
     if config is None and (out / "config.toml").is_file():
         config = out / "config.toml"
     overrides = {"train.max_steps": max_steps, "train.max_examples": max_examples,
+                 "train.max_valid_examples": max_valid_examples,
                  "data.path": str(data.expanduser().resolve()) if data is not None else None,
                  "model.name": model}
     cfg = load_config(config, overrides)
