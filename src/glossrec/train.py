@@ -338,6 +338,17 @@ def _use_bf16(t: TrainConfig, device: str) -> bool:
     return t.bf16
 
 
+def _enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing (named so from transformers 5; gradient_* before)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()  # frozen embeddings: let gradients reach LoRA layers
+    model.config.use_cache = False
+
+
 def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
                   device: str, bf16: bool) -> float:
     """Token-mean validation loss (length-sorted batches: less padding, same result)."""
@@ -492,8 +503,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     model, tok = load_model(cfg.model, trainable=True, device=device,
                             max_seq_length=cfg.prompt.max_length)
     if t.gradient_checkpointing and not getattr(model, "is_loaded_in_4bit", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        _enable_checkpointing(model)
     model = apply_lora(model, cfg.lora, seed=t.seed)
     trainable, total_params = count_parameters(model)
     log.info("LoRA: %s trainable of %s parameters", f"{trainable:,}", f"{total_params:,}")
