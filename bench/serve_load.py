@@ -120,7 +120,7 @@ def check(body: Any, history: list[str], k: int, known: set[str]) -> str | None:
 
 
 async def drive(url: str, histories: list[list[str]], k: int, concurrency: int, duration_s: float,
-                max_requests: int, known: set[str]) -> RunStats:
+                max_requests: int, known: set[str], timeout_s: float = 3600.0) -> RunStats:
     stats = RunStats()
     counter = iter(range(max_requests))
     deadline = time.monotonic() + duration_s
@@ -147,7 +147,7 @@ async def drive(url: str, histories: list[list[str]], k: int, concurrency: int, 
                 stats.latencies.append(dt)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as c:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(concurrency)))
         stats.wall_s = time.perf_counter() - t0
@@ -176,7 +176,8 @@ def one_run(name: str, run: Path, serve_args: list[str], histories: list[list[st
     try:
         # Warm-up (first-call costs: JIT, caches), not timed.
         asyncio.run(drive(url, histories[-4:], a.k, 1, 900, warmup, known))
-        stats = asyncio.run(drive(url, histories, a.k, concurrency, duration, max_requests, known))
+        stats = asyncio.run(drive(url, histories, a.k, concurrency, duration, max_requests, known,
+                                  a.timeout))
         health = httpx.get(url + "/health", timeout=30).json()
     finally:
         stop(proc)
@@ -207,6 +208,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=4, help="untimed requests first (LIS)")
     p.add_argument("--lm-warmup", type=int, default=1, help="untimed requests first (LM)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="client timeout per request (queued unbatched LM requests wait long on CPU)")
     p.add_argument("--lis-concurrency", type=int, default=16)
     p.add_argument("--lis-duration", type=float, default=20.0)
     p.add_argument("--lis-requests", type=int, default=5000)

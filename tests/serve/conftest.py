@@ -5,10 +5,19 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import re
-from collections.abc import Sequence
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -120,8 +129,6 @@ class FakeGenerator:
         self.prompts: list[str] = []
 
     def generate(self, prompts: list[str]) -> list[list[str]]:
-        import time
-
         self.calls.append(len(prompts))
         self.prompts.extend(prompts)
         if self.delay_s:
@@ -154,18 +161,6 @@ def word_catalog(tmp_path: Path):
 
 # ---- a real service in a subprocess ------------------------------------------------------------
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass as _dataclass
-
-import httpx
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -173,7 +168,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@_dataclass
+@dataclass
 class Server:
     proc: subprocess.Popen
     url: str

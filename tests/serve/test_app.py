@@ -200,3 +200,11 @@ def test_concurrent_lm_requests_are_batched_into_one_generate_call(word_catalog:
     # each response is its own user's: the echo generator predicts the last item again
     assert rs[0].json()["queries"][0] == "Title: Argan oil shampoo for dry hair"
     assert rs[1].json()["items"][0]["item_id"] != rs[0].json()["items"][0]["item_id"]
+
+
+def test_item_ids_with_slashes_and_unicode_round_trip(client: TestClient) -> None:
+    h = {"x-api-key": KEY}
+    for iid in ("shop/42", "crème-1"):
+        assert client.post("/items", headers=h, json={"item_id": iid, "title": "Odd id item"}).status_code == 201
+        assert client.get(f"/items/{iid}").json()["item_id"] == iid
+        assert client.delete(f"/items/{iid}", headers=h).status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from glossrec.serve.store import POINTER, WRITE_DELAY_ENV, LiveCatalog
+from glossrec.serve.store import POINTER, WRITE_DELAY_ENV, ItemRecord, LiveCatalog
 
 from .conftest import TITLES, running, start_server, stop_server
 
@@ -55,8 +55,7 @@ def test_added_item_survives_restart_and_removed_never_returns(bm25_run: Path) -
 def test_cli_writes_reach_a_running_service(bm25_run: Path) -> None:
     with running(bm25_run) as srv, srv.client() as c:
         other = LiveCatalog.open(bm25_run / "index")  # e.g. `glossrec items add` meanwhile
-        other.add([__import__("glossrec.serve.store", fromlist=["ItemRecord"]).ItemRecord(
-            "CLI-1", "Volcanic clay detox mask")])
+        other.add([ItemRecord("CLI-1", "Volcanic clay detox mask")])
         assert _top(c, [{"title": "volcanic clay detox mask"}])[0] == "CLI-1"
 
 

@@ -370,7 +370,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
         return {"added": res.added, "replaced": res.replaced, "catalog_version": res.version,
                 "items": len(recommender.catalog)}
 
-    @app.delete("/items/{item_id}", response_model=WriteOut, dependencies=[Depends(require_key)],
+    @app.delete("/items/{item_id:path}", response_model=WriteOut, dependencies=[Depends(require_key)],
                 summary="Remove an item", responses={404: {"description": "Unknown item id"}})
     async def remove_item(item_id: str) -> Any:
         try:
@@ -380,7 +380,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
         return {"removed": res.removed, "catalog_version": res.version,
                 "items": len(recommender.catalog)}
 
-    @app.get("/items/{item_id}", response_model=ItemOut, summary="Show one item",
+    @app.get("/items/{item_id:path}", response_model=ItemOut, summary="Show one item",
              responses={404: {"description": "Unknown item id"}})
     async def get_item(item_id: str) -> Any:
         try:
