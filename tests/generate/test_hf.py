@@ -66,6 +66,12 @@ class _StubModel(torch.nn.Module):
         self.new_ids = new_ids
         self.calls: list[dict[str, Any]] = []
 
+    def forward(self, **kw: Any) -> Any:
+        # A model whose cache cannot be shared: the generator must fall back to plain generate.
+        from types import SimpleNamespace
+
+        return SimpleNamespace(cache=None)
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: Any) -> torch.Tensor:
         self.calls.append({"input_ids": input_ids, "attention_mask": attention_mask, **kw})
         k = kw["num_return_sequences"]
@@ -91,6 +97,7 @@ def test_only_new_tokens_decoded_and_left_padded(tiny_lm_dir: Any) -> None:
     mask = call["attention_mask"]
     assert mask.shape[0] == 2 and mask[0, 0] == 0 and mask[:, -1].all()   # LEFT padding
     assert (call["input_ids"][mask == 0] == tok.pad_token_id).all()
+    assert "cache" not in call   # no shareable cache: plain generate
 
 
 def test_stop_at_newline_adds_newline_tokens_as_stops(peaky_lm: tuple[Any, Any],
@@ -122,3 +129,22 @@ def test_tokenizer_without_eos_is_a_config_error(peaky_lm: tuple[Any, Any]) -> N
 
     with pytest.raises(ConfigError, match="EOS"):
         HFGenerator(model, NoEos(), GenerateConfig())
+
+
+def test_shared_prefill_matches_plain_generate_and_encodes_each_prompt_once(
+        peaky_lm: tuple[Any, Any], prompts: list[str]) -> None:
+    model, tok = peaky_lm
+    cfg = GenerateConfig(batch_size=4, max_new_tokens=20)
+    plain = HFGenerator(model, tok, cfg, share_prefill=False).generate(prompts[:4])
+    seen: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = HFGenerator(model, tok, cfg).generate(prompts[:4])
+    finally:
+        hook.remove()
+    assert shared == plain
+    # First forward: the 4 prompts once (all but their last token), not 4 x 5 beams.
+    rows, width = seen[0]
+    assert rows == 4 and width == max(len(x) for x in encode_prompts(tok, prompts[:4], 974)) - 1
+    assert all(r == 20 and w == 1 for r, w in seen[1:])   # then one token per beam per step
