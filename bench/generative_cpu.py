@@ -18,7 +18,6 @@ bench can run in the background and be restarted.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

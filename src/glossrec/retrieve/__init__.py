@@ -306,6 +306,17 @@ def read_meta(version: Path, kind: str | None = None) -> dict[str, Any]:
     return meta
 
 
+def open_saved(cls: Any, folder: Path) -> tuple[Any, Path, ItemTable]:
+    """(an instance of `cls` with the saved settings, its version folder, its items)."""
+    version = current_version(folder)
+    meta = read_meta(version, cls.kind)
+    try:
+        r = cls(**meta["settings"])
+    except TypeError as e:
+        raise DataError(f"bad settings ({e})", version / META, None, "settings") from None
+    return r, version, read_items(version, int(meta["n_items"]))
+
+
 def write_meta(version: Path, kind: str, settings: dict[str, Any], n_items: int) -> None:
     write_json(version / META, {"format": FORMAT, "kind": kind, "n_items": n_items,
                                 "settings": settings})

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from glossrec.errors import ConfigError, DataError
+from glossrec.errors import ConfigError
 from glossrec.retrieve import (
-    ItemTable, check_items, check_search_args, current_version, read_items, read_meta, rows_per_chunk,
-    save_versioned, write_items, write_meta,
+    ItemTable, check_items, check_search_args, open_saved, rows_per_chunk, save_versioned,
+    write_items, write_meta,
 )
 from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
 
@@ -273,13 +273,7 @@ class BM25Retriever(Retriever):
 
     @classmethod
     def load(cls, folder: Path) -> BM25Retriever:
-        version = current_version(folder)
-        meta = read_meta(version, cls.kind)
-        try:
-            r = cls(**meta["settings"])
-        except TypeError as e:
-            raise DataError(f"bad settings ({e})", version / "retriever.json", None, "settings") from None
-        items = read_items(version, int(meta["n_items"]))
+        r, _, items = open_saved(cls, folder)
         r.index(items.ids, items.texts)
         return r
 

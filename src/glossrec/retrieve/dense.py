@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from glossrec.config import EMBEDDED_ENCODER
 from glossrec.errors import ConfigError, DataError
 from glossrec.retrieve import (
-    ItemTable, check_items, check_search_args, current_version, read_array, read_items, read_meta,
-    rows_per_chunk, save_versioned, write_array, write_items, write_meta,
+    ItemTable, check_items, check_search_args, open_saved, read_array, rows_per_chunk,
+    save_versioned, write_array, write_items, write_meta,
 )
 from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
 
@@ -213,14 +213,8 @@ class DenseRetriever(Retriever):
     @classmethod
     def load(cls, folder: Path) -> DenseRetriever:
         """Reload items and embeddings; the encoder itself loads (by name) on first encode."""
-        version = current_version(folder)
-        meta = read_meta(version, cls.kind)
-        try:
-            r = cls(**meta["settings"])
-        except TypeError as e:
-            raise DataError(f"bad settings ({e})", version / "retriever.json", None, "settings") from None
-        n = int(meta["n_items"])
-        items = read_items(version, n)
+        r, version, items = open_saved(cls, folder)
+        n = len(items)
         emb = read_array(version / "embeddings.npy", np.dtype(np.float32), 2)
         if len(emb) != n:
             raise DataError(f"{len(emb)} rows, but retriever.json says {n} items", version / "embeddings.npy")
