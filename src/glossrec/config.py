@@ -142,12 +142,16 @@ class GenerateConfig(_Section):
     batch_size: int = Field(8, ge=1)
     backend: Literal["hf", "vllm"] = "hf"
     bf16: bool = False
-    """CPU bf16 generation is faster but may change some beams; fp32 is the exact default."""
+    """bf16 autocast. fp32 is the exact default: bf16 changed the texts of 2 of 4 users, and on a
+    CPU without bf16 units (this dev machine) it ran 3x slower (bench/generation.py); use it on
+    GPUs or CPUs with AVX512-BF16/AMX."""
     max_users: int | None = Field(None, ge=1)
     stop_at_newline: bool = False
-    """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline
-    (only the first line is kept anyway): faster, but beams are scored on their first line alone,
-    so some texts differ from the paper setting (see bench/generation.py)."""
+    """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline, as
+    at EOS (only the first line is kept anyway), so beams are scored on their first line alone.
+    Measured (bench/generation.py, untrained SmolLM2): texts differ for every user and the search
+    still runs to max_new_tokens while some beam could improve, so no reliable speed-up; with a
+    fine-tuned model (title, then EOS) it rarely matters."""
 
     @field_validator("num_return")
     @classmethod

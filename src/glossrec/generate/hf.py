@@ -122,8 +122,11 @@ class HFGenerator:
         each beam (generate then runs only the last prompt token per beam). None when the model's
         cache cannot be repeated: generate then prefills the usual way."""
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
-                         position_ids=pos[:, :-1], use_cache=True, logits_to_keep=1)
+        try:
+            out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
+                             position_ids=pos[:, :-1], use_cache=True, logits_to_keep=1)
+        except TypeError:  # a patched forward (e.g. Unsloth's) without these arguments
+            return None
         cache = getattr(out, "cache", None)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None
