@@ -197,6 +197,19 @@ def merge(stats: list[RunStats]) -> RunStats:
                     sum(s.wall_s for s in stats))
 
 
+def code_version() -> dict[str, Any]:
+    """The commit, and whether the generator code differed from it (others edit it meanwhile)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": git("status", "--short", "--", "src").splitlines()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "beauty-sample")
@@ -235,6 +248,7 @@ def main() -> None:
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     histories, known = load_histories(a.data, a.users, a.max_history, a.seed)
     results: dict[str, Any] = {}
+    code_at_start = code_version()
     with tempfile.TemporaryDirectory(prefix="glossrec-load-") as tmp:
         workdir = Path(tmp)
         run = make_index_run(a.data, a.retriever, workdir / "run")
@@ -275,6 +289,7 @@ def main() -> None:
         "what": "glossrec serve load test (bench/serve_load.py)",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg_at_end": os.getloadavg(), "python": platform.python_version()},
+        "code_at_start": code_at_start, "code_at_end": code_version(),
         "data": str(a.data), "retriever": a.retriever, "k": a.k, "distinct_histories": len(histories),
         "lm_model": "embedded:smollm2 (SmolLM2-135M-Instruct), NOT fine-tuned, no adapter",
         "lm_generation": {"num_beams": a.num_beams, "num_return": a.num_beams,
