@@ -258,7 +258,9 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         return {}
     from glossrec.generate import read_generations
 
-    queries = read_generations(gens)
+    # Only this config's users: a file may also hold users of an earlier, differently sampled run.
+    generated = read_generations(gens)
+    queries = {e.user_id: generated[e.user_id] for e in prep.examples if e.user_id in generated}
     kinds = [cfg.retrieve.retriever]
     if baselines:
         kinds.append("bm25" if cfg.retrieve.retriever == "dense" else "dense")
