@@ -25,7 +25,7 @@ from glossrec.config import load_config
 from glossrec.evaluate import SEGMENTS, bootstrap_ci
 from glossrec.generate import read_generations
 from glossrec.io import read_json, write_json
-from glossrec.pipeline import _with, build_index, load_data, run, run_lis, run_retrieve
+from glossrec.pipeline import _with, build_index, load_data, prepare, run, run_lis, run_retrieve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,8 @@ def main() -> None:
     run_dir = Path(args.out or cfg.out).resolve()
     cfg = cfg.model_copy(update={"out": run_dir})
     ds = load_data(cfg)
-    gens = read_generations(run_dir / "generations.jsonl")
+    every = read_generations(run_dir / "generations.jsonl")
+    gens = {e.user_id: every[e.user_id] for e in prepare(cfg, ds).examples if e.user_id in every}
     variants = {}
     for kind in ("dense", "bm25"):
         kcfg = _with(cfg, retrieve={"retriever": kind})
