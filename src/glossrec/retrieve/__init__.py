@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from glossrec.errors import DataError
-from glossrec.io import atomic_write, write_json
+from glossrec.io import atomic_write, fsync_path, write_json
 from glossrec.retrieve.base import Retriever, topk
 
 if TYPE_CHECKING:
@@ -202,19 +202,11 @@ def rows_per_chunk(n_items: int, budget_bytes: int) -> int:
 
 # --------------------------------------------------------------------------- versioned storage
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 def _version_numbers(folder: Path) -> list[int]:
@@ -225,7 +217,7 @@ def _write_current(folder: Path, name: str) -> None:
     with atomic_write(folder / CURRENT) as f:
         json.dump({"version": name}, f)
         f.write("\n")
-    _fsync_path(folder)
+    fsync_path(folder)
 
 
 def _prune(folder: Path, keep: str) -> None:
@@ -258,7 +250,7 @@ def save_versioned(folder: str | Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_path(folder)
+    fsync_path(folder)
     _write_current(folder, name)
     _prune(folder, name)
     return folder / name

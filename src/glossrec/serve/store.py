@@ -35,7 +35,7 @@ import numpy as np
 
 from glossrec.data import Catalog
 from glossrec.errors import DataError, GlossrecError
-from glossrec.io import atomic_write, iter_jsonl, read_json, write_json
+from glossrec.io import atomic_write, fsync_path, iter_jsonl, read_json, write_json
 from glossrec.retrieve.base import Retriever
 
 POINTER = "CATALOG"
@@ -103,14 +103,6 @@ class WriteResult:
     replaced: list[str]
     removed: list[str]
     version: str
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _test_delay(phase: str) -> None:
@@ -381,13 +373,13 @@ class LiveCatalog:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         os.rename(tmp, self.folder / name)
-        _fsync_dir(self.folder)
+        fsync_path(self.folder)
         _test_delay("publish")
         with atomic_write(self.folder / POINTER) as f:
             f.write(name + "\n")
-        _fsync_dir(self.folder)
+        fsync_path(self.folder)
         self._prune({name, previous})
         return name
 
