@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from glossrec.errors import DataError
-from glossrec.io import atomic_write, fsync_path, write_json
+from glossrec.io import atomic_write, fsync_path, read_json, write_json
 from glossrec.retrieve.base import Retriever, topk
 
 if TYPE_CHECKING:
@@ -281,12 +281,7 @@ def current_version(folder: str | Path, retries: int = 3) -> Path:
 def read_meta(version: Path, kind: str | None = None) -> dict[str, Any]:
     """retriever.json of a version folder, checked for format and (optionally) kind."""
     path = version / META
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e.msg})", path, e.lineno) from None
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("kind") not in _KINDS:
         raise DataError(f"unknown retriever kind (known: {', '.join(_KINDS)})", path, None, "kind")
     if meta.get("format") != FORMAT:
@@ -323,12 +318,7 @@ def read_items(version: Path, n_items: int) -> ItemTable:
     out = []
     for name in ("ids.json", "texts.json"):
         path = version / name
-        try:
-            vals = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError("file not found", path) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e.msg})", path, e.lineno) from None
+        vals = read_json(path)
         if not isinstance(vals, list) or not all(isinstance(v, str) for v in vals):
             raise DataError("expected a JSON list of strings", path)
         if len(vals) != n_items:
