@@ -83,7 +83,6 @@ def run_lis(cfg: RunConfig, out: Path | None = None, ds: Dataset | None = None,
     retriever = retriever or build_index(cfg, prep.dataset)
     t_index = time.perf_counter() - t0
     cat = prep.dataset.catalog
-    queries = [cat.text(e.history[-1]) for e in prep.examples]
     k = max(cfg.evaluate.cutoffs)
     t0 = time.perf_counter()
     exclude = _exclusions(prep.examples, cfg.retrieve.exclude_history)
@@ -93,6 +92,7 @@ def run_lis(cfg: RunConfig, out: Path | None = None, ds: Dataset | None = None,
         emb = retriever.embeddings[[e.history[-1] for e in prep.examples]]  # type: ignore[attr-defined]
         ranked, scores = retriever.search_embeddings(emb, k, exclude)  # type: ignore[attr-defined]
     else:
+        queries = [cat.text(e.history[-1]) for e in prep.examples]
         ranked, scores = retriever.search(queries, k, exclude, show_progress=True)
     t_search = time.perf_counter() - t0
     return _finish(cfg, prep, ranked, scores, out,
