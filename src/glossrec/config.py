@@ -146,6 +146,10 @@ class GenerateConfig(_Section):
     CPU without bf16 units (this dev machine) it ran 3x slower (bench/generation.py); use it on
     GPUs or CPUs with AVX512-BF16/AMX."""
     max_users: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1)
+    """CPU data parallelism (hf backend): N processes, each with its share of the cores and of
+    the users, merged into one generations file. A 135M model decodes overhead-bound on a CPU,
+    so processes scale better than threads (bench/generation.py --workers). Ignored on a GPU."""
     stop_at_newline: bool = False
     """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline, as
     at EOS (only the first line is kept anyway), so beams are scored on their first line alone.

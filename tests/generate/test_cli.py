@@ -100,3 +100,35 @@ def test_not_a_run_dir(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="not a run directory"):
         generate_run(tmp_path)
+
+
+def test_parallel_workers_match_one_process_and_resume_their_part_files(run_dir: Path) -> None:
+    from glossrec.cli.generate import generate_run
+
+    one = _rows(generate_run(run_dir, users=4, batch_size=1, show_progress=False))
+    out = generate_run(run_dir, users=4, batch_size=1, workers=2, overwrite=True,
+                       show_progress=False)
+    assert _rows(out) == one  # same texts, same order, one file
+    assert not list(run_dir.glob("generations.jsonl.part*"))
+
+    # A killed parallel run: user A in the main file, user B finished by a worker whose part
+    # file also ends in a torn line. Both are kept as they are; only the other two are made.
+    a, b = one[0], one[1]
+    fake_b = {"user_id": b["user_id"], "texts": ["kept from the part file"] * 5}
+    out.write_text(json.dumps(a) + "\n")
+    (run_dir / "generations.jsonl.part1").write_text(json.dumps(fake_b) + "\n" + '{"user_id": "x')
+    rows = _rows(generate_run(run_dir, users=4, batch_size=1, workers=2, show_progress=False))
+    assert [r["user_id"] for r in rows] == [r["user_id"] for r in one]
+    assert rows[1] == fake_b and rows[0] == a and rows[2:] == one[2:]
+    assert not list(run_dir.glob("generations.jsonl.part*"))
+
+
+def test_workers_refused_for_vllm(run_dir: Path) -> None:
+    from glossrec.cli.generate import generate_run
+
+    text = (run_dir / "config.toml").read_text()
+    gen = text.index("[generate]")
+    text = text[:gen] + text[gen:].replace('backend = "hf"', 'backend = "vllm"', 1)
+    (run_dir / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match="hf backend"):
+        generate_run(run_dir, users=2, workers=2, show_progress=False)

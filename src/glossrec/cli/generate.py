@@ -21,7 +21,7 @@ def generations_path(run_dir: Path, split: str) -> Path:
 
 def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, users: int | None = None,
                  batch_size: int | None = None, overwrite: bool = False,
-                 show_progress: bool = True) -> Path:
+                 show_progress: bool = True, workers: int | None = None) -> Path:
     """Generate for a run directory: its config.toml, dataset and adapter/ (if trained).
 
     Users: --users N, else generate.max_users, else evaluate.users (so `evaluate` finds the
@@ -37,7 +37,7 @@ def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, u
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.toml)")
-    cfg = load_config(cfg_path, {"generate.batch_size": batch_size})
+    cfg = load_config(cfg_path, {"generate.batch_size": batch_size, "generate.workers": workers})
     if cfg.data.path is None:
         raise ConfigError(f"{cfg_path}: [data] path is not set")
     split = split or cfg.evaluate.split
@@ -68,11 +68,13 @@ def generate(
     users: Annotated[Optional[int], typer.Option("--users", min=1, help="A reproducible random sample of N users (evaluate.user_seed).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prompts per beam-search batch (default: generate.batch_size).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="CPU: N processes sharing the cores and the users (default: generate.workers).")] = None,
 ) -> None:
     """Beam-search next-item texts for a split's users into RUN/generations.jsonl (resumable)."""
     from glossrec.errors import ConfigError
 
     if split is not None and split not in GENERATIONS:
         raise ConfigError(f"--split must be test or valid, got {split!r}")
-    out = generate_run(run, split, users, batch_size, overwrite)  # type: ignore[arg-type]
+    out = generate_run(run, split, users, batch_size, overwrite,  # type: ignore[arg-type]
+                       workers=workers)
     typer.echo(str(out))

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -151,7 +151,8 @@ def _line(user_id: str, texts: list[str]) -> str:
 
 
 def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_path: Path,
-                     batch_size: int, show_progress: bool = True) -> Path:
+                     batch_size: int, show_progress: bool = True,
+                     on_batch: Callable[[int], None] | None = None) -> Path:
     """Generate for (user_id, prompt) pairs, appending one JSON line per user as it goes.
 
     A killed run loses at most the batch in flight: each batch is flushed and fsynced, and on
@@ -195,6 +196,8 @@ def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_pat
                 f.flush()
                 os.fsync(f.fileno())
                 bar.update(len(batch))
+                if on_batch is not None:
+                    on_batch(len(batch))
     finally:
         bar.close()
     _reorder(out_path, ids, done)
@@ -287,12 +290,17 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     out_path = Path(out_path)
     meta = {**generation_fingerprint(cfg, adapter_dir), **(extra_meta or {})}
     _check_meta(out_path, meta, overwrite)
+    if overwrite:
+        for part in _part_files(out_path):
+            part.unlink()
+    _absorb_parts(out_path)  # what workers of a killed parallel run had finished
     done = _scan(out_path).done if out_path.exists() else {}
     if all(ex.user_id in done for ex in examples):
         generate_to_file(_Nothing(), [(ex.user_id, "") for ex in examples], out_path, 1,
                          show_progress=False)  # only puts the file in order
         return out_path
-    if generator is None:
+    workers = _effective_workers(cfg) if generator is None else 1
+    if generator is None and workers == 1:
         generator = make_generator(cfg, adapter_dir)
     tok = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
     if tok is None:
@@ -303,9 +311,132 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     prompts = dict(test_prompts(pending, catalog, tok, cfg.prompt, reserve=cfg.generate.max_new_tokens))
     # Users already done keep their place in the order; their prompt is never used.
     items = [(ex.user_id, prompts.get(ex.user_id, "")) for ex in examples]
+    if workers > 1:
+        _generate_parallel(cfg, adapter_dir, [it for it in items if it[0] not in done], out_path,
+                           workers, show_progress)
+        generator = _Nothing()  # every user is in the file now; the call below only orders it
+    assert generator is not None
     return generate_to_file(generator, items, out_path, cfg.generate.batch_size, show_progress)
 
 
 class _Nothing:
     def generate(self, prompts: list[str]) -> list[list[str]]:
         raise AssertionError("every user is already generated")
+
+
+# --- CPU data parallelism: N worker processes, one part file each ---------------------------
+
+
+def _part_files(out_path: Path) -> list[Path]:
+    return sorted(Path(out_path).parent.glob(Path(out_path).name + ".part*"))
+
+
+def _absorb_parts(out_path: Path) -> None:
+    """Append the complete lines of worker part files to `out_path` (durably), then delete them.
+
+    A part's torn last line is dropped (that user is generated again); a user already in the
+    main file is not duplicated. Main file first, parts deleted after: a kill in between only
+    leaves parts whose users are skipped next time.
+    """
+    parts = _part_files(out_path)
+    if not parts:
+        return
+    main = _scan(out_path)
+    done = main.done
+    if out_path.exists() and out_path.stat().st_size != main.good_bytes:
+        with open(out_path, "r+b") as f:
+            f.truncate(main.good_bytes)
+    with open(out_path, "a", encoding="utf-8") as f:
+        for part in parts:
+            for uid, texts in _scan(part).done.items():
+                if uid not in done:
+                    f.write(_line(uid, texts))
+                    done[uid] = texts
+        f.flush()
+        os.fsync(f.fileno())
+    for part in parts:
+        part.unlink()
+
+
+def _effective_workers(cfg: RunConfig) -> int:
+    n = cfg.generate.workers
+    if n > 1 and cfg.generate.backend != "hf":
+        raise ConfigError(f"generate.workers = {n} is for the hf backend on a CPU; "
+                          f"the {cfg.generate.backend} backend batches on the GPU by itself")
+    if n > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "generate.workers = %d ignored: a GPU is present (one process batches on it)", n)
+            return 1
+    return n
+
+
+def _threads_per_worker(workers: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]], part: str,
+            threads: int, progress: Any) -> None:
+    import torch
+
+    from glossrec.config import RunConfig
+
+    torch.set_num_threads(threads)
+    cfg = RunConfig.model_validate_json(cfg_json)
+    generator = make_generator(cfg, Path(adapter_dir) if adapter_dir else None)
+    generate_to_file(generator, items, Path(part), cfg.generate.batch_size, show_progress=False,
+                     on_batch=progress.put)
+
+
+def _generate_parallel(cfg: RunConfig, adapter_dir: Path | None, pending: list[tuple[str, str]],
+                       out_path: Path, workers: int, show_progress: bool) -> None:
+    """Split `pending` over `workers` spawned processes and merge their part files.
+
+    Users are dealt round-robin in prompt-length order, so every worker gets the same mix of
+    short and long prompts (and its batches still group similar lengths).
+    """
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    from tqdm.auto import tqdm
+
+    pending = sorted(pending, key=lambda it: len(it[1]))
+    shares = [pending[i::workers] for i in range(workers)]
+    shares = [s for s in shares if s]
+    ctx = mp.get_context("spawn")  # a forked torch process can deadlock in its thread pools
+    progress = ctx.Queue()
+    threads = _threads_per_worker(len(shares))
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(cfg.model_dump_json(), str(adapter_dir) if adapter_dir else None,
+                               share, f"{out_path}.part{i}", threads, progress))
+             for i, share in enumerate(shares)]
+    for p in procs:
+        p.start()
+    bar = tqdm(total=len(pending), unit="user", desc=f"generate ({len(procs)} workers)",
+               disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        while any(p.is_alive() for p in procs):
+            try:
+                bar.update(progress.get(timeout=0.5))
+            except queue_mod.Empty:
+                pass
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        bar.close()
+        _absorb_parts(out_path)  # keep whatever finished, even when a worker failed
+    failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"generation worker(s) {failed} failed (exit codes "
+                           f"{[procs[i].exitcode for i in failed]}); finished users are kept in "
+                           f"{out_path}, run again to resume")
