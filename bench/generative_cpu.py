@@ -30,6 +30,30 @@ from glossrec.pipeline import _with, build_index, load_data, prepare, run, run_l
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def text_diagnostics(examples: list, gens: dict[str, list[str]], catalog) -> dict[str, float]:
+    """What the model writes, in numbers that explain the scores (exact, case-insensitive).
+
+    catalog_title: top text is some catalog item's text (the model writes real titles);
+    target_any_beam: one of the texts IS the target (an exact hit before retrieval);
+    copies_history: top text is an item already in the user's history (LIS-like behaviour);
+    distinct_per_user: distinct texts among the beams.
+    """
+    norm = {t.strip().lower(): i for i, t in enumerate(catalog.texts())}
+    n = cat = hit = copy = 0
+    distinct = 0.0
+    for ex in examples:
+        texts = [t.strip().lower() for t in gens.get(ex.user_id, [])]
+        if not texts:
+            continue
+        n += 1
+        cat += texts[0] in norm
+        hit += any(norm.get(t) == ex.target for t in texts)
+        copy += norm.get(texts[0], -1) in set(ex.history)
+        distinct += len(set(texts))
+    return {"users": n, "catalog_title": round(cat / n, 4), "target_any_beam": round(hit / n, 4),
+            "copies_history": round(copy / n, 4), "distinct_per_user": round(distinct / n, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "bench-cpu-beauty.toml"))
@@ -60,6 +84,7 @@ def main() -> None:
             fcfg = _with(kcfg, retrieve={"retriever": kind, "ranking": fusion, "per_text_k": 20})
             variants[f"GLoSS-135M {kind} {fusion}-fusion"] = run_retrieve(fcfg, gens, None, ds, index)
 
+    diagnostics = text_diagnostics(prepare(cfg, ds).examples, gens, ds.catalog)
     users = {tuple(ev.user_ids) for ev in variants.values()}
     assert len(users) == 1, "every row must be scored on the same users"
     n_users = len(next(iter(users)))
@@ -77,8 +102,19 @@ def main() -> None:
                         "ndcg@5": ev.metrics[seg]["ndcg@5"]}
         rows.append(row)
 
+    hist = [h for h in train_info.get("result", {}).get("history", []) if "loss" in h]
+    valid = [(h["step"], round(h["valid_loss"], 4)) for h in
+             train_info.get("result", {}).get("history", []) if "valid_loss" in h]
+    steps = train_info.get("result", {}).get("steps")
+    train_summary = {
+        "steps": steps, "examples_seen": steps * cfg.train.batch_size * cfg.train.grad_accum if steps else None,
+        "seconds": train_info.get("seconds"),
+        "first_loss": round(hist[0]["loss"], 4) if hist else None,
+        "last5_mean_loss": round(sum(h["loss"] for h in hist[-5:]) / len(hist[-5:]), 4) if hist else None,
+        "valid_loss": valid}
     print(f"\nBeauty, {n_users} fixed random test users (seed {cfg.evaluate.user_seed}); "
-          f"training: {train_info}")
+          f"training: {train_summary}")
+    print("generated texts: " + ", ".join(f"{k} {v}" for k, v in diagnostics.items()))
     print(f"{'run':34} {'R@5':>7} {'95% CI':>17} {'N@5':>7} {'95% CI':>17}   "
           + "  ".join(f"{s} R@5/N@5" for s in SEGMENTS))
     for r in rows:
@@ -86,7 +122,8 @@ def main() -> None:
         print(f"{r['run']:34} {r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
               f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]   {seg}")
     write_json(Path(args.json), {"config": str(args.config), "run_dir": str(run_dir),
-                                 "users": n_users, "train": train_info,
+                                 "users": n_users, "train": train_summary,
+                                 "diagnostics": diagnostics,
                                  "generate": manifest["stages"].get("generate", {}),
                                  "wall_s": round(time.perf_counter() - t0, 1), "rows": rows})
     print(f"wrote {args.json}")
