@@ -162,3 +162,39 @@ def test_lis_bm25_reproduces_the_paper(name: str) -> None:
     (r_lo, r_hi), (n_lo, n_hi) = BANDS[name]
     assert r_lo <= ev.metrics["overall"]["recall@5"] <= r_hi
     assert n_lo <= ev.metrics["overall"]["ndcg@5"] <= n_hi
+
+
+def test_run_end_to_end_leaves_a_servable_index_and_skips_done_stages(
+        tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import glossrec.train
+    from glossrec.pipeline import run
+    from glossrec.serve.store import ItemRecord, LiveCatalog
+
+    cfg = _cfg(**{"model.name": str(tiny_lm_dir), "model.load_in_4bit": False,
+                  "train.max_steps": 1, "train.max_examples": 8, "train.max_valid_examples": 2,
+                  "train.warmup_steps": 0, "generate.num_beams": 2, "generate.num_return": 2,
+                  "generate.max_new_tokens": 4, "evaluate.users": 4})
+    out = tmp_path / "run"
+    res = run(cfg, out, baselines=False)
+    assert list(res) == ["GLoSS-bm25"] and len(res["GLoSS-bm25"].user_ids) == 4
+    for name in ("config.toml", "adapter/adapter_config.json", "generations.jsonl", "report.md",
+                 "manifest.json"):
+        assert (out / name).is_file(), name
+
+    # The scoring index is saved as the run's live catalog: serving needs no second indexing.
+    ds = load_data(cfg)
+    live = LiveCatalog.open(out / "index")
+    assert [r.item_id for r in live.items()] == list(ds.catalog.ids)
+    q = [ds.catalog.text(3), "lavender shampoo"]
+    assert np.array_equal(live.retriever.search(q, 5)[0], build_index(cfg, ds).search(q, 5)[0])
+
+    # A second run skips training and keeps the served catalog (with its new item) as it is.
+    live.add([ItemRecord("NEW-1", "Lavender shampoo 500ml", {})])
+
+    def no_training(*a, **k):
+        raise AssertionError("train ran again")
+
+    monkeypatch.setattr(glossrec.train, "train_from_config", no_training)
+    again = run(cfg, out, baselines=False)
+    assert np.array_equal(again["GLoSS-bm25"].ranked, res["GLoSS-bm25"].ranked)
+    assert "NEW-1" in LiveCatalog.open(out / "index")

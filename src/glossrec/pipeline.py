@@ -269,6 +269,8 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     for n, kind in enumerate(kinds):
         kcfg = _with(cfg, retrieve={"retriever": kind})
         index = build_index(kcfg, ds)  # one index per retriever kind, shared by GLoSS and LIS
+        if n == 0:
+            persist_index(run_dir, index, ds)
         results[f"GLoSS-{kind}"] = run_retrieve(kcfg, queries, run_dir if n == 0 else run_dir / f"gloss-{kind}",
                                                 ds, index, source=str(gens))
         if baselines:
@@ -276,6 +278,23 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     results.update(lis)
     write_report(run_dir, results)
     return results
+
+
+def persist_index(run_dir: Path, index: Retriever, ds: Dataset) -> None:
+    """Save the run's retriever as its live catalog (RUN_DIR/index), so that `glossrec serve
+    --run` starts at once instead of encoding the catalog again. An existing live catalog is
+    left alone: it may hold items added or removed while serving."""
+    from glossrec.serve.recommender import INDEX_DIR
+    from glossrec.serve.store import LiveCatalog, is_live_catalog
+
+    folder = run_dir / INDEX_DIR
+    if is_live_catalog(folder):
+        log(f"index: {folder} exists (the served catalog), left as is")
+        return
+    try:
+        LiveCatalog.from_catalog(folder, ds.catalog, index, indexed=True)
+    except DataError as e:  # e.g. an item the service would refuse; the scores stand anyway
+        log(f"warning: run not made servable ({e}); `glossrec index` can build its catalog")
 
 
 def _jsonable(obj: Any) -> Any:

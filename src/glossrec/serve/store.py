@@ -150,8 +150,12 @@ class LiveCatalog:
     @classmethod
     def create(cls, folder: str | Path, items: Sequence[ItemRecord], retriever: Retriever,
                item_format: str = "Title: {title}", title_words: int = 25,
-               loader: RetrieverLoader | None = None) -> LiveCatalog:
-        """Index `items` with the (empty) `retriever` and persist the first version."""
+               loader: RetrieverLoader | None = None, indexed: bool = False) -> LiveCatalog:
+        """Index `items` with the (empty) `retriever` and persist the first version.
+
+        ``indexed=True``: the retriever already holds exactly these items in this order (a
+        pipeline that just scored with it): it is persisted as is, not encoded a second time.
+        """
         folder = Path(folder)
         formatter = Catalog([], [], item_format=item_format, title_words=title_words)
         records: dict[str, ItemRecord] = {}
@@ -163,7 +167,10 @@ class LiveCatalog:
                 raise DataError(f"duplicate item_id {rec.item_id!r}", None, None, "item_id")
             records[rec.item_id] = rec
         ids = list(records)
-        retriever.index(ids, [formatter.format_item(r.title, dict(r.attrs)) for r in records.values()])
+        if not indexed:
+            retriever.index(ids, [formatter.format_item(r.title, dict(r.attrs)) for r in records.values()])
+        elif list(retriever.ids) != ids:
+            raise ValueError("indexed=True but the retriever holds other items than `items`")
         folder.mkdir(parents=True, exist_ok=True)
         cat = cls(folder, records, retriever, formatter, "", loader or _default_loader)
         with cat._file_lock():
@@ -172,10 +179,11 @@ class LiveCatalog:
 
     @classmethod
     def from_catalog(cls, folder: str | Path, catalog: Catalog, retriever: Retriever,
-                     loader: RetrieverLoader | None = None) -> LiveCatalog:
+                     loader: RetrieverLoader | None = None, indexed: bool = False) -> LiveCatalog:
         """A live catalog seeded from a dataset's :class:`Catalog` (same item text)."""
         records = [ItemRecord(i, t, a) for i, t, a in zip(catalog.ids, catalog.titles, catalog.attrs)]
-        return cls.create(folder, records, retriever, catalog.item_format, catalog.title_words, loader)
+        return cls.create(folder, records, retriever, catalog.item_format, catalog.title_words,
+                          loader, indexed)
 
     @classmethod
     def open(cls, folder: str | Path, loader: RetrieverLoader | None = None) -> LiveCatalog:
