@@ -148,8 +148,10 @@ class GenerateConfig(_Section):
     max_users: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1)
     """CPU data parallelism (hf backend): N processes, each with its share of the cores and of
-    the users, merged into one generations file. A 135M model decodes overhead-bound on a CPU,
-    so processes scale better than threads (bench/generation.py --workers). Ignored on a GPU."""
+    the users, merged into one generations file; texts are unchanged. Measured on 2 cores
+    (bench/generation_workers.py, fine-tuned SmolLM2-135M): 2 workers x 1 thread ran 1.10x as
+    fast as 1 process x 2 threads, so 1 stays the default; more cores should gain more. Ignored
+    on a GPU."""
     stop_at_newline: bool = False
     """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline, as
     at EOS (only the first line is kept anyway), so beams are scored on their first line alone.
