@@ -54,12 +54,40 @@ def text_diagnostics(examples: list, gens: dict[str, list[str]], catalog) -> dic
             "copies_history": round(copy / n, 4), "distinct_per_user": round(distinct / n, 2)}
 
 
+def newline_probe(cfg, ds, examples: list, run_dir: Path, n: int) -> dict[str, list[str]]:
+    """Generate (resumably) the first `n` bench users again with generate.stop_at_newline.
+
+    Why: a briefly fine-tuned model writes the title, a newline, then more lines; the paper's
+    beams compete on all 50 tokens, so after cutting at the first line the 5 texts are often
+    one text 5 times. Ending beams at the newline makes them 5 different first lines.
+    """
+    from glossrec.generate import generate_examples
+
+    ncfg = _with(cfg, generate={"stop_at_newline": True, "workers": 1})
+    out = run_dir / "generations.newline.jsonl"
+    generate_examples(ncfg, examples[:n], ds.catalog, run_dir / "adapter", out)
+    every = read_generations(out)
+    return {e.user_id: every[e.user_id] for e in examples[:n]}
+
+
+def _subset_row(name: str, ev, keep: set[str]) -> dict:
+    mask = [u in keep for u in ev.user_ids]
+    row = {"run": name, "users": int(sum(mask))}
+    for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+        vals = ev.per_user[m][mask]
+        row[m] = float(vals.mean())
+        row[m + "_ci95"] = list(bootstrap_ci(vals))
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "bench-cpu-beauty.toml"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--users", type=int, default=None)
+    ap.add_argument("--newline-users", type=int, default=200,
+                    help="probe: the first N users again with stop_at_newline (0: skip)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "generative_cpu.json"))
     args = ap.parse_args()
 
@@ -71,7 +99,9 @@ def main() -> None:
     ds = load_data(cfg)
     every = read_generations(run_dir / "generations.jsonl")
     gens = {e.user_id: every[e.user_id] for e in prepare(cfg, ds).examples if e.user_id in every}
-    variants = {}
+    examples = prepare(cfg, ds).examples
+    newline = newline_probe(cfg, ds, examples, run_dir, args.newline_users) if args.newline_users else {}
+    variants, probe = {}, {}
     for kind in ("dense", "bm25"):
         kcfg = _with(cfg, retrieve={"retriever": kind})
         index = build_index(kcfg, ds)
@@ -83,8 +113,13 @@ def main() -> None:
         for fusion in ("max", "rrf"):
             fcfg = _with(kcfg, retrieve={"retriever": kind, "ranking": fusion, "per_text_k": 20})
             variants[f"GLoSS-135M {kind} {fusion}-fusion"] = run_retrieve(fcfg, gens, None, ds, index)
+        if newline:
+            probe[f"GLoSS-135M {kind} newline"] = run_retrieve(kcfg, newline, None, ds, index)
+            probe[f"GLoSS-135M {kind} newline max-fusion"] = run_retrieve(
+                _with(kcfg, retrieve={"retriever": kind, "ranking": "max", "per_text_k": 20}),
+                newline, None, ds, index)
 
-    diagnostics = text_diagnostics(prepare(cfg, ds).examples, gens, ds.catalog)
+    diagnostics = text_diagnostics(examples, gens, ds.catalog)
     users = {tuple(ev.user_ids) for ev in variants.values()}
     assert len(users) == 1, "every row must be scored on the same users"
     n_users = len(next(iter(users)))
@@ -121,7 +156,25 @@ def main() -> None:
         seg = "  ".join(f"{r[s]['recall@5']:.4f}/{r[s]['ndcg@5']:.4f}" for s in SEGMENTS)
         print(f"{r['run']:34} {r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
               f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]   {seg}")
-    write_json(Path(args.json), {"config": str(args.config), "run_dir": str(run_dir),
+    probe_rows = []
+    if newline:
+        keep = set(newline)
+        probe_rows = [_subset_row(name, variants[name], keep) for name in
+                      ("GLoSS-135M dense", "GLoSS-135M bm25", "GLoSS-135M dense max-fusion",
+                       "LIS bm25", "LIS dense")]
+        probe_rows += [_subset_row(name, ev, keep) for name, ev in probe.items()]
+        nl_diag = text_diagnostics(examples[:args.newline_users], newline, ds.catalog)
+        print(f"\nProbe: the first {len(keep)} of these users, beams ended at the first newline "
+              f"(generate.stop_at_newline); generated texts: "
+              + ", ".join(f"{k} {v}" for k, v in nl_diag.items()))
+        for r in probe_rows:
+            print(f"{r['run']:40} {r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
+                  f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]")
+    write_json(Path(args.json), {
+                                 "newline_probe": {"rows": probe_rows,
+                                                   "diagnostics": text_diagnostics(
+                                                       examples[:args.newline_users], newline, ds.catalog)
+                                                   if newline else None},"config": str(args.config), "run_dir": str(run_dir),
                                  "users": n_users, "train": train_summary,
                                  "diagnostics": diagnostics,
                                  "generate": manifest["stages"].get("generate", {}),
