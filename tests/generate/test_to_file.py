@@ -129,3 +129,54 @@ def test_killed_subprocess_resumes_without_duplicates_or_losses(tmp_path: Path) 
     generate_to_file(gen, _items(n), path, batch_size=16, show_progress=False)
     assert sum(len(b) for b in gen.batches) == n - written   # only the missing users
     assert _rows(path) == _expected(_items(n))
+
+
+_ORPHAN_PARENT = """
+import multiprocessing as mp, sys, time
+from glossrec.generate import _die_with_parent
+
+def child(path):
+    _die_with_parent()
+    open(path, "w").write("started")
+    time.sleep(60)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child, args=(sys.argv[1],))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_worker_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """A generation worker must not outlive a SIGKILLed parent (it would race a rerun's files)."""
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_PARENT)
+    started = tmp_path / "started"
+    parent = subprocess.Popen([sys.executable, str(script), str(started)], stdout=subprocess.PIPE,
+                              text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert started.exists()
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if not _running(child):
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the worker outlived its killed parent")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a reaper that never comes)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

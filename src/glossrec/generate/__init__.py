@@ -384,16 +384,35 @@ def _threads_per_worker(workers: int) -> int:
 
 
 def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]], part: str,
-            threads: int, progress: Any) -> None:
+            threads: int, progress: Any, parent: int | None = None) -> None:
     import torch
 
     from glossrec.config import RunConfig
 
+    _die_with_parent()
     torch.set_num_threads(threads)
     cfg = RunConfig.model_validate_json(cfg_json)
     generator = make_generator(cfg, Path(adapter_dir) if adapter_dir else None)
+
+    def report(n: int) -> None:
+        # An orphan (parent killed with SIGKILL) must stop: a rerun absorbs and reuses its file.
+        if parent is not None and os.getppid() != parent:
+            raise SystemExit(1)
+        progress.put(n)
+
     generate_to_file(generator, items, Path(part), cfg.generate.batch_size, show_progress=False,
-                     on_batch=progress.put)
+                     on_batch=report)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this worker when its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the getppid() check after each batch does it
 
 
 def _generate_parallel(cfg: RunConfig, adapter_dir: Path | None, pending: list[tuple[str, str]],
@@ -416,7 +435,7 @@ def _generate_parallel(cfg: RunConfig, adapter_dir: Path | None, pending: list[t
     threads = _threads_per_worker(len(shares))
     procs = [ctx.Process(target=_worker, daemon=True,
                          args=(cfg.model_dump_json(), str(adapter_dir) if adapter_dir else None,
-                               share, f"{out_path}.part{i}", threads, progress))
+                               share, f"{out_path}.part{i}", threads, progress, os.getpid()))
              for i, share in enumerate(shares)]
     for p in procs:
         p.start()
