@@ -8,11 +8,16 @@ users, retrieval and evaluation. Then scores, on exactly those users:
               and the fused top-k variants (max, rrf) as the "what would close the gap" probes;
   LIS         BM25 / dense, with and without exclude-history;
 
-with 95% bootstrap confidence intervals (users resampled) and per segment. Prints a table and
+with 95% bootstrap confidence intervals (users resampled) and per segment, plus diagnostics of
+the generated texts (catalog titles, history copies, distinct beams) and a probe that generates
+the first --newline-users users again with beams ended at the first newline. Prints a table and
 writes bench/results/generative_cpu.json. Training and generation resume after a kill, so the
 bench can run in the background and be restarted.
 
     .venv/bin/python bench/generative_cpu.py [--config configs/bench-cpu-beauty.toml] [--max-steps N] [--users N]
+    # target-only loss probe (20 steps, 200 users):
+    .venv/bin/python bench/generative_cpu.py --config configs/bench-cpu-beauty-target.toml \
+        --newline-users 0 --json bench/results/generative_cpu_target.json
 """
 
 from __future__ import annotations
@@ -97,9 +102,9 @@ def main() -> None:
     run_dir = Path(args.out or cfg.out).resolve()
     cfg = cfg.model_copy(update={"out": run_dir})
     ds = load_data(cfg)
-    every = read_generations(run_dir / "generations.jsonl")
-    gens = {e.user_id: every[e.user_id] for e in prepare(cfg, ds).examples if e.user_id in every}
     examples = prepare(cfg, ds).examples
+    every = read_generations(run_dir / "generations.jsonl")
+    gens = {e.user_id: every[e.user_id] for e in examples if e.user_id in every}
     newline = newline_probe(cfg, ds, examples, run_dir, args.newline_users) if args.newline_users else {}
     variants, probe = {}, {}
     for kind in ("dense", "bm25"):
