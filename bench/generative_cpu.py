@@ -26,6 +26,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from glossrec.config import load_config
 from glossrec.evaluate import SEGMENTS, bootstrap_ci
 from glossrec.generate import read_generations
@@ -75,14 +77,20 @@ def newline_probe(cfg, ds, examples: list, run_dir: Path, n: int) -> dict[str, l
     return {e.user_id: every[e.user_id] for e in examples[:n]}
 
 
-def _subset_row(name: str, ev, keep: set[str]) -> dict:
-    mask = [u in keep for u in ev.user_ids]
-    row = {"run": name, "users": int(sum(mask))}
+def metric_row(name: str, ev, keep: set[str] | None = None) -> dict:
+    """Means with 95% bootstrap CIs over the evaluated users (or only those in `keep`)."""
+    mask = np.array([keep is None or u in keep for u in ev.user_ids], dtype=bool)
+    row = {"run": name, "users": int(mask.sum())}
     for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
         vals = ev.per_user[m][mask]
         row[m] = float(vals.mean())
         row[m + "_ci95"] = list(bootstrap_ci(vals))
     return row
+
+
+def _fmt(r: dict) -> str:
+    return (f"{r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
+            f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]")
 
 
 def main() -> None:
@@ -132,20 +140,16 @@ def main() -> None:
     train_info = manifest["stages"].get("train", {})
     rows = []
     for name, ev in variants.items():
-        row = {"run": name, "users": n_users}
-        for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
-            lo, hi = bootstrap_ci(ev.per_user[m])
-            row[m] = ev.metrics["overall"][m]
-            row[m + "_ci95"] = [lo, hi]
+        row = metric_row(name, ev)
         for seg in SEGMENTS:
             row[seg] = {"users": ev.metrics[seg]["users"], "recall@5": ev.metrics[seg]["recall@5"],
                         "ndcg@5": ev.metrics[seg]["ndcg@5"]}
         rows.append(row)
 
-    hist = [h for h in train_info.get("result", {}).get("history", []) if "loss" in h]
-    valid = [(h["step"], round(h["valid_loss"], 4)) for h in
-             train_info.get("result", {}).get("history", []) if "valid_loss" in h]
-    steps = train_info.get("result", {}).get("steps")
+    result = train_info.get("result", {})
+    hist = [h for h in result.get("history", []) if "loss" in h]
+    valid = [(h["step"], round(h["valid_loss"], 4)) for h in result.get("history", []) if "valid_loss" in h]
+    steps = result.get("steps")
     train_summary = {
         "steps": steps, "examples_seen": steps * cfg.train.batch_size * cfg.train.grad_accum if steps else None,
         "seconds": train_info.get("seconds"),
@@ -159,31 +163,26 @@ def main() -> None:
           + "  ".join(f"{s} R@5/N@5" for s in SEGMENTS))
     for r in rows:
         seg = "  ".join(f"{r[s]['recall@5']:.4f}/{r[s]['ndcg@5']:.4f}" for s in SEGMENTS)
-        print(f"{r['run']:34} {r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
-              f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]   {seg}")
-    probe_rows = []
+        print(f"{r['run']:34} {_fmt(r)}   {seg}")
+    probe_rows, nl_diag = [], None
     if newline:
         keep = set(newline)
-        probe_rows = [_subset_row(name, variants[name], keep) for name in
+        probe_rows = [metric_row(name, variants[name], keep) for name in
                       ("GLoSS-135M dense", "GLoSS-135M bm25", "GLoSS-135M dense max-fusion",
                        "LIS bm25", "LIS dense")]
-        probe_rows += [_subset_row(name, ev, keep) for name, ev in probe.items()]
+        probe_rows += [metric_row(name, ev, keep) for name, ev in probe.items()]
         nl_diag = text_diagnostics(examples[:args.newline_users], newline, ds.catalog)
         print(f"\nProbe: the first {len(keep)} of these users, beams ended at the first newline "
               f"(generate.stop_at_newline); generated texts: "
               + ", ".join(f"{k} {v}" for k, v in nl_diag.items()))
         for r in probe_rows:
-            print(f"{r['run']:40} {r['recall@5']:.4f} [{r['recall@5_ci95'][0]:.4f},{r['recall@5_ci95'][1]:.4f}] "
-                  f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]")
-    write_json(Path(args.json), {
-                                 "newline_probe": {"rows": probe_rows,
-                                                   "diagnostics": text_diagnostics(
-                                                       examples[:args.newline_users], newline, ds.catalog)
-                                                   if newline else None},"config": str(args.config), "run_dir": str(run_dir),
+            print(f"{r['run']:40} {_fmt(r)}")
+    write_json(Path(args.json), {"config": str(args.config), "run_dir": str(run_dir),
                                  "users": n_users, "train": train_summary,
                                  "diagnostics": diagnostics,
                                  "generate": manifest["stages"].get("generate", {}),
-                                 "wall_s": round(time.perf_counter() - t0, 1), "rows": rows})
+                                 "wall_s": round(time.perf_counter() - t0, 1), "rows": rows,
+                                 "newline_probe": {"rows": probe_rows, "diagnostics": nl_diag}})
     print(f"wrote {args.json}")
 
 

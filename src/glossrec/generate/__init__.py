@@ -141,6 +141,17 @@ def _scan(path: Path) -> _Existing:
     return _Existing(done, good)
 
 
+def _repair(path: Path) -> dict[str, list[str]]:
+    """The users of a generations file, after cutting off a torn last line (durably)."""
+    existing = _scan(path)
+    if path.exists() and path.stat().st_size != existing.good_bytes:
+        with open(path, "r+b") as f:
+            f.truncate(existing.good_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+    return existing.done
+
+
 def _batches(items: Sequence[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])
@@ -169,13 +180,7 @@ def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_pat
         dup = next(u for i, u in enumerate(ids) if u in ids[:i])
         raise ValueError(f"user {dup!r} is listed twice")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    existing = _scan(out_path)
-    if out_path.exists() and out_path.stat().st_size != existing.good_bytes:
-        with open(out_path, "r+b") as f:
-            f.truncate(existing.good_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-    done = existing.done
+    done = _repair(out_path)
     pending = [(uid, p) for uid, p in items if uid not in done]
     # Characters are a good enough proxy for tokens to group similar lengths.
     pending.sort(key=lambda it: len(it[1]))
@@ -293,8 +298,7 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     if overwrite:
         for part in _part_files(out_path):
             part.unlink()
-    _absorb_parts(out_path)  # what workers of a killed parallel run had finished
-    done = _scan(out_path).done if out_path.exists() else {}
+    done = _absorb_parts(out_path)  # with what workers of a killed parallel run had finished
     if all(ex.user_id in done for ex in examples):
         generate_to_file(_Nothing(), [(ex.user_id, "") for ex in examples], out_path, 1,
                          show_progress=False)  # only puts the file in order
@@ -331,8 +335,9 @@ def _part_files(out_path: Path) -> list[Path]:
     return sorted(Path(out_path).parent.glob(Path(out_path).name + ".part*"))
 
 
-def _absorb_parts(out_path: Path) -> None:
-    """Append the complete lines of worker part files to `out_path` (durably), then delete them.
+def _absorb_parts(out_path: Path) -> dict[str, list[str]]:
+    """Append the complete lines of worker part files to `out_path` (durably), then delete them;
+    returns every user now in `out_path`.
 
     A part's torn last line is dropped (that user is generated again); a user already in the
     main file is not duplicated. Main file first, parts deleted after: a kill in between only
@@ -340,12 +345,8 @@ def _absorb_parts(out_path: Path) -> None:
     """
     parts = _part_files(out_path)
     if not parts:
-        return
-    main = _scan(out_path)
-    done = main.done
-    if out_path.exists() and out_path.stat().st_size != main.good_bytes:
-        with open(out_path, "r+b") as f:
-            f.truncate(main.good_bytes)
+        return _scan(out_path).done
+    done = _repair(out_path)
     with open(out_path, "a", encoding="utf-8") as f:
         for part in parts:
             for uid, texts in _scan(part).done.items():
@@ -356,22 +357,24 @@ def _absorb_parts(out_path: Path) -> None:
         os.fsync(f.fileno())
     for part in parts:
         part.unlink()
+    return done
 
 
 def _effective_workers(cfg: RunConfig) -> int:
     n = cfg.generate.workers
-    if n > 1 and cfg.generate.backend != "hf":
+    if n == 1:
+        return 1
+    if cfg.generate.backend != "hf":
         raise ConfigError(f"generate.workers = {n} is for the hf backend on a CPU; "
                           f"the {cfg.generate.backend} backend batches on the GPU by itself")
-    if n > 1:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            import logging
+    if torch.cuda.is_available():
+        import logging
 
-            logging.getLogger(__name__).warning(
-                "generate.workers = %d ignored: a GPU is present (one process batches on it)", n)
-            return 1
+        logging.getLogger(__name__).warning(
+            "generate.workers = %d ignored: a GPU is present (one process batches on it)", n)
+        return 1
     return n
 
 
@@ -384,7 +387,7 @@ def _threads_per_worker(workers: int) -> int:
 
 
 def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]], part: str,
-            threads: int, progress: Any, parent: int | None = None) -> None:
+            threads: int, progress: Any, parent: int) -> None:
     import torch
 
     from glossrec.config import RunConfig
@@ -396,7 +399,7 @@ def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]]
 
     def report(n: int) -> None:
         # An orphan (parent killed with SIGKILL) must stop: a rerun absorbs and reuses its file.
-        if parent is not None and os.getppid() != parent:
+        if os.getppid() != parent:
             raise SystemExit(1)
         progress.put(n)
 
