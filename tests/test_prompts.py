@@ -86,6 +86,15 @@ def test_truncation_drops_whole_items_oldest_first(tok) -> None:
     assert prompt.split("### Purchase history:\n")[1].startswith("Title: item33 ")
 
 
+def test_max_history_items_keeps_the_newest(tok) -> None:
+    hist = _items(12)
+    b = PromptBuilder.from_config(tok, PromptConfig(max_history_items=3))
+    assert b.fit(hist) == hist[-3:]
+    assert b.test_prompt(hist).count("Title: item") == 3
+    tight = PromptBuilder(tok, max_length=b.count(render(hist[-2:], None)) + 2, max_items=3)
+    assert tight.fit(hist) == hist[-2:]  # the token budget still applies under the cap
+
+
 def test_train_pair_budget_counts_target_and_eos(tok) -> None:
     hist = _items(30)
     b0 = PromptBuilder(tok, max_length=100_000)

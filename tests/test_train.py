@@ -265,3 +265,70 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_lm_dir: Path, tok,
                  tmp_path / "b", data)
     assert [r["loss"] for r in ckpt.history] == pytest.approx([r["loss"] for r in plain.history],
                                                                 rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["full", "target"])
+def test_label_position_loss_equals_full_logit_loss(tiny_lm_dir: Path, tok, loss: str) -> None:
+    from glossrec.train import loss_sum
+
+    model, _ = load_model(helper.config(tiny_lm_dir).model, trainable=True)
+    data = encode_pairs(tok, helper.pairs(tok, 6), loss)
+    batch = collate(data, tok.eos_token_id)  # different lengths: right padding in the batch
+    fast = loss_sum(model, batch, "cpu")
+    full = loss_sum(model, batch, "cpu", label_positions=False)
+    assert float(fast) == pytest.approx(float(full), rel=1e-5)
+    # The gradients agree as well (what training actually uses).
+    grads = []
+    for positions in (True, False):
+        model.zero_grad()
+        loss_sum(model, batch, "cpu", label_positions=positions).backward()
+        grads.append(model.model.layers[0].mlp.up_proj.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_length_grouped_batches_are_a_shuffled_partition() -> None:
+    from glossrec.train import _epoch_batches
+
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    batches = _epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == _epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
+    assert batches != _epoch_batches(lengths, 4, seed=1, epoch=1, group_by_length=True)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    plain = _epoch_batches(lengths, 4, seed=1, epoch=0)
+    plain_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain)
+    assert spread * 10 < plain_spread  # far less padding than random batches
+
+
+def test_init_adapter_continues_training(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    data = helper.pairs(tok, 12)
+    first = train(helper.config(tiny_lm_dir, max_steps=2, warmup_steps=0), tmp_path / "a",
+                  data[:8], data[8:])
+    # Continue from the first run's adapter: the starting point is its weights, not a fresh
+    # adapter, so the first validation before any step equals the first run's final loss.
+    cfg = helper.config(tiny_lm_dir, max_steps=1, warmup_steps=0,
+                        init_adapter=str(first.adapter_dir), learning_rate=1e-12)
+    second = train(cfg, tmp_path / "b", data[:8], data[8:])
+    valid = [r["valid_loss"] for r in second.history if "valid_loss" in r]
+    assert valid[0] == pytest.approx(first.best_valid_loss, rel=1e-4)
+    meta = json.loads((second.adapter_dir / "glossrec_train.json").read_text())
+    assert meta["examples_seen"] == 4 and meta["examples_seen_total"] == 12
+    bad = helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir))
+    bad = bad.model_copy(update={"lora": bad.lora.model_copy(update={"r": 8})})
+    with pytest.raises(ConfigError, match="init_adapter"):
+        train(bad, tmp_path / "c", data[:8], data[8:])
+
+
+def test_full_fine_tuning_saves_a_loadable_model(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    data = helper.pairs(tok, 10)
+    cfg = helper.config(tiny_lm_dir, max_steps=2, warmup_steps=0, method="full",
+                        learning_rate=1e-3)
+    result = train(cfg, tmp_path / "run", data[:8], data[8:])
+    names = {p.name for p in result.adapter_dir.iterdir()}
+    assert {"model.safetensors", "config.json"} <= names and "adapter_config.json" not in names
+    text = data[0].text(tok.eos_token)
+    loaded, _ = load_model(cfg.model, adapter_dir=result.adapter_dir)
+    base, _ = load_model(cfg.model)
+    trained = _logits(result.model, tok, text)
+    assert torch.allclose(trained, _logits(loaded, tok, text), atol=1e-5)
+    assert not torch.allclose(trained, _logits(base, tok, text), atol=1e-3)

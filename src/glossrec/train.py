@@ -138,17 +138,48 @@ def n_label_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def loss_sum(model: Any, batch: dict[str, Any], device: str) -> Any:
-    """Summed next-token cross-entropy over the batch's label tokens (float32)."""
+# Architectures whose logits are exactly lm_head(last hidden state): no logit scaling or
+# soft-capping between the two, so the head can be applied to label positions alone.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"})
+
+
+def _body_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) of a (peft-wrapped) causal LM whose head can be applied apart, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    get_decoder = getattr(base, "get_decoder", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if get_decoder is None or head is None:
+        return None
+    return get_decoder(), head
+
+
+def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bool = True) -> Any:
+    """Summed next-token cross-entropy over the batch's label tokens (float32).
+
+    With `label_positions` (the default) the LM head runs only on the hidden states that predict
+    a label: with target-only loss that is ~10% of the positions, and even with whole-text loss
+    the padding is skipped. The 49k-wide fp32 logits of every position are the largest tensors
+    of a SmolLM2 step; the result equals the full-logit loss (tests/test_train.py checks it).
+    Models whose logits are not a plain head of the hidden state take the full-logit path.
+    """
     import torch.nn.functional as F
 
     ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    logits = logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
+    targets = batch["labels"].to(device)[:, 1:]
+    parts = _body_and_head(model) if label_positions else None
+    if parts is None:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+    body, head = parts
+    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+    keep = targets != IGNORE
+    logits = head(hidden[keep]).float()
+    return F.cross_entropy(logits, targets[keep], reduction="sum")
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -210,7 +241,10 @@ def _fingerprint(cfg: RunConfig, n_train: int, n_valid: int) -> dict[str, Any]:
     t = cfg.train
     return {"model": cfg.model.name, "lora": cfg.lora.model_dump(mode="json"), "loss": t.loss,
             "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
-            "learning_rate": t.learning_rate, "n_train": n_train, "n_valid": n_valid}
+            "learning_rate": t.learning_rate, "n_train": n_train, "n_valid": n_valid,
+            "method": t.method, "init_adapter": t.init_adapter,
+            "group_by_length": t.group_by_length,
+            "max_history_items": cfg.prompt.max_history_items}
 
 
 def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> Path:
@@ -233,8 +267,12 @@ def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> Path:
     return final
 
 
-def _save_adapter(model: Any, folder: Path, base_name: str) -> None:
-    for cfg in getattr(model, "peft_config", {}).values():
+def _save_weights(model: Any, folder: Path, base_name: str) -> None:
+    """The trained weights: a LoRA adapter, or (full fine-tuning) the whole model."""
+    if not hasattr(model, "peft_config"):
+        model.save_pretrained(str(folder))
+        return
+    for cfg in model.peft_config.values():
         cfg.base_model_name_or_path = base_name  # portable: the spec, not a cache path
     # LoRA never touches the embeddings; "auto" would look for the base config by that name.
     model.save_pretrained(str(folder), save_embedding_layers=False)
@@ -338,14 +376,15 @@ def _use_bf16(t: TrainConfig, device: str) -> bool:
     return t.bf16
 
 
-def _enable_checkpointing(model: Any) -> None:
+def _enable_checkpointing(model: Any, lora: bool = True) -> None:
     """Activation checkpointing (named so from transformers 5; gradient_* before)."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.enable_input_require_grads()  # frozen embeddings: let gradients reach LoRA layers
+    if lora:
+        model.enable_input_require_grads()  # frozen embeddings: let gradients reach LoRA layers
     model.config.use_cache = False
 
 
@@ -369,13 +408,26 @@ def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: 
     return total / max(count, 1)
 
 
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled micro-batches of one epoch, a pure function of (seed, epoch)."""
+def _epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                   group_by_length: bool = False) -> list[list[int]]:
+    """The shuffled micro-batches of one epoch, a pure function of (seed, epoch).
+
+    With `group_by_length`, each window of 64 micro-batches of the shuffled order is sorted by
+    length before it is cut, and the micro-batches are shuffled again: every batch pads to a
+    near-equal length, while an epoch still visits the examples in random order.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(n, generator=gen).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * 64
+    batches: list[list[int]] = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -405,7 +457,7 @@ class _Run:
         step = self.state.step
 
         def fill(tmp: Path) -> None:
-            _save_adapter(self.model, tmp, self.cfg.model.name)
+            _save_weights(self.model, tmp, self.cfg.model.name)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(_rng_state(), tmp / "rng.pt")
@@ -427,7 +479,7 @@ class _Run:
     def save_best(self) -> None:
         name = f"best-step-{self.state.step:07d}"
         _atomic_dir(self.ckpt_root / name,
-                    lambda tmp: _save_adapter(self.model, tmp, self.cfg.model.name))
+                    lambda tmp: _save_weights(self.model, tmp, self.cfg.model.name))
         self.state.best_dir = name
 
     def resume(self, ckpt: Path) -> None:
@@ -440,7 +492,7 @@ class _Run:
             raise ConfigError(
                 f"{ckpt}: this checkpoint was made with different settings ({', '.join(diff)}); "
                 "use a new run folder or delete its checkpoints/ to start over")
-        _load_adapter_weights(self.model, ckpt, self.device)
+        _load_weights(self.model, ckpt, self.device)
         self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False,
                                                   map_location=self.device))
         self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
@@ -503,14 +555,21 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     model, tok = load_model(cfg.model, trainable=True, device=device,
                             max_seq_length=cfg.prompt.max_length)
     if t.gradient_checkpointing and not getattr(model, "is_loaded_in_4bit", False):
-        _enable_checkpointing(model)
-    model = apply_lora(model, cfg.lora, seed=t.seed)
+        _enable_checkpointing(model, lora=t.method == "lora")
+    if t.method == "lora":
+        model = apply_lora(model, cfg.lora, seed=t.seed)
+    elif getattr(model, "is_loaded_in_4bit", False):
+        raise ConfigError('train.method = "full" cannot train 4-bit weights; set '
+                          "model.load_in_4bit = false")
+    if t.init_adapter is not None:
+        _init_weights(model, cfg, device)
     trainable, total_params = count_parameters(model)
-    log.info("LoRA: %s trainable of %s parameters", f"{trainable:,}", f"{total_params:,}")
+    log.info("%s: %s trainable of %s parameters", t.method, f"{trainable:,}", f"{total_params:,}")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length)
     valid_data = encode_pairs(tok, valid_pairs, t.loss, cfg.prompt.max_length)
+    lengths = [len(e.input_ids) for e in train_data]
     n_batches = math.ceil(len(train_data) / t.batch_size)
     steps_per_epoch = math.ceil(n_batches / t.grad_accum)
     total = t.max_steps if t.max_steps is not None else steps_per_epoch * t.epochs
@@ -540,7 +599,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     # Wall-clock seconds continue across resumes, like the step count.
     t0 = time.perf_counter() - max((r.get("seconds", 0.0) for r in s.history), default=0.0)
     while not s.finished and s.step < total:
-        batches = _epoch_batches(len(train_data), t.batch_size, t.seed, s.epoch)
+        batches = _epoch_batches(lengths, t.batch_size, t.seed, s.epoch, t.group_by_length)
         for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
             micro = [collate([train_data[i] for i in b], pad_id) for b in group]
             n_tok = max(1, sum(n_label_tokens(b) for b in micro))
@@ -562,6 +621,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
             end_of_epoch = s.batch_in_epoch >= len(batches)
             s.history.append({"step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
                               "loss": step_loss, "lr": lr, "tokens": n_tok,
+                              "examples": sum(len(b) for b in group),
                               "seconds": round(time.perf_counter() - t0, 3)})
             if end_of_epoch:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
@@ -584,7 +644,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     if not s.finished:  # resumed a run that had already finished its steps
         s.finished = True
     adapter = _write_final_adapter(run)
-    _load_adapter_weights(model, adapter, device)  # like load_best_model_at_end
+    _load_weights(model, adapter, device)  # like load_best_model_at_end
     model.eval()
     result = TrainResult(adapter, s.step, s.epoch + s.batch_in_epoch / max(n_batches, 1),
                          s.best_step, s.best_loss, s.stopped_early, resumed_from, s.history)
@@ -592,12 +652,44 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     return result
 
 
-def _load_adapter_weights(model: Any, folder: Path, device: str) -> None:
-    from peft import set_peft_model_state_dict
+def _load_weights(model: Any, folder: Path, device: str) -> None:
+    """Load weights saved by _save_weights into `model` (same method, same shapes)."""
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors"),
-                                               device=device))
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors"),
+                                                   device=device))
+        return
+    state = load_file(str(folder / "model.safetensors"), device=device)
+    result = model.load_state_dict(state, strict=False)
+    # Tied output embeddings are saved once, under the input embeddings' name.
+    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
+                          f"unexpected {result.unexpected_keys[:3]})")
+
+
+def _init_weights(model: Any, cfg: RunConfig, device: str) -> None:
+    """train.init_adapter: continue from trained weights (a LoRA adapter of the same shape)."""
+    from glossrec.models import resolve_weights
+
+    folder = resolve_weights(cfg.train.init_adapter)  # type: ignore[arg-type]
+    if hasattr(model, "peft_config"):
+        saved = read_json(folder / "adapter_config.json") if (
+            folder / "adapter_config.json").is_file() else None
+        want = cfg.lora
+        if saved is None or saved.get("r") != want.r or saved.get("lora_alpha") != want.alpha \
+                or set(saved.get("target_modules") or []) != set(want.target_modules):
+            raise ConfigError(f"train.init_adapter: {folder} is not a LoRA adapter with this "
+                              f"run's [lora] settings (r={want.r}, alpha={want.alpha}, "
+                              f"target_modules={want.target_modules})")
+    elif not (folder / "model.safetensors").is_file():
+        raise ConfigError(f"train.init_adapter: {folder} holds no full model weights "
+                          '(model.safetensors), which train.method = "full" needs')
+    _load_weights(model, folder, device)
+    log.info("initial weights from %s", folder)
 
 
 def _write_final_adapter(run: _Run) -> Path:
@@ -606,20 +698,38 @@ def _write_final_adapter(run: _Run) -> Path:
     best = run.ckpt_root / s.best_dir if s.best_dir else None
 
     def fill(tmp: Path) -> None:
-        if best is not None and (best / "adapter_model.safetensors").is_file():
-            for name in ("adapter_model.safetensors", "adapter_config.json"):
-                shutil.copy2(best / name, tmp / name)
+        if best is not None and best.is_dir() and any(best.glob("*.safetensors")):
+            for f in best.iterdir():
+                if f.is_file() and f.name != "README.md":
+                    shutil.copy2(f, tmp / f.name)
         else:
-            _save_adapter(run.model, tmp, run.cfg.model.name)
+            _save_weights(run.model, tmp, run.cfg.model.name)
             for extra in tmp.glob("README.md"):
                 extra.unlink()
         run.tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "glossrec_train.json", {
             "model": run.cfg.model.name, "steps": s.step, "best_step": s.best_step,
             "best_valid_loss": s.best_loss, "stopped_early": s.stopped_early,
-            "lora": run.cfg.lora.model_dump(mode="json"), "loss": run.cfg.train.loss})
+            "lora": run.cfg.lora.model_dump(mode="json"), "loss": run.cfg.train.loss,
+            "method": run.cfg.train.method, "init_adapter": run.cfg.train.init_adapter,
+            "examples_seen": _examples_seen(s.history),
+            "examples_seen_total": _examples_seen(s.history) + _prior_examples(run.cfg)})
 
     return _atomic_dir(run.run_dir / "adapter", fill)
+
+
+def _examples_seen(history: Sequence[dict[str, Any]]) -> int:
+    return sum(int(r.get("examples", 0)) for r in history)
+
+
+def _prior_examples(cfg: RunConfig) -> int:
+    """Training examples behind train.init_adapter (0 for a fresh start)."""
+    if cfg.train.init_adapter is None:
+        return 0
+    from glossrec.models import resolve_weights
+
+    info = resolve_weights(cfg.train.init_adapter) / "glossrec_train.json"
+    return int(read_json(info).get("examples_seen_total", 0)) if info.is_file() else 0
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path,
