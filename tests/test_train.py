@@ -274,14 +274,17 @@ def test_label_position_loss_equals_full_logit_loss(tiny_lm_dir: Path, tok, loss
     model, _ = load_model(helper.config(tiny_lm_dir).model, trainable=True)
     data = encode_pairs(tok, helper.pairs(tok, 6), loss)
     batch = collate(data, tok.eos_token_id)  # different lengths: right padding in the batch
-    fast = loss_sum(model, batch, "cpu")
-    full = loss_sum(model, batch, "cpu", label_positions=False)
-    assert float(fast) == pytest.approx(float(full), rel=1e-5)
+    assert batch["attention_mask"].min() == 0  # padding is really there
+    # The reference: full-vocabulary logits at every position, padding masked.
+    full = loss_sum(model, batch, "cpu", label_positions=False, causal_only=False)
+    for positions, causal in ((True, True), (True, False), (False, True)):
+        fast = loss_sum(model, batch, "cpu", label_positions=positions, causal_only=causal)
+        assert float(fast) == pytest.approx(float(full), rel=1e-5)
     # The gradients agree as well (what training actually uses).
     grads = []
     for positions in (True, False):
         model.zero_grad()
-        loss_sum(model, batch, "cpu", label_positions=positions).backward()
+        loss_sum(model, batch, "cpu", label_positions=positions, causal_only=positions).backward()
         grads.append(model.model.layers[0].mlp.up_proj.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
