@@ -172,6 +172,21 @@ class GenerateConfig(_Section):
     Measured (bench/generation.py, untrained SmolLM2): texts differ for every user and the search
     still runs to max_new_tokens while some beam could improve, so no reliable speed-up; with a
     fine-tuned model (title, then EOS) it rarely matters."""
+    constrain: Literal["none", "catalog"] = "none"
+    """Paper: "none", free text matched to the catalog afterwards. "catalog": beam search may
+    only write catalog item texts (a token trie, glossrec.generate.constrain; hf backend only),
+    so each text is one item. Grounded beams run to max(max_new_tokens, longest item + EOS)
+    new tokens (a Beauty title is up to 95 tokens), raised automatically; prompts keep their
+    max_new_tokens reserve."""
+    constrain_exclude_history: bool = True
+    """With constrain = "catalog": the user's history items cannot be generated (the probe:
+    without it 39% of outputs were history items and nothing was hit)."""
+    grounded_score: Literal["beam", "length", "pmi"] = "beam"
+    """Order of the grounded beams returned. "beam": beam search's own (with length_penalty 1.0
+    that is already sum log-prob / tokens). "length": sum log-prob / tokens (EOS counted),
+    rescored by one teacher-forced pass. "pmi": log p(item | prompt) - log p(item | prompt with
+    an empty history), which removes the model's prior for token-cheap items ("100% Pure ..."
+    ranked first for half of the probe's users). Only the returned beams are re-ranked."""
 
     @field_validator("num_return")
     @classmethod

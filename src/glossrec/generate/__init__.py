@@ -6,15 +6,20 @@ beam search; GPU). Both post-process with :func:`postprocess`, so a text means t
 whichever backend made it. :func:`generate_to_file` writes results as it goes and resumes after a
 kill. Importing this package does not import torch: the CLI starts fast and the backends load
 only when asked for.
+
+Grounded generation (``generate.constrain = "catalog"``, hf backend only) limits beam search to
+catalog item texts (:mod:`glossrec.generate.constrain`); each user's history positions are
+passed along as ``exclude`` so they are not generated again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -25,6 +30,7 @@ from glossrec.io import atomic_write, read_json, write_json
 if TYPE_CHECKING:
     from glossrec.config import RunConfig
     from glossrec.data import Catalog
+    from glossrec.generate.constrain import CatalogTrie
     from glossrec.splits import Example
 
 __all__ = [
@@ -35,12 +41,22 @@ __all__ = [
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 
+log = logging.getLogger(__name__)
+
+Exclusions = Sequence[Sequence[int]]
+"""Per prompt, the catalog positions (trie keys) grounded generation must not write."""
+
 
 @runtime_checkable
 class Generator(Protocol):
-    """Anything that turns prompts into `num_return` candidate texts each, in input order."""
+    """Anything that turns prompts into `num_return` candidate texts each, in input order.
 
-    def generate(self, prompts: list[str]) -> list[list[str]]: ...
+    `exclude` (one list per prompt, or None) only matters to grounded generation; a generator
+    that cannot ground raises when it is given.
+    """
+
+    def generate(self, prompts: list[str],
+                 exclude: Exclusions | None = None) -> list[list[str]]: ...
 
 
 def postprocess(text: str) -> str:
@@ -69,9 +85,22 @@ def encode_prompts(tokenizer: Any, prompts: list[str], max_tokens: int) -> list[
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def make_generator(cfg: RunConfig, adapter_dir: Path | None) -> Generator:
-    """The configured backend, with the base model and (optionally) a LoRA adapter loaded."""
+def make_generator(cfg: RunConfig, adapter_dir: Path | None,
+                   catalog: Sequence[str] | None = None) -> Generator:
+    """The configured backend, with the base model and (optionally) a LoRA adapter loaded.
+
+    Grounded (generate.constrain = "catalog"): `catalog` is the item texts, keyed by position
+    in the trie (a Catalog's texts(); the live service passes none of its own and fills
+    ``generator.trie`` itself, so [] is fine there).
+    """
     max_prompt = max(1, cfg.prompt.max_length - cfg.generate.max_new_tokens)
+    grounded = cfg.generate.constrain == "catalog"
+    if grounded and cfg.generate.backend != "hf":
+        raise ConfigError('generate.constrain = "catalog" needs backend = "hf" (vLLM beam search '
+                          'takes no token constraint); use backend = "hf" or constrain = "none"')
+    if grounded and catalog is None:
+        raise ConfigError('generate.constrain = "catalog" needs the catalog texts to build '
+                          'its trie')
     if cfg.generate.backend == "vllm":
         from glossrec.generate.vllm import VLLMGenerator
         from glossrec.models import resolve_model_path
@@ -83,7 +112,31 @@ def make_generator(cfg: RunConfig, adapter_dir: Path | None) -> Generator:
 
     # Merging the adapter into the weights saves the LoRA matmuls at every step.
     model, tokenizer = load_model(cfg.model, adapter_dir=adapter_dir, trainable=False, merge=True)
-    return HFGenerator(model, tokenizer, cfg.generate, max_prompt_tokens=max_prompt)
+    trie = prior = None
+    if grounded:
+        assert catalog is not None
+        trie = _build_trie(tokenizer, catalog, cfg.generate.max_new_tokens)
+        prior = _empty_history_prompt(cfg)
+    return HFGenerator(model, tokenizer, cfg.generate, max_prompt_tokens=max_prompt, trie=trie,
+                       prior_prompt=prior)
+
+
+def _build_trie(tokenizer: Any, texts: Sequence[str], max_new_tokens: int) -> CatalogTrie:
+    from glossrec.generate.constrain import CatalogTrie
+
+    trie = CatalogTrie.from_texts(tokenizer, texts)
+    if trie.max_tokens > max_new_tokens:
+        log.info("grounded generation: the longest item is %d tokens with EOS, so beams run to %d "
+                 "new tokens (generate.max_new_tokens = %d)", trie.max_tokens, trie.max_tokens,
+                 max_new_tokens)
+    return trie
+
+
+def _empty_history_prompt(cfg: RunConfig) -> str:
+    """The test prompt of an empty history (the item prior of grounded_score = "pmi")."""
+    from glossrec.prompts import render, resolve_template
+
+    return render([], None, resolve_template(cfg.prompt.template, cfg.data.item_format))
 
 
 def __getattr__(name: str) -> Any:
@@ -163,8 +216,11 @@ def _line(user_id: str, texts: list[str]) -> str:
 
 def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_path: Path,
                      batch_size: int, show_progress: bool = True,
-                     on_batch: Callable[[int], None] | None = None) -> Path:
+                     on_batch: Callable[[int], None] | None = None,
+                     exclude: Mapping[str, Sequence[int]] | None = None) -> Path:
     """Generate for (user_id, prompt) pairs, appending one JSON line per user as it goes.
+
+    `exclude`: user_id -> catalog positions that user's grounded generation must not write.
 
     A killed run loses at most the batch in flight: each batch is flushed and fsynced, and on
     restart users already in the file are skipped and a torn last line is cut off. Pending
@@ -192,7 +248,12 @@ def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_pat
     try:
         with open(out_path, "a", encoding="utf-8") as f:
             for batch in _batches(pending, batch_size):
-                texts = generator.generate([p for _, p in batch])
+                prompts = [p for _, p in batch]
+                if exclude is None:
+                    texts = generator.generate(prompts)
+                else:
+                    texts = generator.generate(prompts,
+                                               [exclude.get(uid, ()) for uid, _ in batch])
                 if len(texts) != len(batch):
                     raise RuntimeError(f"generator returned {len(texts)} results for {len(batch)} prompts")
                 for (uid, _), t in zip(batch, texts):
@@ -251,12 +312,16 @@ def generation_fingerprint(cfg: RunConfig, adapter_dir: Path | None) -> dict[str
     """Everything that changes the texts: a generations file made under another fingerprint
     must not be resumed (it would mix two models' outputs)."""
     g = cfg.generate
+    gen: dict[str, Any] = {"backend": g.backend, "num_beams": g.num_beams,
+                           "num_return": g.num_return, "max_new_tokens": g.max_new_tokens,
+                           "bf16": g.bf16, "stop_at_newline": g.stop_at_newline}
+    if g.constrain != "none":  # only then: free-text files made before these settings still resume
+        gen.update(constrain=g.constrain, constrain_exclude_history=g.constrain_exclude_history,
+                   grounded_score=g.grounded_score)
     return {
         "model": cfg.model.name,
         "adapter": _adapter_fingerprint(adapter_dir),
-        "generate": {"backend": g.backend, "num_beams": g.num_beams, "num_return": g.num_return,
-                     "max_new_tokens": g.max_new_tokens, "bf16": g.bf16,
-                     "stop_at_newline": g.stop_at_newline},
+        "generate": gen,
         "prompt": {"template": cfg.prompt.template, "max_length": cfg.prompt.max_length,
                    "item_format": cfg.data.item_format, "title_words": cfg.data.title_words},
     }
@@ -304,8 +369,10 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
                          show_progress=False)  # only puts the file in order
         return out_path
     workers = _effective_workers(cfg) if generator is None else 1
+    grounded = cfg.generate.constrain == "catalog"
+    texts = catalog.texts() if grounded and generator is None else None
     if generator is None and workers == 1:
-        generator = make_generator(cfg, adapter_dir)
+        generator = make_generator(cfg, adapter_dir, texts)
     tok = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
     if tok is None:
         from glossrec.models import load_tokenizer
@@ -315,16 +382,19 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     prompts = dict(test_prompts(pending, catalog, tok, cfg.prompt, reserve=cfg.generate.max_new_tokens))
     # Users already done keep their place in the order; their prompt is never used.
     items = [(ex.user_id, prompts.get(ex.user_id, "")) for ex in examples]
+    # Grounded: each user's history positions (the generator applies constrain_exclude_history).
+    exclude = {ex.user_id: list(ex.history) for ex in pending} if grounded else None
     if workers > 1:
         _generate_parallel(cfg, adapter_dir, [it for it in items if it[0] not in done], out_path,
-                           workers, show_progress)
+                           workers, show_progress, texts, exclude)
         generator = _Nothing()  # every user is in the file now; the call below only orders it
     assert generator is not None
-    return generate_to_file(generator, items, out_path, cfg.generate.batch_size, show_progress)
+    return generate_to_file(generator, items, out_path, cfg.generate.batch_size, show_progress,
+                            exclude=exclude)
 
 
 class _Nothing:
-    def generate(self, prompts: list[str]) -> list[list[str]]:
+    def generate(self, prompts: list[str], exclude: Exclusions | None = None) -> list[list[str]]:
         raise AssertionError("every user is already generated")
 
 
@@ -387,7 +457,9 @@ def _threads_per_worker(workers: int) -> int:
 
 
 def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]], part: str,
-            threads: int, progress: Any, parent: int) -> None:
+            threads: int, progress: Any, parent: int, catalog: list[str] | None = None,
+            exclude: dict[str, list[int]] | None = None) -> None:
+    """One worker process: its own model (and, grounded, the same trie from `catalog`)."""
     import torch
 
     from glossrec.config import RunConfig
@@ -395,7 +467,7 @@ def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]]
     _die_with_parent()
     torch.set_num_threads(threads)
     cfg = RunConfig.model_validate_json(cfg_json)
-    generator = make_generator(cfg, Path(adapter_dir) if adapter_dir else None)
+    generator = make_generator(cfg, Path(adapter_dir) if adapter_dir else None, catalog)
 
     def report(n: int) -> None:
         # An orphan (parent killed with SIGKILL) must stop: a rerun absorbs and reuses its file.
@@ -404,7 +476,7 @@ def _worker(cfg_json: str, adapter_dir: str | None, items: list[tuple[str, str]]
         progress.put(n)
 
     generate_to_file(generator, items, Path(part), cfg.generate.batch_size, show_progress=False,
-                     on_batch=report)
+                     on_batch=report, exclude=exclude)
 
 
 def _die_with_parent() -> None:
@@ -418,12 +490,22 @@ def _die_with_parent() -> None:
         pass  # elsewhere the getppid() check after each batch does it
 
 
+def _share_exclusions(exclude: Mapping[str, Sequence[int]] | None,
+                      share: list[tuple[str, str]]) -> dict[str, list[int]] | None:
+    if exclude is None:
+        return None
+    return {uid: list(exclude.get(uid, ())) for uid, _ in share}
+
+
 def _generate_parallel(cfg: RunConfig, adapter_dir: Path | None, pending: list[tuple[str, str]],
-                       out_path: Path, workers: int, show_progress: bool) -> None:
+                       out_path: Path, workers: int, show_progress: bool,
+                       catalog: list[str] | None = None,
+                       exclude: Mapping[str, Sequence[int]] | None = None) -> None:
     """Split `pending` over `workers` spawned processes and merge their part files.
 
     Users are dealt round-robin in prompt-length order, so every worker gets the same mix of
-    short and long prompts (and its batches still group similar lengths).
+    short and long prompts (and its batches still group similar lengths). Grounded: every
+    worker builds the trie from `catalog` and gets its users' exclusions.
     """
     import multiprocessing as mp
     import queue as queue_mod
@@ -438,7 +520,8 @@ def _generate_parallel(cfg: RunConfig, adapter_dir: Path | None, pending: list[t
     threads = _threads_per_worker(len(shares))
     procs = [ctx.Process(target=_worker, daemon=True,
                          args=(cfg.model_dump_json(), str(adapter_dir) if adapter_dir else None,
-                               share, f"{out_path}.part{i}", threads, progress, os.getpid()))
+                               share, f"{out_path}.part{i}", threads, progress, os.getpid(),
+                               catalog, _share_exclusions(exclude, share)))
              for i, share in enumerate(shares)]
     for p in procs:
         p.start()

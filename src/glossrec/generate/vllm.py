@@ -15,6 +15,7 @@ pure parts (request building, output decoding) are unit-tested with a fake vllm 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,10 @@ class VLLMGenerator:
                  max_prompt_tokens: int = 1024 - 50, api: VLLMApi | None = None,
                  **llm_kwargs: Any) -> None:
         self.cfg = cfg or GenerateConfig()
+        if self.cfg.constrain != "none":
+            raise ConfigError(f'generate.constrain = "{self.cfg.constrain}" is not supported by '
+                              'the vllm backend (its beam search takes no token constraint); '
+                              'use backend = "hf" or constrain = "none"')
         if self.cfg.stop_at_newline:
             raise ConfigError("generate.stop_at_newline is not supported by the vllm backend "
                               "(vLLM beam search stops on EOS only); set it to false")
@@ -108,7 +113,10 @@ class VLLMGenerator:
                                            max_tokens=self.cfg.max_new_tokens)
         return [{"prompt_token_ids": p} for p in ids], params
 
-    def generate(self, prompts: list[str]) -> list[list[str]]:
+    def generate(self, prompts: list[str],
+                 exclude: Sequence[Sequence[int]] | None = None) -> list[list[str]]:
+        if exclude is not None:
+            raise ValueError("the vllm backend does not ground generation: exclude must be None")
         if not prompts:
             return []
         requests, params = self.build_requests(prompts)

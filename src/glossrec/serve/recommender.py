@@ -4,16 +4,21 @@ Two modes share one path: LIS (the query is the last history item's text) and LM
 the history texts is continued by the fine-tuned model into several candidate titles, each is
 searched, and the hits are fused). Requests are handled in batches (:meth:`recommend_many`) so a
 server can send many users' prompts to the model in one generate call.
+
+Grounded LM mode (``generate.constrain = "catalog"``): the generator's catalog trie follows the
+live catalog (:class:`TrieSync`), so an item added or removed is in or out of generation by the
+next request, and each request's history items are excluded from it.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
@@ -25,9 +30,13 @@ from glossrec.serve.store import (
     ItemRecord, LiveCatalog, RetrieverLoader, UnknownItemsError, WriteResult, is_live_catalog,
 )
 
+if TYPE_CHECKING:
+    from glossrec.generate.constrain import CatalogTrie
+
 Mode = Literal["lis", "lm"]
 Ranking = Literal["paper", "max", "rrf"]
-GenerateFn = Callable[[list[str]], list[list[str]]]
+GenerateFn = Callable[..., list[list[str]]]
+"""prompts (and, grounded, per-prompt exclusions) -> texts per prompt."""
 
 INDEX_DIR = "index"
 ADAPTER_DIR = "adapter"
@@ -127,6 +136,48 @@ def _as_generate_fn(gen: Any) -> GenerateFn:
     raise ConfigError(f"not a generator: {type(gen).__name__}")
 
 
+class TrieSync:
+    """Keeps a generator's CatalogTrie equal to a live catalog.
+
+    Retriever positions shift when items are removed, so the trie is keyed by a stable int per
+    item id instead. A sync compares catalog versions and applies only the difference (ids gone
+    or whose text changed are removed, new ones added): cheap at each request.
+    """
+
+    def __init__(self, trie: CatalogTrie) -> None:
+        for key in trie.keys():  # whatever it held came from elsewhere: the catalog decides
+            trie.remove(key)
+        self.trie = trie
+        self.version: str | None = None
+        self.keys: dict[str, int] = {}
+        self._texts: dict[str, str] = {}
+        self._next = 0
+
+    def sync(self, catalog: LiveCatalog) -> bool:
+        """Bring the trie to the catalog's current version; True if anything was applied."""
+        with catalog.locked():
+            if catalog.version == self.version:
+                return False
+            current = {rec.item_id: catalog.text_of(rec) for rec in catalog.items()}
+            version = catalog.version
+        for iid in [i for i, t in self._texts.items() if current.get(i) != t]:
+            self.trie.remove(self.keys.pop(iid))
+            del self._texts[iid]
+        added: list[tuple[int, str]] = []
+        for iid, text in current.items():
+            if iid not in self.keys:
+                self.keys[iid], self._texts[iid] = self._next, text
+                added.append((self._next, text))
+                self._next += 1
+        self.trie.add_many(added)
+        self.version = version
+        return True
+
+    def keys_of(self, item_ids: Sequence[str]) -> list[int]:
+        """Trie keys of the ids the trie holds (others are skipped)."""
+        return [self.keys[i] for i in item_ids if i in self.keys]
+
+
 def adapter_path(run_dir: Path) -> Path | None:
     """The run's trained LoRA adapter, if training has finished."""
     adir = run_dir / ADAPTER_DIR
@@ -148,6 +199,21 @@ class Recommender:
         self.generate_calls = 0
         """How many times the model was called (batching makes it fewer than requests)."""
         self._tmpdir: Path | None = None
+        self._trie = self._trie_sync(generator)
+        self._lm_lock = threading.Lock()
+        """Grounded: a sync must not change the trie while a generate call walks it."""
+
+    def _trie_sync(self, generator: Any) -> TrieSync | None:
+        """Grounded LM mode: the generator's trie, filled from the live catalog now."""
+        if self.mode != "lm" or self.config.generate.constrain != "catalog":
+            return None
+        trie = getattr(generator, "trie", None)
+        if trie is None:
+            raise ConfigError('generate.constrain = "catalog" needs a generator with a catalog '
+                              "trie (glossrec.generate.make_generator builds one)")
+        sync = TrieSync(trie)
+        sync.sync(self.catalog)
+        return sync
 
     def _prompt_builder(self, generator: Any) -> Any:
         """Prompts cut to the model's token budget in whole items (the pipeline's rule); a
@@ -187,7 +253,8 @@ class Recommender:
         if chosen == "lm" and generator is None:
             from glossrec.generate import make_generator
 
-            generator = make_generator(cfg, adapter)
+            # Grounded: an empty trie; the Recommender fills it from the live catalog.
+            generator = make_generator(cfg, adapter, catalog=[])
         return cls(catalog, cfg, generator, chosen, ranking)
 
     @classmethod
@@ -307,13 +374,22 @@ class Recommender:
         assert self._generate is not None
         prompts = [self._prompt(r.texts) for r in todo]
         self.generate_calls += 1
-        outs = self._generate(prompts)
+        outs = self._run_generate(prompts, todo)
         if len(outs) != len(prompts):
             raise RuntimeError(f"generator returned {len(outs)} results for {len(prompts)} prompts")
         for r, texts in zip(todo, outs):
             kept = [t.strip() for t in texts if t and t.strip()]
             # An all-empty generation would rank nothing; the last item's text is the best query left.
             r.queries = kept or [r.texts[-1]]
+
+    def _run_generate(self, prompts: list[str], todo: list[_Resolved]) -> list[list[str]]:
+        assert self._generate is not None
+        if self._trie is None:
+            return self._generate(prompts)
+        with self._lm_lock:
+            self._trie.sync(self.catalog)  # items added or removed since the last request
+            exclude = [self._trie.keys_of(r.ids) if r.exclude else [] for r in todo]
+            return self._generate(prompts, exclude)
 
     def _search(self, todo: list[_Resolved]) -> list[Recommendation]:
         rows: list[str] = []

@@ -1,0 +1,243 @@
+"""Free-text vs catalog-grounded beam search on CPU: cost per user, peak memory, and quality.
+
+Users: glossrec's own ``pipeline.prepare`` on the Beauty test split with evaluate.users = N and
+evaluate.user_seed = 0; model: the embedded SmolLM2-135M (``--adapter DIR`` for a trained one);
+the paper's generation settings (5 beams, 5 returned). Arms, each in its own subprocess so peak
+RSS and warm caches are not shared:
+
+- ``free``: the paper, free text (then BM25 top-1 per text);
+- ``grounded``: ``generate.constrain = "catalog"``, history excluded, beam order;
+- ``grounded-pmi`` / ``grounded-length``: the same beams re-ranked by one teacher-forced pass.
+
+Per arm: generation s/user and CPU s/user, load time (model, and for grounded arms the trie),
+peak RSS during generation and RSS after loading, the effective max_new_tokens, and quality on
+the same users: BM25 Recall/NDCG@5 with history excluded (every arm's texts go through
+retrieval, as in the pipeline), the share of users whose target text is among their texts, and
+the share of texts that are history items.
+
+Run from the repo root:  .venv/bin/python bench/grounded.py [--users 50] [--adapter DIR]
+Writes bench/results/grounded.json (git commit, load average, date) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ARMS: dict[str, dict[str, Any]] = {
+    "free": {"constrain": "none"},
+    "grounded": {"constrain": "catalog", "grounded_score": "beam"},
+    "grounded-pmi": {"constrain": "catalog", "grounded_score": "pmi"},
+    "grounded-length": {"constrain": "catalog", "grounded_score": "length"},
+}
+log = logging.getLogger("bench.grounded")
+
+
+def _rss_mb(key: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) of this process.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def make_config(args: argparse.Namespace, arm: str) -> Any:
+    from glossrec.config import EMBEDDED_LLM, load_config
+
+    return load_config(None, {
+        "data": {"path": str(args.data)},
+        "model": {"name": EMBEDDED_LLM},
+        "generate": {"batch_size": args.batch_size, **ARMS[arm]},
+        "retrieve": {"retriever": "bm25", "exclude_history": True},
+        "evaluate": {"users": args.users, "user_seed": 0},
+    })
+
+
+# --- worker: one arm -------------------------------------------------------------------------
+
+
+def worker(job_path: Path, out_path: Path) -> None:
+    job = json.loads(job_path.read_text())
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from glossrec.config import RunConfig
+    from glossrec.generate import make_generator
+    from glossrec.pipeline import prepare
+    from glossrec.prompts import test_prompts
+
+    cfg = RunConfig.model_validate(job["cfg"])
+    prep = prepare(cfg)
+    cat = prep.dataset.catalog
+    grounded = cfg.generate.constrain == "catalog"
+    adapter = Path(job["adapter"]) if job["adapter"] else None
+    t0 = time.perf_counter()
+    gen: Any = make_generator(cfg, adapter, cat.texts() if grounded else None)
+    load_s = time.perf_counter() - t0
+    loaded_rss = _rss_mb("VmRSS")
+    prompts = test_prompts(prep.examples, cat, gen.tokenizer, cfg.prompt,
+                           reserve=cfg.generate.max_new_tokens)
+    exclude = [list(ex.history) for ex in prep.examples] if grounded else None
+    _reset_peak_rss()
+    t0, c0 = time.perf_counter(), time.process_time()
+    texts = gen.generate([p for _, p in prompts], exclude)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    trie = getattr(gen, "trie", None)
+    out_path.write_text(json.dumps({
+        "users": len(prompts), "wall_s": wall, "cpu_s": cpu, "load_s": load_s,
+        "peak_rss_mb": _rss_mb("VmHWM"), "loaded_rss_mb": loaded_rss,
+        "max_new_tokens": gen.max_new_tokens(),
+        "trie": {"items": len(trie), "nodes": trie.nodes, "max_tokens": trie.max_tokens}
+        if trie is not None else None,
+        "texts": {uid: t for (uid, _), t in zip(prompts, texts)},
+    }))
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+
+def run_arm(arm: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    job, out = tmp / f"{arm}.job.json", tmp / f"{arm}.out.json"
+    job.write_text(json.dumps({"cfg": make_config(args, arm).model_dump(mode="json"),
+                               "adapter": str(args.adapter) if args.adapter else None,
+                               "threads": args.threads}))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(job),
+                           str(out)], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
+    res: dict[str, Any] = json.loads(out.read_text())
+    log.info("%s: %.1f s generation, %.0f s in all", arm, res["wall_s"], time.perf_counter() - t0)
+    return res
+
+
+def quality(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """BM25 (history excluded) metrics of every arm's texts, plus exact-text diagnostics."""
+    from glossrec.pipeline import build_index, prepare, run_retrieve
+
+    cfg = make_config(args, "free")
+    prep = prepare(cfg)
+    cat = prep.dataset.catalog
+    index = build_index(cfg, prep.dataset)
+    out: dict[str, dict[str, float]] = {}
+    for arm, res in results.items():
+        texts: dict[str, list[str]] = res["texts"]
+        ev = run_retrieve(cfg, texts, ds=prep.dataset, retriever=index, source=arm)
+        n_texts = sum(len(t) for t in texts.values()) or 1
+        target_in = sum(cat.text(ex.target) in texts[ex.user_id] for ex in prep.examples)
+        in_hist = sum(t in {cat.text(i) for i in ex.history}
+                      for ex in prep.examples for t in texts[ex.user_id])
+        out[arm] = {"recall@5": ev.metrics["overall"]["recall@5"],
+                    "ndcg@5": ev.metrics["overall"]["ndcg@5"],
+                    "target_text_in_texts": target_in / len(prep.examples),
+                    "texts_from_history": in_hist / n_texts,
+                    "texts_per_user": n_texts / len(prep.examples)}
+    return out
+
+
+def git_commit() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
+              qual: dict[str, dict[str, float]], load: list[list[float]]) -> dict[str, Any]:
+    rows = []
+    for arm, r in results.items():
+        n = r["users"]
+        rows.append({"arm": arm, **ARMS[arm], "users": n, "s_per_user": r["wall_s"] / n,
+                     "cpu_s_per_user": r["cpu_s"] / n, "load_s": r["load_s"],
+                     "peak_rss_mb": r["peak_rss_mb"], "loaded_rss_mb": r["loaded_rss_mb"],
+                     "max_new_tokens": r["max_new_tokens"], "trie": r["trie"], **qual[arm]})
+    return {
+        "what": "HF beam search (5 beams, 5 returned), embedded SmolLM2-135M, Beauty test users "
+                "(pipeline.prepare, evaluate.users, seed 0), free text vs catalog-grounded, CPU",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_commit(), "loadavg_before_after": load, "cpus": os.cpu_count(),
+        "threads": args.threads, "batch_size": args.batch_size, "users": args.users,
+        "adapter": str(args.adapter) if args.adapter else None, "data": str(args.data),
+        "rows": rows,
+        "texts": {arm: dict(list(r["texts"].items())[:3]) for arm, r in results.items()},
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    cols = [("arm", "arm", "{}"), ("users", "users", "{}"), ("s/user", "s_per_user", "{:.2f}"),
+            ("cpu s/user", "cpu_s_per_user", "{:.2f}"), ("load s", "load_s", "{:.1f}"),
+            ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("loaded MB", "loaded_rss_mb", "{:.0f}"),
+            ("new tok", "max_new_tokens", "{}"), ("R@5", "recall@5", "{:.4f}"),
+            ("N@5", "ndcg@5", "{:.4f}"), ("target in texts", "target_text_in_texts", "{:.3f}"),
+            ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}")]
+    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in summary["rows"]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for j, row in enumerate(table):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    print(f"\n{summary['users']} users, {summary['threads']} thread(s), batch {summary['batch_size']}, "
+          f"load average before/after {summary['loadavg_before_after']} on {summary['cpus']} CPUs, "
+          f"commit {summary['git']['commit'][:10]}{' (dirty)' if summary['git']['dirty'] else ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/amazon2014/beauty")
+    ap.add_argument("--users", type=int, default=50)
+    ap.add_argument("--adapter", type=Path, default=None, help="a trained LoRA adapter folder")
+    ap.add_argument("--arms", default="free,grounded,grounded-pmi",
+                    help=f"comma-separated, of: {', '.join(ARMS)}")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per arm (1: this 2-core machine is shared)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/grounded.json")
+    ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
+
+    from glossrec.io import write_json
+
+    load = [list(os.getloadavg())]
+    log.info("%d users, arms %s", args.users, ", ".join(arms))
+    with tempfile.TemporaryDirectory(prefix="glossrec-bench-grounded-") as tmp:
+        results = {arm: run_arm(arm, args, Path(tmp)) for arm in arms}
+    load.append(list(os.getloadavg()))
+    summary = summarize(args, results, quality(args, results), load)
+    write_json(args.out, summary)
+    print_table(summary)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
