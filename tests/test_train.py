@@ -335,3 +335,14 @@ def test_full_fine_tuning_saves_a_loadable_model(tiny_lm_dir: Path, tok, tmp_pat
     trained = _logits(result.model, tok, text)
     assert torch.allclose(trained, _logits(loaded, tok, text), atol=1e-5)
     assert not torch.allclose(trained, _logits(base, tok, text), atol=1e-3)
+
+
+def test_constant_schedule_extends_over_runs(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    data = helper.pairs(tok, 12)
+    run = tmp_path / "run"
+    kw = dict(warmup_steps=1, schedule="constant", save_steps=1, learning_rate=1e-3)
+    train(helper.config(tiny_lm_dir, max_steps=2, **kw), run, data[:8], data[8:])
+    more = train(helper.config(tiny_lm_dir, max_steps=4, **kw), run, data[:8], data[8:])
+    steps = [r for r in more.history if "loss" in r]
+    assert more.resumed_from == 2 and [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["lr"] for r in steps] == pytest.approx([0.0, 1e-3, 1e-3, 1e-3])

@@ -115,6 +115,10 @@ class TrainConfig(_Section):
     """Start from these trained weights instead of a fresh adapter: a LoRA adapter folder (same
     [lora] shape) or the name of a shipped model (see glossrec.models.SHIPPED). Lets a long
     training continue over several runs."""
+    schedule: Literal["linear", "constant"] = "linear"
+    """Paper: linear decay to 0 at the last step, after warm-up. "constant" keeps the rate after
+    warm-up: a training continued over several runs (larger max_steps each time) has no known
+    last step, and a linear schedule would restart its decay at every extension."""
     group_by_length: bool = True
     """Cut micro-batches from length-sorted windows (dynamic padding wastes less). The paper's
     Trainer did not; measured in bench/train_speed.py."""

@@ -256,7 +256,7 @@ def _fingerprint(cfg: RunConfig, n_train: int, n_valid: int) -> dict[str, Any]:
     return {"model": cfg.model.name, "lora": cfg.lora.model_dump(mode="json"), "loss": t.loss,
             "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
             "learning_rate": t.learning_rate, "n_train": n_train, "n_valid": n_valid,
-            "method": t.method, "init_adapter": t.init_adapter,
+            "method": t.method, "init_adapter": t.init_adapter, "schedule": t.schedule,
             "group_by_length": t.group_by_length,
             "max_history_items": cfg.prompt.max_history_items}
 
@@ -342,13 +342,16 @@ def _optimizer(params: list[Any], t: TrainConfig, device: str) -> Any:
     return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
-def _linear_schedule(optimizer: Any, warmup: int, total: int) -> Any:
-    """transformers' get_linear_schedule_with_warmup: 0 -> lr over warmup, then -> 0 at total."""
+def _schedule(optimizer: Any, warmup: int, total: int, kind: str = "linear") -> Any:
+    """transformers' get_linear_schedule_with_warmup: 0 -> lr over warmup, then -> 0 at total
+    ("linear"), or held at lr ("constant")."""
     import torch
 
     def factor(step: int) -> float:
         if step < warmup:
             return step / max(1, warmup)
+        if kind == "constant":
+            return 1.0
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -593,7 +596,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, t, device)
-    scheduler = _linear_schedule(optimizer, t.warmup_steps, total)
+    scheduler = _schedule(optimizer, t.warmup_steps, total, t.schedule)
     state = TrainState(fingerprint=_fingerprint(cfg, len(train_data), len(valid_data)))
     run = _Run(cfg, run_dir, model, tok, optimizer, scheduler, device, _use_bf16(t, device), state)
 
