@@ -50,3 +50,14 @@ def test_errors_name_the_file_and_key(tmp_path: Path, body: str, needle: str) ->
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_updated_copies_and_validates() -> None:
+    from glossrec.config import RunConfig
+
+    base = RunConfig()
+    cfg = base.updated(train={"max_steps": 3}, retrieve={"retriever": "bm25"})
+    assert (cfg.train.max_steps, cfg.retrieve.retriever) == (3, "bm25")
+    assert base.train.max_steps is None and cfg.train.learning_rate == base.train.learning_rate
+    with pytest.raises(ConfigError, match="train.max_stepz"):
+        base.updated(train={"max_stepz": 3})

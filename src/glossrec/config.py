@@ -250,6 +250,17 @@ class RunConfig(_Section):
     evaluate: EvalConfig = EvalConfig()
     out: Path | None = None
 
+    def updated(self, **sections: dict[str, Any]) -> RunConfig:
+        """A copy with some keys of some sections changed, validated:
+        ``cfg.updated(train={"max_steps": 10}, retrieve={"retriever": "bm25"})``."""
+        data = self.model_dump()
+        for name, values in sections.items():
+            data[name] = {**data[name], **values}
+        try:
+            return RunConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_format_error(e, "<updated config>")) from None
+
 
 def _format_error(err: ValidationError, source: str) -> str:
     parts = []

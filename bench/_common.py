@@ -1,0 +1,111 @@
+"""What every benchmark shares: the code version, the machine and its load, peak RSS, the
+matmul rate behind FLOP bounds, and one way to write results.
+
+A figure is only comparable with the machine and load it was measured on, so every results file
+records the commit (and uncommitted changes under src/), the CPU, its cores and the load average
+before and after, and the date.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def code_version() -> dict[str, Any]:
+    """The commit, and which source files differed from it when the benchmark ran."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": git("status", "--short", "--", "src").splitlines()}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, usable cores, native bf16, and the 1-minute load average now."""
+    cpu, flags = platform.processor(), set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return {"cpu": cpu, "cores": cores, "avx512": "avx512f" in flags,
+            "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets this process's peak RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def matmul_flops(threads: int, bf16: bool = False, shape: tuple[int, int, int] = (1024, 576, 1536),
+                 seconds: float = 1.5) -> float:
+    """FLOP/s of F.linear at one of SmolLM2's own shapes (rows x hidden -> MLP width), in fp32
+    or under bf16 autocast: the rate a FLOP bound divides by."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rows, k, n = shape
+    x, w = torch.randn(rows, k), torch.randn(n, k)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            torch.nn.functional.linear(x, w)
+
+    for _ in range(3):
+        step()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        reps += 1
+    return 2 * rows * k * n * reps / (time.perf_counter() - t0)
+
+
+def write_results(path: Path, payload: dict[str, Any], machine_before: dict[str, Any]) -> Path:
+    """results JSON with code version, machine (load before and after) and date, atomically."""
+    after = machine()
+    record = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "code": code_version(),
+              "machine": {**machine_before, "load_avg_1m_after": after["load_avg_1m"]},
+              **payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,156 @@
+"""The learning curve of GLoSS-135M on CPU: validation Recall@5 / NDCG@5 against training
+examples seen, beside Last-Item Search on the same validation users.
+
+One training run (``--config``, e.g. configs/smollm2-beauty.toml) is extended point by point:
+for each ``--points`` value N, training continues to N optimizer steps (a constant learning
+rate after warm-up, so extending a run does not restart a decay), the adapter is copied to
+``RUN/curve/step-N/adapter``, the config's generation (catalog-grounded beams) runs for the
+fixed sample of validation users (their second-to-last item is the target: never a training
+target), and the texts are scored like test rows. Point 0 is the untrained model. Every part
+resumes after a kill: training from its checkpoint, generation from its file, finished points
+are read back. No test user is looked at.
+
+Run alone on an idle machine:
+  .venv/bin/python bench/learning_curve.py --config configs/smollm2-beauty.toml \
+      --run runs/smollm2-beauty --points 0 50 100 200
+Writes bench/results/learning_curve.json, bench/results/learning_curve.png, and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, RESULTS, machine, write_results  # noqa: E402
+
+
+def _scores(ev: Any) -> dict[str, float]:
+    from glossrec.evaluate import bootstrap_ci
+
+    m = ev.metrics["overall"]
+    lo, hi = bootstrap_ci(ev.per_user["recall@5"])
+    return {"recall@5": m["recall@5"], "ndcg@5": m["ndcg@5"], "recall@10": m["recall@10"],
+            "ndcg@10": m["ndcg@10"], "recall@5_ci": [lo, hi], "users": len(ev.user_ids)}
+
+
+def _train_to(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
+    from glossrec.train import train_from_config
+
+    res = train_from_config(cfg.updated(train={"max_steps": steps}), run_dir)
+    meta = json.loads((res.adapter_dir / "glossrec_train.json").read_text())
+    valid = [h["valid_loss"] for h in res.history if "valid_loss" in h]
+    return {"steps": res.steps, "examples_seen": meta["examples_seen_total"],
+            "best_step": res.best_step, "valid_loss": valid[-1] if valid else None,
+            "train_seconds": round(max(h.get("seconds", 0.0) for h in res.history), 1)}
+
+
+def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: Any) -> dict[str, Any]:
+    """Train to `steps`, generate for the validation users, score (history excluded and kept)."""
+    from glossrec.generate import generate_examples, read_generations
+    from glossrec.pipeline import run_retrieve
+
+    folder = run_dir / "curve" / f"step-{steps:06d}"
+    info: dict[str, Any] = {"steps": steps, "examples_seen": 0}
+    adapter = None
+    if steps > 0:
+        info.update(_train_to(cfg, run_dir, steps))
+        adapter = folder / "adapter"
+        if not adapter.is_dir():
+            tmp = folder / ".adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(run_dir / "adapter", tmp)
+            tmp.rename(adapter)
+    t0 = time.perf_counter()
+    gens_path = folder / "generations.jsonl"
+    generate_examples(cfg, examples, ds.catalog, adapter, gens_path)
+    info["generate_s_per_user"] = round((time.perf_counter() - t0) / len(examples), 3)
+    gens = read_generations(gens_path)
+    queries = {e.user_id: gens[e.user_id] for e in examples}
+    for excl in (True, False):
+        rcfg = cfg.updated(retrieve={"exclude_history": excl})
+        key = "history_excluded" if excl else "history_kept"
+        info[key] = _scores(run_retrieve(rcfg, queries, None, ds, index))
+    info["texts_per_user"] = sum(len(t) for t in queries.values()) / len(queries)
+    return info
+
+
+def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    xs = [max(p["examples_seen"], 1) for p in points]
+    for ax, metric in zip(axes, ("recall@5", "ndcg@5")):
+        for key, style in (("history_excluded", "o-"), ("history_kept", "s--")):
+            ax.plot(xs, [p[key][metric] for p in points], style, label=f"GLoSS-135M, {key.replace('_', ' ')}")
+            ax.axhline(lis[key][metric], color="gray", ls=":" if key == "history_kept" else "-",
+                       lw=1, label=f"LIS-BM25, {key.replace('_', ' ')}")
+        ax.set_xscale("symlog", linthresh=100)
+        ax.set_xlabel("training examples seen")
+        ax.set_title(f"validation {metric} ({points[0]['history_excluded']['users']} users)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "smollm2-beauty.toml")
+    p.add_argument("--run", type=Path, default=ROOT / "runs" / "smollm2-beauty")
+    p.add_argument("--points", type=int, nargs="+", default=[0, 50, 100, 200])
+    p.add_argument("--valid-users", type=int, default=200)
+    p.add_argument("--json", type=Path, default=RESULTS / "learning_curve.json")
+    args = p.parse_args(argv)
+
+    from glossrec.config import load_config
+    from glossrec.pipeline import build_index, load_data, prepare, run_lis
+
+    before = machine()
+    cfg = load_config(args.config, {"evaluate.split": "valid", "evaluate.users": args.valid_users})
+    ds = load_data(cfg)
+    examples = prepare(cfg, ds).examples
+    index = build_index(cfg, ds)
+    lis = {("history_excluded" if excl else "history_kept"):
+           _scores(run_lis(cfg.updated(retrieve={"exclude_history": excl}), None, ds, index))
+           for excl in (True, False)}
+    done: dict[int, dict[str, Any]] = {}
+    if args.json.exists():
+        old = json.loads(args.json.read_text())
+        if old.get("config") == str(args.config):
+            done = {q["steps"]: q for q in old.get("points", [])}
+    points = []
+    for steps in sorted(set(args.points)):
+        if steps not in done:
+            done[steps] = point(cfg, args.run, steps, ds, examples, index)
+            print(json.dumps(done[steps]), flush=True)
+        points.append(done[steps])
+        write_results(args.json, {"config": str(args.config), "run": str(args.run),
+                                  "valid_users": len(examples), "lis_bm25": lis,
+                                  "points": points}, before)
+    plot(args.json.with_suffix(".png"), points, lis)
+    print(f"\n{len(examples)} validation users; load average {before['load_avg_1m']} before")
+    print("| examples seen | valid loss | R@5 excl [95% CI] | N@5 excl | R@5 kept | N@5 kept | s/user |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for q in points:
+        e, k = q["history_excluded"], q["history_kept"]
+        vl = f"{q['valid_loss']:.3f}" if q.get("valid_loss") is not None else "-"
+        print(f"| {q['examples_seen']:,} | {vl} | {e['recall@5']:.4f} [{e['recall@5_ci'][0]:.3f}, "
+              f"{e['recall@5_ci'][1]:.3f}] | {e['ndcg@5']:.4f} | {k['recall@5']:.4f} | "
+              f"{k['ndcg@5']:.4f} | {q['generate_s_per_user']} |")
+    e, k = lis["history_excluded"], lis["history_kept"]
+    print(f"| LIS-BM25 | | {e['recall@5']:.4f} [{e['recall@5_ci'][0]:.3f}, {e['recall@5_ci'][1]:.3f}] "
+          f"| {e['ndcg@5']:.4f} | {k['recall@5']:.4f} | {k['ndcg@5']:.4f} | |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

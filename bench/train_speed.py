@@ -1,0 +1,171 @@
+"""Training throughput on CPU: the embedded SmolLM2-135M with LoRA on real Beauty training texts.
+
+Each arm runs glossrec's own training loop (``glossrec.train.train``) for a few optimizer steps
+of 16 texts (batch 4 x accumulation 4) in its own subprocess, on the same seeded sample of
+training examples, and reports examples/s over the steps after the first (warm-up), peak RSS,
+and the user/system CPU seconds of the timed steps:
+
+- ``old``: the loop as it was: full-vocabulary fp32 logits at every position, the padding mask
+  passed to attention, random batches, whole-text loss, every history item that fits;
+- ``label-pos``: the LM head only at label positions, no padding mask (SDPA's fused causal
+  kernel), length-grouped batches (whole-text loss);
+- ``target``: the same with target-only loss (the head runs on ~10% of positions);
+- ``target-h5``: and prompts of the newest 5 history items (``prompt.max_history_items``);
+- ``target-h5-bf16``: and bf16 autocast (only where the CPU has native bf16).
+
+The FLOP bound of an arm is the matmul FLOPs its steps needed, at the fp32 (or bf16) rate of
+F.linear at one of the model's own shapes on this machine: forward 2 x body parameters per
+token, backward ~2x that again (input gradients through frozen weights; LoRA's own are
+negligible), the LM head (2 x 576 x 49,152 per position, forward + backward) at the positions
+that compute it, attention 4 x context x width per token per layer, forward + backward (with the
+mean padded length as the context, halved for the causal mask).
+
+Run alone on an idle machine:  .venv/bin/python bench/train_speed.py [--steps 4] [--arms ...]
+Writes bench/results/train_speed.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, RESULTS, machine, matmul_flops, peak_rss_mb, write_results  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "amazon2014" / "beauty"
+ARMS: dict[str, dict[str, Any]] = {
+    "old": {"label_positions": False, "group_by_length": False, "loss": "full"},
+    "label-pos": {"loss": "full"},
+    "target": {"loss": "target"},
+    "target-h5": {"loss": "target", "max_history_items": 5},
+    "target-h5-bf16": {"loss": "target", "max_history_items": 5, "bf16": True},
+}
+
+
+def worker(arm: str, data: Path, steps: int, seed: int, out: Path) -> None:
+    """One arm: train `steps` optimizer steps, time each, write a JSON summary to `out`."""
+    import torch
+
+    import glossrec.train as tr
+    from glossrec.config import load_config
+    from glossrec.data import load_dataset
+    from glossrec.models import load_tokenizer
+    from glossrec.prompts import PromptBuilder, make_pairs
+    from glossrec.splits import make_splits, sample_users
+
+    spec = dict(ARMS[arm])
+    if not spec.pop("label_positions", True):
+        full_logits = tr.loss_sum
+        tr.loss_sum = lambda m, b, d, **kw: full_logits(m, b, d, False, False)  # type: ignore[assignment]
+    cfg = load_config(None, {
+        "data.path": str(data), "model.name": "embedded:smollm2",
+        "prompt": {"max_history_items": spec.pop("max_history_items", None)},
+        "train": {"max_steps": steps, "warmup_steps": 1, "save_steps": 10_000,
+                  "bf16": spec.pop("bf16", False), **spec}})
+    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
+    examples = sample_users(make_splits(ds, cfg.split).train, 16 * steps, seed)
+    builder = PromptBuilder.from_config(load_tokenizer(cfg.model), cfg.prompt, ds.catalog.item_format)
+    pairs = make_pairs(examples, ds.catalog, builder, "train")
+
+    marks: list[tuple[float, Any]] = []
+
+    def on_step(state: Any) -> None:
+        marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = tr.train(cfg, Path(tmp) / "run", pairs, (), on_step=on_step)
+    hist = [h for h in result.history if "loss" in h]
+    (w0, u0), (w1, u1) = marks[0], marks[-1]  # timed: steps 2..N
+    timed = hist[1:]
+    tokens = sum(h["padded_tokens"] for h in timed)
+    summary = {
+        "arm": arm, "spec": ARMS[arm], "steps": len(hist), "timed_steps": len(timed),
+        "examples": sum(h["examples"] for h in timed),
+        "seconds": w1 - w0, "user_s": u1.ru_utime - u0.ru_utime, "sys_s": u1.ru_stime - u0.ru_stime,
+        "step_seconds": [round(b[0] - a[0], 2) for a, b in zip(marks, marks[1:])],
+        "padded_tokens": tokens, "real_tokens": sum(h["real_tokens"] for h in timed),
+        "label_tokens": sum(h["tokens"] for h in timed),
+        "head_positions": sum(h["padded_tokens"] if not ARMS[arm].get("label_positions", True)
+                              else h["tokens"] for h in timed),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "losses": [h["loss"] for h in hist],
+        "threads": torch.get_num_threads(), "setup_s": marks[0][0] - t0 if marks else None,
+    }
+    out.write_text(json.dumps(summary))
+
+
+def flop_bound(r: dict[str, Any], rate: float) -> float:
+    """Examples/s if every matmul ran at `rate` FLOP/s (see the module docstring)."""
+    body = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)  # SmolLM2-135M, no embeddings
+    head = 576 * 49152
+    flops = (3 * 2 * body * r["padded_tokens"] + 3 * 2 * head * r["head_positions"]
+             + 3 * 4 * 30 * 576 * r["padded_tokens"] * r["padded_tokens"] / r["examples"] / 2)
+    return r["examples"] / (flops / rate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per arm (first untimed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--json", type=Path, default=RESULTS / "train_speed.json")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.data, args.steps, args.seed, args.out)
+        return 0
+    if not (args.data / "sequences.jsonl.gz").exists() and not (args.data / "sequences.jsonl").exists():
+        print(f"{args.data}: no dataset here (see ../shared/data/amazon2014/README)", file=sys.stderr)
+        return 2
+    before = machine()
+    threads = before["cores"]
+    rates = {"fp32": matmul_flops(threads), "bf16": matmul_flops(threads, bf16=True)}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm in args.arms:
+            if ARMS[arm].get("bf16") and not before["native_bf16"]:
+                print(f"{arm}: skipped (no native bf16 on this CPU)")
+                continue
+            out = Path(tmp) / f"{arm}.json"
+            subprocess.run([sys.executable, __file__, "--worker", arm, "--out", str(out),
+                            "--data", str(args.data), "--steps", str(args.steps),
+                            "--seed", str(args.seed)], check=True, cwd=ROOT,
+                           env={**os.environ, "TQDM_DISABLE": "1"})
+            r = json.loads(out.read_text())
+            r["examples_per_s"] = r["examples"] / r["seconds"]
+            r["bound_examples_per_s"] = flop_bound(r, rates["bf16" if ARMS[arm].get("bf16") else "fp32"])
+            r["fraction_of_bound"] = r["examples_per_s"] / r["bound_examples_per_s"]
+            results[arm] = r
+            print(f"{arm}: {r['examples_per_s']:.3f} examples/s, peak {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
+    base = results.get("old", {}).get("examples_per_s")
+    for r in results.values():
+        r["speedup_vs_old"] = r["examples_per_s"] / base if base else None
+    write_results(args.json, {"matmul_flops": rates, "steps": args.steps, "arms": results}, before)
+    print(f"\nmatmul rate: fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 {rates['bf16'] / 1e9:.1f} "
+          f"GFLOP/s; load average {before['load_avg_1m']} before, "
+          f"{os.getloadavg()[0]:.2f} after; {before['cpu']}, {threads} cores")
+    print("| arm | examples/s | speed-up | s/step | tokens/example | sys s / user s | peak RSS MB | FLOP bound ex/s | of bound |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for arm, r in results.items():
+        per = r["seconds"] / max(r["timed_steps"], 1)
+        sp = f"{r['speedup_vs_old']:.2f}x" if r["speedup_vs_old"] else "-"
+        print(f"| {arm} | {r['examples_per_s']:.3f} | {sp} | {per:.1f} | "
+              f"{r['padded_tokens'] / r['examples']:.0f} | {r['sys_s']:.0f} / {r['user_s']:.0f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['bound_examples_per_s']:.2f} | "
+              f"{r['fraction_of_bound']:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
