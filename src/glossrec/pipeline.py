@@ -6,6 +6,7 @@ only from the stages to its left.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 
 from glossrec.config import RunConfig
 from glossrec.data import Dataset, load_dataset
-from glossrec.errors import ConfigError, DataError
+from glossrec.errors import ConfigError, DataError, import_optional
 from glossrec.evaluate import Evaluation, evaluate, write_run
 from glossrec.retrieve.base import Retriever
 from glossrec.retrieve.ranking import fuse_users
@@ -25,6 +26,10 @@ from glossrec.splits import Example, make_splits, sample_users
 
 
 def log(msg: str) -> None:
+    """A progress line on stderr; silenced only when the "glossrec" logger is set above WARNING
+    (the CLI's -q), so a library user sees it as before."""
+    if logging.getLogger("glossrec").getEffectiveLevel() > logging.WARNING:
+        return
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -224,13 +229,13 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
 
     run_dir = Path(out or cfg.out or "runs/run").resolve()
     cfg = cfg.model_copy(update={"out": run_dir})
+    ds = load_data(cfg)  # no dataset: a clear error before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir)
     if force:
         manifest.forget("train", "generate")
     with atomic_write(run_dir / "config.toml") as f:
         f.write(config_to_toml(cfg))
-    ds = load_data(cfg)
     prep = prepare(cfg, ds)
     log(f"run {run_dir}: {ds.name}, {len(prep.examples)} {cfg.evaluate.split} users evaluated")
 
@@ -335,8 +340,7 @@ def write_report(run_dir: Path, results: dict[str, Evaluation]) -> None:
 
 
 def _plot(path: Path, results: dict[str, Evaluation]) -> None:
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", "report", "report.png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

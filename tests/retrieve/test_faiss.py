@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from glossrec.errors import ConfigError
+from glossrec.retrieve.base import mask_rows, topk
 from glossrec.retrieve.dense import DenseRetriever
 from glossrec.retrieve.faiss_index import FaissRetriever
 
@@ -82,3 +83,38 @@ def test_missing_faiss_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     with pytest.raises(ConfigError, match="pip install faiss-cpu"):
         FaissRetriever(encoder="fake")
+
+
+class _NoisyIndex:
+    """A FAISS index whose scores err by a few float32 ulps, differently per item, and whose
+    order among near-equal scores is reversed: what another SIMD path may legally return."""
+
+    def __init__(self, index, noise: np.ndarray) -> None:
+        self.index, self.noise = index, noise
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dist, lab = self.index.search(q, self.index.ntotal)
+        dist = dist + np.where(lab >= 0, self.noise[np.maximum(lab, 0)], 0).astype(np.float32)
+        order = np.lexsort((-lab, -dist), axis=-1)[:, :k]
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(lab, order, 1)
+
+
+def test_tie_rule_holds_whatever_scores_faiss_computes() -> None:
+    # Duplicated items and coordinate-permuted ones tie exactly; FAISS's own scores are made to
+    # disagree by a few ulps. The answer must still be (score desc, position asc) over exact scores.
+    rng = np.random.default_rng(2)
+    base = unit(rng.standard_normal((6, 16)))
+    perm = unit(np.eye(16, dtype=np.float32)[rng.integers(0, 16, 40)] + 0.1)
+    emb = np.vstack([base[rng.integers(0, 6, 60)], perm])
+    r = with_embeddings(FaissRetriever, emb)
+    eps = np.float32(np.finfo(np.float32).eps)
+    r._faiss = _NoisyIndex(r.faiss_index(), rng.integers(-3, 4, len(emb)) * eps)
+    q = np.vstack([emb[rng.integers(0, len(emb), 20)], unit(rng.standard_normal((5, 16)))])
+    excl = [rng.choice(len(emb), size=rng.integers(0, 30), replace=False) for _ in range(len(q))]
+    for k in (1, 3, 7, 25, 150):
+        for ex in (None, excl):
+            idx, sc = r.search_embeddings(q, k, ex)
+            exact = (q.astype(np.float64) @ emb.astype(np.float64).T).astype(np.float32)
+            mask_rows(exact, ex)
+            want_idx, want_sc = topk(exact, k)
+            assert np.array_equal(idx, want_idx) and np.array_equal(sc, want_sc)

@@ -1,6 +1,26 @@
-"""The typer application that every command module registers on."""
+"""The typer application that every command module registers on, and what the CLI prints.
+
+Output policy (set once, by the root callback, before any command runs):
+
+- stdout carries a command's answer; stderr carries glossrec's own messages (errors, notes,
+  progress of long commands), nothing else by default.
+- Third-party noise (transformers / huggingface_hub / sentence-transformers progress bars such as
+  "Loading weights", their log warnings, and FutureWarning / DeprecationWarning from any
+  library) is silenced, so ``glossrec recommend ...`` prints only its answer.
+- ``-v`` shows all of it, with glossrec's log records at INFO (``-vv``: DEBUG), each prefixed by
+  level and logger; ``-q`` also hides glossrec's own log lines and warnings (progress of train,
+  run, generate, lis), leaving the answer and errors.
+
+Only the CLI does this: importing glossrec as a library changes no logging or warning setting.
+"""
 
 from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Annotated
 
 import typer
 
@@ -12,6 +32,110 @@ app = typer.Typer(
     add_completion=False,
 )
 
+THIRD_PARTY = ("transformers", "huggingface_hub", "sentence_transformers", "peft", "accelerate",
+               "torch", "bm25s", "faiss", "urllib3", "httpx", "filelock")
+"""Loggers (and warning-issuing modules) of libraries glossrec drives."""
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # hub downloads, and transformers' bars ("Loading weights")
+    "TRANSFORMERS_VERBOSITY": "error",  # read when transformers is first imported
+    "HF_HUB_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    # Child processes (generate --workers) do not inherit the filters set below, only this.
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+}
+
+_state = {"verbosity": 0}
+_env_set: dict[str, str] = {}
+_handler: logging.Handler | None = None
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current sys.stderr (which tests and redirections replace)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
+def setup_output(verbosity: int) -> None:
+    """Logging levels, warning filters and third-party progress bars for one CLI invocation.
+
+    verbosity: -1 (-q), 0 (default), 1 (-v), 2 (-vv). Idempotent: a second call (in-process
+    tests) replaces the first one's settings instead of stacking handlers.
+    """
+    global _handler
+    _state["verbosity"] = verbosity
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = _StderrHandler()
+    _handler.setFormatter(logging.Formatter(
+        "%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s"))
+    _handler.addFilter(_shown)
+    root.addHandler(_handler)
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity > 0 else logging.WARNING)
+    glossrec_level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.getLogger("glossrec").setLevel(glossrec_level)
+
+    if verbosity > 0:
+        for name, value in list(_env_set.items()):  # undo an earlier quiet call (same process)
+            if os.environ.get(name) == value:
+                del os.environ[name]
+            del _env_set[name]
+        for name in THIRD_PARTY:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        _third_party_bars(enable=True)
+        return
+    for name, value in QUIET_ENV.items():  # a value the user set is kept
+        if name not in os.environ:
+            os.environ[name] = _env_set[name] = value
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _third_party_bars(enable=False)
+    if not sys.warnoptions:  # python -W / PYTHONWARNINGS: the user's choice stands
+        # Warnings a user of the command line cannot act on (they are addressed to developers).
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"(%s)(\.|$)" % "|".join(THIRD_PARTY))
+
+
+def _shown(record: logging.LogRecord) -> bool:
+    """glossrec's records are filtered by its logger's level; the others here, because some
+    libraries set their own logger's level at import (bm25s: DEBUG), after this setup ran."""
+    name = record.name
+    if name == "glossrec" or name.startswith("glossrec."):
+        return True
+    verbosity = _state["verbosity"]
+    if verbosity > 1:
+        return True
+    if verbosity == 1:
+        return record.levelno >= logging.INFO
+    third_party = name.split(".", 1)[0] in THIRD_PARTY
+    return record.levelno >= (logging.ERROR if third_party else logging.WARNING)
+
+
+def _third_party_bars(enable: bool) -> None:
+    """Libraries already imported read no environment again: tell them directly."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        (tf_logging.enable_progress_bar if enable else tf_logging.disable_progress_bar)()
+        tf_logging.set_verbosity(logging.WARNING if enable else logging.ERROR)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if enable else disable_progress_bars)()
+
+
+def show_progress_logs() -> None:
+    """For long commands (train, run, generate): glossrec's INFO progress on stderr unless -q."""
+    if _state["verbosity"] == 0:
+        logging.getLogger("glossrec").setLevel(logging.INFO)
+
 
 @app.command()
 def version() -> None:
@@ -22,5 +146,12 @@ def version() -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="Show log records (INFO; -vv: DEBUG) and the progress "
+                                         "bars and warnings of transformers & co.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide glossrec's log lines and "
+                                        "warnings too (progress of train, run, lis...).")] = False,
+) -> None:
     """Generative sequential recommendation with semantic search (GLoSS)."""
+    setup_output(-1 if quiet and not verbose else verbose)

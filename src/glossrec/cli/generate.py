@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from glossrec.cli.app import app
+from glossrec.cli.app import app, show_progress_logs
 
 GENERATIONS = {"test": "generations.jsonl", "valid": "generations.valid.jsonl"}
 
@@ -73,6 +73,7 @@ def generate(
     """Beam-search next-item texts for a split's users into RUN/generations.jsonl (resumable)."""
     from glossrec.errors import ConfigError
 
+    show_progress_logs()
     if split is not None and split not in GENERATIONS:
         raise ConfigError(f"--split must be test or valid, got {split!r}")
     out = generate_run(run, split, users, batch_size, overwrite,  # type: ignore[arg-type]

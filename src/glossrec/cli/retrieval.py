@@ -24,7 +24,8 @@ def common_overrides(data: Path | None, retriever: str | None, encoder: str | No
                      **extra: Any) -> dict[str, Any]:
     """CLI options -> config overrides (None = keep the config file's value)."""
     ov: dict[str, Any] = {
-        "data.path": str(data) if data else None,
+        # Absolute: the run's config.toml is read again from the run folder (recommend, serve).
+        "data.path": str(data.expanduser().resolve()) if data else None,
         "retrieve.retriever": retriever,
         "retrieve.encoder": encoder,
         "retrieve.exclude_history": exclude,

@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from glossrec.cli.app import app
+from glossrec.cli.app import app, show_progress_logs
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="TOML config (see configs/).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: the config's `out`).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (overrides the config).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (overrides data.path of the config; configs/paper/ set none).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Cap optimizer steps.")] = None,
     users: Annotated[Optional[int], typer.Option("--users", help="Evaluate a random sample of N users.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo training and generation.")] = False,
@@ -25,7 +25,8 @@ def run(
     from glossrec.evaluate import format_table
     from glossrec.pipeline import run as run_pipeline
 
-    cfg = load_config(config, {"data.path": str(data) if data else None,
+    show_progress_logs()
+    cfg = load_config(config, {"data.path": str(data.expanduser().resolve()) if data else None,
                                "train.max_steps": max_steps, "evaluate.users": users})
     results = run_pipeline(cfg, out, force=force, baselines=not no_baselines)
     run_dir = out or cfg.out

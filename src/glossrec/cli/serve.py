@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from glossrec.cli.app import app
+
+log = logging.getLogger("glossrec.cli")
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (config.toml + index/).")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="auto (LM when the run has an adapter), lis or lm.")]
@@ -98,9 +102,15 @@ def recommend(
     entries += [{"title": t} for t in title or []]
     if not entries:
         raise DataError("no history: give item ids (--history A B C) and/or --title T")
+    t0 = time.perf_counter()
     rec = Recommender.from_run(run, _choice(mode, ("auto", "lis", "lm"), "--mode"),
                                ranking=_choice(ranking, ("paper", "max", "rrf"), "--ranking"))
+    log.info("%s: %s mode, %d items (%s), loaded in %.1fs", run, rec.mode.upper(), len(rec.catalog),
+             getattr(rec.catalog.retriever, "kind", "?"), time.perf_counter() - t0)
+    t0 = time.perf_counter()
     out = rec.recommend(entries, k=k, exclude_history=exclude_history).to_json()
+    log.info("%d items for a history of %d in %.2fs", len(out["items"]), len(entries),
+             time.perf_counter() - t0)
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
         return

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from glossrec.cli.app import app
+from glossrec.cli.app import app, show_progress_logs
 
 
 @app.command("train")
@@ -32,9 +31,7 @@ def train_cmd(
     from glossrec.io import atomic_write
     from glossrec.train import latest_checkpoint, train_from_config
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("glossrec").setLevel(logging.INFO)
+    show_progress_logs()
     if config is None and (out / "config.toml").is_file():
         config = out / "config.toml"
     overrides = {"train.max_steps": max_steps, "train.max_examples": max_examples,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from glossrec.errors import ConfigError
+from glossrec.errors import ConfigError, import_optional
 from glossrec.retrieve import (
     ItemTable, check_items, check_search_args, open_saved, rows_per_chunk, save_versioned,
     write_items, write_meta,
@@ -281,10 +281,7 @@ class BM25Retriever(Retriever):
 def _load_stemmer(name: str | None) -> Any:
     if name is None:
         return None
-    try:
-        import Stemmer  # PyStemmer
-    except ImportError:
-        raise ConfigError("retrieve.bm25_stemmer needs PyStemmer: pip install PyStemmer") from None
+    Stemmer = import_optional("Stemmer", "stemmer", "retrieve.bm25_stemmer", package="PyStemmer")
     try:
         return Stemmer.Stemmer(name)
     except KeyError:

@@ -5,15 +5,26 @@ Same encoder, embeddings, items and storage as :class:`~glossrec.retrieve.dense.
 differs. The FAISS index is rebuilt from the embeddings after a load, add or remove (a copy of
 the matrix: milliseconds for 12k items).
 
-What it guarantees, given FAISS's own float32 scores (which can differ from numpy's product in
-the last bit, so near-ties may order differently from DenseRetriever):
+FAISS only proposes candidates. Its float32 scores depend on the SIMD path it takes (on an
+AVX-512 machine three items tied with a query got two different scores, depending on where they
+sit in the index), so ordering by them would break the project's tie rule on some CPUs. Instead:
 
-- excluded positions never appear: each row fetches ``k + len(exclude[i])`` (at most the
-  catalog), drops the excluded ones and keeps the best k;
-- results are ordered by (score desc, position asc), like :func:`~glossrec.retrieve.base.topk`;
-- when the k-th kept score equals the lowest fetched score (so a tied item with a lower
-  position could have been cut by FAISS's heap), the row is fetched again with twice the depth,
-  up to the whole catalog; the tie-break is then exactly "lower position first".
+- each row fetches ``2k + len(exclude[i])`` candidates (at most the catalog) and rescores them in
+  float64 (products of float32 numbers are exact there, so items tied in exact arithmetic get
+  equal scores whatever the summation order), rounded to the float32 scores that are returned;
+- excluded positions are dropped, and the best k are taken by
+  :func:`~glossrec.retrieve.base.topk` over the candidates in position order: ordered by
+  (score desc, position asc), the rule of every backend;
+- a candidate list is complete only if no item FAISS left out can score as high as the k-th
+  kept one. An item it left out has a FAISS score of at most the deepest fetched score ``d``;
+  a float32 dot product of dimension n errs by at most about ``n * 2**-24 * |q| * |x|``, so the
+  row is accepted when its k-th score exceeds ``d`` by more than ``(n + 2) * 2**-23 * |q| *
+  max|x|`` (twice that bound), and fetched again with twice the depth otherwise, up to the whole
+  catalog, which is always complete. A near-tie at the cut-off, or ties wider than the fetch,
+  thus cost a deeper search, never a wrong answer.
+
+Scores equal DenseRetriever's up to float32 rounding (its float32 products can differ in the
+last bit), so items whose scores differ only in that bit may order differently between the two.
 """
 
 from __future__ import annotations
@@ -25,21 +36,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from glossrec.config import EMBEDDED_ENCODER
-from glossrec.errors import ConfigError
+from glossrec.errors import import_optional
 from glossrec.retrieve import check_search_args
-from glossrec.retrieve.base import NEG_INF
+from glossrec.retrieve.base import NEG_INF, topk
 from glossrec.retrieve.dense import DenseRetriever, _empty
 
 ROWS_PER_CALL = 2048
+RESCORE_BUDGET_BYTES = 32 << 20
+"""Memory for one block of gathered float64 candidate embeddings while rescoring."""
 
 
 def import_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError("retrieve.faiss = true needs FAISS, which is not installed: "
-                          "pip install faiss-cpu (or pip install 'glossrec[faiss]')") from None
-    return faiss
+    return import_optional("faiss", "faiss", "retrieve.faiss = true", package="faiss-cpu")
 
 
 class FaissRetriever(DenseRetriever):
@@ -52,6 +60,7 @@ class FaissRetriever(DenseRetriever):
         import_faiss()  # fail at configuration time, not at the first search
         super().__init__(encoder, e5_prefixes, batch_size, device)
         self._faiss: Any = None
+        self._slack = 0.0
 
     def _changed(self) -> None:
         self._faiss = None
@@ -60,8 +69,12 @@ class FaissRetriever(DenseRetriever):
         """The IndexFlatIP over the current embeddings (rebuilt after a change)."""
         if self._faiss is None:
             faiss = import_faiss()
-            index = faiss.IndexFlatIP(int(self._emb.shape[1]))
+            dim = int(self._emb.shape[1])
+            index = faiss.IndexFlatIP(dim)
             index.add(self._emb)
+            max_norm = float(np.linalg.norm(self._emb.astype(np.float64), axis=1).max()) if len(self._emb) else 0.0
+            # Twice the bound on |FAISS's float32 score - our score| per unit query norm.
+            self._slack = (dim + 2) * 2.0 ** -23 * max_norm
             self._faiss = index
         return self._faiss
 
@@ -86,44 +99,47 @@ class FaissRetriever(DenseRetriever):
     def _search_rows(self, q: np.ndarray, k: int,
                      excl: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         n_items = len(self)
+        index = self.faiss_index()
         n_excl = np.zeros(len(q), dtype=np.int64) if excl is None else np.array([len(x) for x in excl])
-        depth = np.minimum(n_items, k + n_excl)
+        depth = np.minimum(n_items, 2 * k + n_excl)
+        margin = self._slack * np.linalg.norm(q.astype(np.float64), axis=1)
         out_idx, out_sc = _empty(len(q), k)
         todo = np.arange(len(q))
         while len(todo):
             fetch = int(depth[todo].max())
-            dist, lab = self.faiss_index().search(q[todo], fetch)
+            dist, lab = index.search(q[todo], fetch)
             sub_ex = None if excl is None else [excl[i] for i in todo.tolist()]
-            idx, sc, tied = _select(dist, lab.astype(np.int64), k, sub_ex)
-            # Rows whose k-th result ties with the deepest fetched one go again, deeper.
-            again = tied & (fetch < n_items)
+            idx, sc = self._rescore(q[todo], lab.astype(np.int64), k, sub_ex)
+            if fetch >= n_items:  # every item was a candidate
+                again = np.zeros(len(todo), dtype=bool)
+            else:
+                kth = sc[:, k - 1].astype(np.float64)  # -inf when fewer than k were kept
+                again = ~(kth > dist[:, -1].astype(np.float64) + margin[todo])
             done = todo[~again]
             out_idx[done], out_sc[done] = idx[~again], sc[~again]
             todo = todo[again]
-            depth[todo] = np.minimum(n_items, 2 * fetch)
+            depth[todo] = min(n_items, 2 * fetch)
         return out_idx, out_sc
 
-
-def _select(dist: np.ndarray, lab: np.ndarray, k: int,
-            excl: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drop excluded labels, order by (score desc, position asc), keep k; flag boundary ties."""
-    dist = dist.astype(np.float32, copy=True)
-    deepest = dist[:, -1].copy()
-    dist[lab < 0] = NEG_INF
-    if excl is not None:
-        for r, x in enumerate(excl):
-            if len(x):
-                dist[r, np.isin(lab[r], x)] = NEG_INF
-    big = np.iinfo(np.int64).max
-    lab = np.where(np.isfinite(dist), lab, big)
-    order = np.lexsort((lab, -dist), axis=-1)
-    dist = np.take_along_axis(dist, order, axis=1)[:, :k]
-    lab = np.take_along_axis(lab, order, axis=1)[:, :k]
-    lab[lab == big] = -1
-    if dist.shape[1] < k:
-        pad = k - dist.shape[1]
-        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=NEG_INF)
-        lab = np.pad(lab, ((0, 0), (0, pad)), constant_values=-1)
-    kth = dist[:, k - 1]
-    tied = np.isfinite(kth) & (kth <= deepest)
-    return lab, dist, tied
+    def _rescore(self, q: np.ndarray, lab: np.ndarray, k: int,
+                 excl: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of the candidate positions `lab` [rows, m] by float64 score, ties -> lower position."""
+        rows, m = lab.shape
+        big = np.iinfo(np.int64).max
+        lab = np.sort(np.where(lab < 0, big, lab), axis=1)  # columns in position order
+        valid = lab != big
+        safe = np.where(valid, lab, 0)
+        q64 = q.astype(np.float64)
+        scores = np.empty((rows, m), dtype=np.float32)
+        step = max(1, RESCORE_BUDGET_BYTES // max(1, 8 * m * self._emb.shape[1]))
+        for s in range(0, rows, step):
+            cand = self._emb[safe[s:s + step]].astype(np.float64)  # [step, m, dim]
+            scores[s:s + step] = np.einsum("rmd,rd->rm", cand, q64[s:s + step])
+        scores[~valid] = NEG_INF
+        if excl is not None:
+            for r, x in enumerate(excl):
+                if len(x):
+                    scores[r, np.isin(lab[r], x)] = NEG_INF
+        cols, sc = topk(scores, k)  # column order is position order, so its tie-break is ours
+        idx = np.where(cols >= 0, np.take_along_axis(lab, np.maximum(cols, 0), axis=1), -1)
+        return idx, sc
