@@ -346,3 +346,19 @@ def test_constant_schedule_extends_over_runs(tiny_lm_dir: Path, tok, tmp_path: P
     steps = [r for r in more.history if "loss" in r]
     assert more.resumed_from == 2 and [r["step"] for r in steps] == [1, 2, 3, 4]
     assert [r["lr"] for r in steps] == pytest.approx([0.0, 1e-3, 1e-3, 1e-3])
+
+
+def test_micro_batches_split_by_tokens_give_the_same_training(tiny_lm_dir: Path, tok,
+                                                              tmp_path: Path) -> None:
+    from glossrec.train import _split_by_tokens
+
+    lengths = [10, 50, 20, 40]
+    parts = _split_by_tokens([0, 1, 2, 3], lengths, cap=80)
+    assert sorted(i for p in parts for i in p) == [0, 1, 2, 3]
+    assert all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= 80 for p in parts)
+    assert _split_by_tokens([1], lengths, cap=8) == [[1]]  # one text always fits
+    data = helper.pairs(tok, 8)
+    whole = train(helper.config(tiny_lm_dir, max_steps=2, max_batch_tokens=None), tmp_path / "a", data)
+    split = train(helper.config(tiny_lm_dir, max_steps=2, max_batch_tokens=40), tmp_path / "b", data)
+    assert [r["loss"] for r in split.history] == pytest.approx([r["loss"] for r in whole.history],
+                                                                rel=1e-5)

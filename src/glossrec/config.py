@@ -115,6 +115,10 @@ class TrainConfig(_Section):
     """Start from these trained weights instead of a fresh adapter: a LoRA adapter folder (same
     [lora] shape) or the name of a shipped model (see glossrec.models.SHIPPED). Lets a long
     training continue over several runs."""
+    max_batch_tokens: int | None = Field(1024, ge=32)
+    """Memory bound: a micro-batch whose padded size exceeds this many tokens is run in parts
+    (same gradient: a step's loss is a token mean). None: never split. Measured on full Beauty
+    (bench/train_speed.py): see the README for peak RSS with and without."""
     schedule: Literal["linear", "constant"] = "linear"
     """Paper: linear decay to 0 at the last step, after warm-up. "constant" keeps the rate after
     warm-up: a training continued over several runs (larger max_steps each time) has no known

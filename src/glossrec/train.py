@@ -542,6 +542,45 @@ class _Run:
         return s.bad_evals >= t.patience
 
 
+def _split_by_tokens(batch: list[int], lengths: Sequence[int], cap: int | None) -> list[list[int]]:
+    """Cut a micro-batch so that each part pads to at most `cap` tokens (one text at least).
+
+    The gradient is unchanged: a step's loss is the sum over its label tokens divided by their
+    count, however its texts are grouped. Only the memory of the largest forward pass shrinks.
+    """
+    if cap is None:
+        return [batch]
+    parts: list[list[int]] = []
+    for i in sorted(batch, key=lambda i: lengths[i]):
+        if parts and (len(parts[-1]) + 1) * lengths[i] <= cap:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    return parts
+
+
+def _release_freed_memory() -> None:
+    """Return the allocator's freed pages to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    Micro-batches of different lengths leave glibc's heap fragmented, and freed memory is kept:
+    measured on full Beauty (bench/train_speed.py), peak RSS grew to ~10 GB over 3 steps whose
+    live tensors need a fraction of that. Trimming after each micro-batch costs milliseconds.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 def _groups(batches: list[list[int]], start: int, accum: int) -> Iterator[tuple[int, list[list[int]]]]:
     for g in range(start, len(batches), accum):
         yield g, batches[g:g + accum]
@@ -618,7 +657,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     while not s.finished and s.step < total:
         batches = _epoch_batches(lengths, t.batch_size, t.seed, s.epoch, t.group_by_length)
         for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
-            micro = [collate([train_data[i] for i in b], pad_id) for b in group]
+            micro = [collate([train_data[i] for i in part], pad_id) for b in group
+                     for part in _split_by_tokens(b, lengths, t.max_batch_tokens)]
             n_tok = max(1, sum(n_label_tokens(b) for b in micro))
             step_loss = 0.0
             for batch in micro:
@@ -626,6 +666,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                     loss = loss_sum(model, batch, device) / n_tok
                 loss.backward()
                 step_loss += float(loss.detach())
+                del loss
+                _release_freed_memory()
             if t.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
