@@ -1,6 +1,6 @@
 """Free-text vs catalog-grounded beam search on CPU: cost per user, peak memory, and quality.
 
-Users: glossrec's own ``pipeline.prepare`` on the Beauty test split with evaluate.users = N and
+Users: glossrec's own ``pipeline.prepare`` on the Beauty validation split with evaluate.users = N and
 evaluate.user_seed = 0; model: the embedded SmolLM2-135M (``--adapter DIR`` for a trained one);
 the paper's generation settings (5 beams, 5 returned). Arms, each in its own subprocess so peak
 RSS and warm caches are not shared:
@@ -70,7 +70,9 @@ def make_config(args: argparse.Namespace, arm: str) -> Any:
         "model": {"name": EMBEDDED_LLM},
         "generate": {"batch_size": args.batch_size, **ARMS[arm]},
         "retrieve": {"retriever": "bm25", "exclude_history": True},
-        "evaluate": {"users": args.users, "user_seed": 0},
+        "prompt": {"max_history_items": args.max_history_items},
+        # Validation users: quality figures here may inform choices, so never test users.
+        "evaluate": {"split": "valid", "users": args.users, "user_seed": 0},
     })
 
 
@@ -174,7 +176,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
                      "peak_rss_mb": r["peak_rss_mb"], "loaded_rss_mb": r["loaded_rss_mb"],
                      "max_new_tokens": r["max_new_tokens"], "trie": r["trie"], **qual[arm]})
     return {
-        "what": "HF beam search (5 beams, 5 returned), embedded SmolLM2-135M, Beauty test users "
+        "what": "HF beam search (5 beams, 5 returned), embedded SmolLM2-135M, Beauty validation users "
                 "(pipeline.prepare, evaluate.users, seed 0), free text vs catalog-grounded, CPU",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_commit(), "loadavg_before_after": load, "cpus": os.cpu_count(),
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/amazon2014/beauty")
     ap.add_argument("--users", type=int, default=50)
+    ap.add_argument("--max-history-items", type=int, default=None,
+                    help="prompt.max_history_items (None: every item that fits, the paper)")
     ap.add_argument("--adapter", type=Path, default=None, help="a trained LoRA adapter folder")
     ap.add_argument("--arms", default="free,grounded,grounded-pmi",
                     help=f"comma-separated, of: {', '.join(ARMS)}")
