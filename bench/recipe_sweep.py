@@ -42,7 +42,7 @@ def run_arm(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "data.path": str(args.data), "model.name": "embedded:smollm2",
         "train.loss": "target", "train.max_steps": args.steps, "train.warmup_steps": 4,
         "train.schedule": "constant", "train.eval_steps": args.steps, "train.save_steps": 5,
-        "train.max_valid_examples": args.valid, **ARMS[name]})
+        "train.max_valid_examples": args.valid, "train.bf16": args.bf16, **ARMS[name]})
     reset_peak_rss()
     t0 = time.perf_counter()
     res = train_from_config(cfg, args.runs / name)
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: where the CPU has native bf16)")
     p.add_argument("--valid", type=int, default=128, help="validation examples")
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipe-sweep")

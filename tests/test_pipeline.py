@@ -198,3 +198,24 @@ def test_run_end_to_end_leaves_a_servable_index_and_skips_done_stages(
     again = run(cfg, out, baselines=False)
     assert np.array_equal(again["GLoSS-bm25"].ranked, res["GLoSS-bm25"].ranked)
     assert "NEW-1" in LiveCatalog.open(out / "index")
+
+
+def test_prepare_honours_generate_max_users_like_glossrec_generate(tmp_path: Path) -> None:
+    from glossrec.pipeline import prepare, users_to_sample
+    from glossrec.splits import make_splits, sample_users
+
+    cfg = _cfg(**{"evaluate.users": 300, "generate.max_users": 5})
+    ds = load_data(cfg)
+    prep = prepare(cfg, ds)
+    # The sample `glossrec generate` draws for this config: generate.max_users before
+    # evaluate.users, with evaluate.user_seed.
+    test_users = make_splits(ds, cfg.split).get("test")
+    expected = sample_users(test_users, 5, cfg.evaluate.user_seed)
+    assert [e.user_id for e in prep.examples] == [e.user_id for e in expected]
+    assert users_to_sample(cfg) == 5 and users_to_sample(cfg, 2) == 2
+    # Without it evaluate.users still decides, and neither: every user of the split.
+    assert len(prepare(_cfg(**{"evaluate.users": 300}), ds).examples) == 300
+    assert len(prepare(_cfg(), ds).examples) == len(test_users)
+    # The LIS baseline of a run is scored on the same (capped) users.
+    ev = run_lis(cfg, tmp_path, ds)
+    assert ev.user_ids == [e.user_id for e in expected]

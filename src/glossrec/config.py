@@ -84,6 +84,9 @@ class ModelConfig(_Section):
     load_in_4bit: bool | None = None
     """None: 4-bit NF4 (QLoRA, the paper) when CUDA and bitsandbytes are present."""
     backend: Literal["hf", "unsloth"] = "hf"
+    weights: str | None = None
+    """Trained weights a run uses when it has no adapter/ of its own: the name of a model this
+    project ships (glossrec.models.SHIPPED, e.g. "smollm2-beauty") or a weights folder."""
     cache_dir: Path | None = None
     """Where the converted embedded model is cached; default ~/.cache/glossrec."""
 
@@ -223,6 +226,10 @@ class RetrieveConfig(_Section):
     bm25_b: float = 0.75
     ranking: Literal["paper", "max", "rrf"] = "paper"
     """paper: top-1 item per text ordered by score; max/rrf: top-k per text fused."""
+    serve_ranking: Literal["paper", "max", "rrf"] = "rrf"
+    """How the service ranks an LM request's texts. rrf fills k: the items of the texts first
+    (in beam order), then their neighbours; "paper" gives at most one item per text. Evaluation
+    rows use `ranking`."""
     per_text_k: int = Field(20, ge=1)
     """Hits per text for the max/rrf fusions."""
     rrf_k: int = Field(60, ge=1)

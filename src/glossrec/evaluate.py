@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from glossrec.config import EvalConfig, RunConfig, config_to_toml
+from glossrec.config import EvalConfig, RunConfig
 from glossrec.io import atomic_write, write_json
+from glossrec.rundir import RunDir
 
 # The paper's h per dataset (its Table 5): about 10% power users.
 PAPER_POWER_MIN = {"beauty": 14, "toys": 13, "sports": 13}
@@ -138,9 +139,9 @@ def evaluate(user_ids: Sequence[str], targets: np.ndarray, ranked: np.ndarray,
 def write_run(run_dir: Path, ev: Evaluation, item_ids: Sequence[str], cfg: RunConfig,
               extra: dict[str, Any] | None = None) -> None:
     """metrics.json, rankings.jsonl and config.toml, each written atomically."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(run_dir / "rankings.jsonl") as f:
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    with atomic_write(rd.rankings) as f:
         for u, uid in enumerate(ev.user_ids):
             row = ev.ranked[u]
             keep = row >= 0
@@ -153,9 +154,8 @@ def write_run(run_dir: Path, ev: Evaluation, item_ids: Sequence[str], cfg: RunCo
     metrics = dict(ev.metrics)
     if extra:
         metrics.update(extra)
-    write_json(run_dir / "metrics.json", metrics)
-    with atomic_write(run_dir / "config.toml") as f:
-        f.write(config_to_toml(cfg))
+    write_json(rd.metrics, metrics)
+    rd.write_config(cfg)
 
 
 def format_table(rows: dict[str, dict[str, Any]], metrics: Sequence[str] = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "mrr@10")) -> str:

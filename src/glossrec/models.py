@@ -35,11 +35,12 @@ from typing import Any
 
 from glossrec.config import EMBEDDED_LLM, LoraConfig, ModelConfig
 from glossrec.errors import ConfigError
+from glossrec.rundir import CONFIG_FILE
 
 __all__ = [
     "EmbeddedModel", "EMBEDDED_MODELS", "cache_root", "resolve_model_path", "load_tokenizer",
     "load_model", "apply_lora", "lora_param_count", "count_parameters", "use_4bit",
-    "resolve_device", "SHIPPED", "resolve_weights", "is_full_model",
+    "resolve_device", "SHIPPED", "resolve_weights", "is_full_model", "shipped_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,14 @@ def resolve_weights(spec: str | Path) -> Path:
         raise ConfigError(f"{folder}: neither a LoRA adapter (adapter_config.json) nor a model "
                           "folder (config.json + model.safetensors)")
     return folder
+
+
+def shipped_config(name: str) -> Path | None:
+    """The config a shipped model was trained and is served with (None for a plain folder)."""
+    if name not in SHIPPED:
+        return None
+    path = resolve_weights(name) / CONFIG_FILE
+    return path if path.is_file() else None
 
 
 def is_full_model(folder: Path) -> bool:

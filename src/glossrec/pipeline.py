@@ -22,6 +22,7 @@ from glossrec.errors import ConfigError, DataError, import_optional
 from glossrec.evaluate import Evaluation, evaluate, write_run
 from glossrec.retrieve.base import Retriever
 from glossrec.retrieve.ranking import fuse_users
+from glossrec.rundir import RunDir
 from glossrec.splits import Example, make_splits, sample_users
 
 
@@ -37,7 +38,8 @@ def log(msg: str) -> None:
 class Prepared:
     dataset: Dataset
     examples: list[Example]
-    """The evaluated users of the chosen split (sampled when cfg.evaluate.users is set)."""
+    """The evaluated users of the chosen split (sampled when generate.max_users or
+    evaluate.users is set: :func:`users_to_sample`)."""
 
 
 def load_data(cfg: RunConfig) -> Dataset:
@@ -49,10 +51,21 @@ def load_data(cfg: RunConfig) -> Dataset:
     return ds
 
 
+def users_to_sample(cfg: RunConfig, users: int | None = None) -> int | None:
+    """How many users of the split a run generates for and scores (None: all of them):
+    `users` (the CLI's --users), else generate.max_users, else evaluate.users.
+
+    One rule for `glossrec run` and `glossrec generate`, so both draw the same reproducible
+    sample (evaluate.user_seed) and a run directory's generations file fits either.
+    """
+    return users or cfg.generate.max_users or cfg.evaluate.users
+
+
 def prepare(cfg: RunConfig, ds: Dataset | None = None) -> Prepared:
     ds = ds or load_data(cfg)
     splits = make_splits(ds, cfg.split)
-    examples = sample_users(splits.get(cfg.evaluate.split), cfg.evaluate.users, cfg.evaluate.user_seed)
+    examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg),
+                            cfg.evaluate.user_seed)
     return Prepared(ds, examples)
 
 
@@ -187,7 +200,7 @@ class Manifest:
     def __init__(self, run_dir: Path) -> None:
         from glossrec.io import read_json
 
-        self.path = run_dir / "manifest.json"
+        self.path = RunDir(run_dir).manifest
         self.data: dict[str, Any] = read_json(self.path) if self.path.exists() else {"stages": {}}
 
     def done(self, stage: str, key: str) -> bool:
@@ -224,23 +237,20 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     resumes where it stopped. LIS (BM25 and dense) is scored on the same users beside GLoSS.
     ``score=False`` stops after generation (a caller that scores its own variants).
     """
-    from glossrec.config import config_to_toml
-    from glossrec.io import atomic_write
-
     run_dir = Path(out or cfg.out or "runs/run").resolve()
+    rd = RunDir(run_dir)
     cfg = cfg.model_copy(update={"out": run_dir})
     ds = load_data(cfg)  # no dataset: a clear error before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir)
     if force:
         manifest.forget("train", "generate")
-    with atomic_write(run_dir / "config.toml") as f:
-        f.write(config_to_toml(cfg))
+    rd.write_config(cfg)
     prep = prepare(cfg, ds)
     log(f"run {run_dir}: {ds.name}, {len(prep.examples)} {cfg.evaluate.split} users evaluated")
 
     key = stage_key(cfg, "train")
-    if manifest.done("train", key) and (run_dir / "adapter").is_dir():
+    if manifest.done("train", key) and rd.adapter.is_dir():
         log("train: done already, skipped")
     else:
         from glossrec.train import train_from_config
@@ -252,9 +262,9 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     # generate_examples resumes a partial file and refuses one made with other settings.
     from glossrec.generate import generate_examples
 
-    gens = run_dir / "generations.jsonl"
+    gens = rd.generations("test")
     t0 = time.perf_counter()
-    generate_examples(cfg, prep.examples, ds.catalog, run_dir / "adapter", gens, overwrite=force)
+    generate_examples(cfg, prep.examples, ds.catalog, rd.adapter, gens, overwrite=force)
     if "generate" not in manifest.data["stages"] or force:
         manifest.mark("generate", stage_key(cfg, "generate"), time.perf_counter() - t0,
                       users=len(prep.examples))
@@ -276,10 +286,10 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         index = build_index(kcfg, ds)  # one index per retriever kind, shared by GLoSS and LIS
         if n == 0:
             persist_index(run_dir, index, ds)
-        results[f"GLoSS-{kind}"] = run_retrieve(kcfg, queries, run_dir if n == 0 else run_dir / f"gloss-{kind}",
+        results[f"GLoSS-{kind}"] = run_retrieve(kcfg, queries, run_dir if n == 0 else rd.gloss(kind).path,
                                                 ds, index, source=str(gens))
         if baselines:
-            lis[f"LIS-{kind}"] = run_lis(kcfg, run_dir / f"lis-{kind}", ds, index)
+            lis[f"LIS-{kind}"] = run_lis(kcfg, rd.lis(kind).path, ds, index)
     results.update(lis)
     write_report(run_dir, results)
     return results
@@ -289,10 +299,9 @@ def persist_index(run_dir: Path, index: Retriever, ds: Dataset) -> None:
     """Save the run's retriever as its live catalog (RUN_DIR/index), so that `glossrec serve
     --run` starts at once instead of encoding the catalog again. An existing live catalog is
     left alone: it may hold items added or removed while serving."""
-    from glossrec.serve.recommender import INDEX_DIR
     from glossrec.serve.store import LiveCatalog, is_live_catalog
 
-    folder = run_dir / INDEX_DIR
+    folder = RunDir(run_dir).index
     if is_live_catalog(folder):
         log(f"index: {folder} exists (the served catalog), left as is")
         return
@@ -331,16 +340,17 @@ def write_report(run_dir: Path, results: dict[str, Evaluation]) -> None:
         lines += ["", f"## {seg} users", "", "```",
                   format_table({k: v.metrics[seg] for k, v in results.items()},
                                ("recall@5", "ndcg@5", "recall@10", "ndcg@10")), "```"]
-    with atomic_write(run_dir / "report.md") as f:
+    rd = RunDir(run_dir)
+    with atomic_write(rd.report_md) as f:
         f.write("\n".join(lines) + "\n")
     try:
-        _plot(run_dir / "report.png", results)
+        _plot(rd.report_png, results)
     except Exception as e:  # a report without a figure is still a report
         log(f"warning: no plot ({e})")
 
 
 def _plot(path: Path, results: dict[str, Evaluation]) -> None:
-    matplotlib = import_optional("matplotlib", "report", "report.png")
+    matplotlib = import_optional("matplotlib", "report", path.name)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

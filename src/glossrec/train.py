@@ -44,6 +44,7 @@ from glossrec.config import RunConfig, TrainConfig
 from glossrec.errors import ConfigError
 from glossrec.io import read_json, write_json, write_jsonl
 from glossrec.prompts import PromptPair
+from glossrec.rundir import RunDir
 
 __all__ = [
     "Encoded", "TrainState", "TrainResult", "encode_pairs", "make_labels", "collate",
@@ -758,6 +759,8 @@ def _write_final_adapter(run: _Run) -> Path:
     s = run.state
     best = run.ckpt_root / s.best_dir if s.best_dir else None
 
+    seconds = max((r.get("seconds", 0.0) for r in s.history), default=0.0)
+
     def fill(tmp: Path) -> None:
         if best is not None and best.is_dir() and any(best.glob("*.safetensors")):
             for f in best.iterdir():
@@ -774,23 +777,25 @@ def _write_final_adapter(run: _Run) -> Path:
             "lora": run.cfg.lora.model_dump(mode="json"), "loss": run.cfg.train.loss,
             "method": run.cfg.train.method, "init_adapter": run.cfg.train.init_adapter,
             "examples_seen": _examples_seen(s.history),
-            "examples_seen_total": _examples_seen(s.history) + _prior_examples(run.cfg)})
+            "examples_seen_total": _examples_seen(s.history) + _prior(run.cfg, "examples_seen_total"),
+            "train_seconds": round(seconds, 1),
+            "train_seconds_total": round(seconds + _prior(run.cfg, "train_seconds_total"), 1)})
 
-    return _atomic_dir(run.run_dir / "adapter", fill)
+    return _atomic_dir(RunDir(run.run_dir).adapter, fill)
 
 
 def _examples_seen(history: Sequence[dict[str, Any]]) -> int:
     return sum(int(r.get("examples", 0)) for r in history)
 
 
-def _prior_examples(cfg: RunConfig) -> int:
-    """Training examples behind train.init_adapter (0 for a fresh start)."""
+def _prior(cfg: RunConfig, key: str) -> float:
+    """A total (examples seen, seconds) behind train.init_adapter (0 for a fresh start)."""
     if cfg.train.init_adapter is None:
         return 0
     from glossrec.models import resolve_weights
 
     info = resolve_weights(cfg.train.init_adapter) / "glossrec_train.json"
-    return int(read_json(info).get("examples_seen_total", 0)) if info.is_file() else 0
+    return read_json(info).get(key, 0) if info.is_file() else 0
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path,

@@ -27,7 +27,7 @@ def rec(word_catalog: LiveCatalog, grounded_cfg: RunConfig) -> Recommender:
     from glossrec.generate import make_generator
 
     gen = make_generator(grounded_cfg, None, catalog=[])
-    return Recommender(word_catalog, grounded_cfg, gen, mode="lm")
+    return Recommender(word_catalog, grounded_cfg, gen, mode="lm", ranking="paper")
 
 
 def _texts(rec: Recommender) -> set[str]:

@@ -66,7 +66,7 @@ def test_k_larger_than_catalog_returns_what_there_is(word_catalog: LiveCatalog) 
 def test_lm_mode_paper_ranking_and_query_attribution(word_catalog: LiveCatalog) -> None:
     gen = FakeGenerator(["Title: argan oil conditioner", "Title: vitamin c serum",
                          "Title: argan conditioner dry hair", ""])
-    rec = Recommender(word_catalog, RunConfig(), generator=gen, mode="lm")
+    rec = Recommender(word_catalog, RunConfig(), generator=gen, mode="lm", ranking="paper")
     out = rec.recommend(["A2", "A9"], k=10)
     assert out.queries == ["Title: argan oil conditioner", "Title: vitamin c serum",
                            "Title: argan conditioner dry hair"]  # the empty text is dropped
@@ -92,6 +92,15 @@ def test_lm_mode_rrf_ranking_fills_k(word_catalog: LiveCatalog) -> None:
     assert len(out.items) == 6 and out.items[0].item_id in {"A3", "A7"}
 
 
+def test_lm_mode_fills_k_by_default(word_catalog: LiveCatalog) -> None:
+    gen = FakeGenerator(["Title: argan oil conditioner", "Title: face serum"])
+    rec = Recommender(word_catalog, RunConfig(), generator=gen, mode="lm")
+    out = rec.recommend(["A1"], k=10)
+    ids = [i.item_id for i in out.items]
+    assert rec.ranking == "rrf" and len(ids) == min(10, len(word_catalog) - 1) == len(set(ids))
+    assert "A1" not in ids
+
+
 def test_all_empty_generation_falls_back_to_last_item(word_catalog: LiveCatalog) -> None:
     rec = Recommender(word_catalog, RunConfig(), generator=FakeGenerator(["", "  "]), mode="lm")
     out = rec.recommend(["A4"], k=2)
@@ -100,7 +109,7 @@ def test_all_empty_generation_falls_back_to_last_item(word_catalog: LiveCatalog)
 
 def test_recommend_many_is_one_generate_call_with_per_request_errors(word_catalog: LiveCatalog) -> None:
     gen = FakeGenerator()
-    rec = Recommender(word_catalog, RunConfig(), generator=gen, mode="lm")
+    rec = Recommender(word_catalog, RunConfig(), generator=gen, mode="lm", ranking="paper")
     outs = rec.recommend_many([Request(["A2"], 2), Request(["nope"]), Request(["A4"], 1, False)])
     assert gen.calls == [2]  # the bad request never reaches the model
     assert isinstance(outs[1], UnknownItemsError)

@@ -11,12 +11,12 @@ import typer
 
 from glossrec.cli.app import app, show_progress_logs
 
-GENERATIONS = {"test": "generations.jsonl", "valid": "generations.valid.jsonl"}
-
 
 def generations_path(run_dir: Path, split: str) -> Path:
     """Where a split's texts go: test -> generations.jsonl, valid -> generations.valid.jsonl."""
-    return Path(run_dir) / GENERATIONS[split]
+    from glossrec.rundir import RunDir
+
+    return RunDir(run_dir).generations(split)
 
 
 def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, users: int | None = None,
@@ -27,31 +27,28 @@ def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, u
     Users: --users N, else generate.max_users, else evaluate.users (so `evaluate` finds the
     same reproducible sample, drawn with evaluate.user_seed), else all users of the split.
     """
-    from glossrec.config import load_config
     from glossrec.data import load_dataset
     from glossrec.errors import ConfigError
     from glossrec.generate import generate_examples
+    from glossrec.pipeline import users_to_sample
+    from glossrec.rundir import RunDir
     from glossrec.splits import make_splits, sample_users
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.toml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no config.toml)")
-    cfg = load_config(cfg_path, {"generate.batch_size": batch_size, "generate.workers": workers})
+    rd = RunDir(run_dir)
+    cfg = rd.read_config({"generate.batch_size": batch_size, "generate.workers": workers},
+                         hint="make one with `glossrec train` or `glossrec run`")
     if cfg.data.path is None:
-        raise ConfigError(f"{cfg_path}: [data] path is not set")
+        raise ConfigError(f"{rd.config}: [data] path is not set")
     split = split or cfg.evaluate.split
     ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-    n = users or cfg.generate.max_users or cfg.evaluate.users
-    examples = sample_users(make_splits(ds, cfg.split).get(split), n, cfg.evaluate.user_seed)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        print(f"note: {run_dir} has no trained adapter (adapter/adapter_config.json); "
+    examples = sample_users(make_splits(ds, cfg.split).get(split), users_to_sample(cfg, users),
+                            cfg.evaluate.user_seed)
+    adapter_dir = rd.trained_adapter()
+    if adapter_dir is None:
+        print(f"note: {run_dir} has no trained adapter ({rd.adapter.name}/adapter_config.json); "
               f"generating with the base model {cfg.model.name}", file=sys.stderr)
-        adapter_dir = None
-    else:
-        adapter_dir = adapter
-    out = generations_path(run_dir, split)
+    out = rd.generations(split)
     t0 = time.perf_counter()
     generate_examples(cfg, examples, ds.catalog, adapter_dir, out, overwrite=overwrite,
                       extra_meta={"split": split, "dataset": str(cfg.data.path)},
@@ -72,6 +69,7 @@ def generate(
 ) -> None:
     """Beam-search next-item texts for a split's users into RUN/generations.jsonl (resumable)."""
     from glossrec.errors import ConfigError
+    from glossrec.rundir import GENERATIONS
 
     show_progress_logs()
     if split is not None and split not in GENERATIONS:

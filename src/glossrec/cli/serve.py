@@ -35,14 +35,10 @@ def _choice(value: str | None, allowed: tuple[str, ...], option: str) -> Any:
 
 
 def _catalog(run: Path) -> Any:
-    from glossrec.config import load_config
-    from glossrec.errors import ConfigError
-    from glossrec.serve.recommender import CONFIG_FILE, open_or_build_catalog
+    from glossrec.rundir import RunDir
+    from glossrec.serve.recommender import MAKE_RUN, open_or_build_catalog
 
-    if not (run / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run}: not a run directory (no {CONFIG_FILE}); make one with "
-                          "`glossrec index --data DIR --out RUN_DIR`")
-    return open_or_build_catalog(run, load_config(run / CONFIG_FILE))
+    return open_or_build_catalog(run, RunDir(run).read_config(hint=MAKE_RUN))
 
 
 def _cut(text: str, width: int) -> str:
@@ -71,14 +67,16 @@ def index(
     retriever: Annotated[str, typer.Option("--retriever", help="bm25 or dense.")] = "bm25",
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Dense encoder (name or path); default: the embedded all-MiniLM-L6-v2.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config to start from.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Serve a trained model: a shipped one by name (smollm2-beauty) or a weights folder. Default: LIS, no model.")] = None,
 ) -> None:
-    """Make a servable run from a dataset alone (LIS mode: no trained model needed)."""
-    from glossrec.serve.recommender import INDEX_DIR, make_index_run
+    """Make a servable run from a dataset alone (LIS mode, or LM mode with --model)."""
+    from glossrec.rundir import RunDir
+    from glossrec.serve.recommender import make_index_run
 
     _choice(retriever, ("bm25", "dense"), "--retriever")
-    run = make_index_run(data, retriever, out, config, encoder)  # type: ignore[arg-type]
+    run = make_index_run(data, retriever, out, config, encoder, model)  # type: ignore[arg-type]
     cat = _catalog(run)
-    typer.echo(f"indexed {len(cat)} items ({retriever}) into {run / INDEX_DIR}; "
+    typer.echo(f"indexed {len(cat)} items ({retriever}) into {RunDir(run).index}; "
                f"serve with: glossrec serve --run {run}")
 
 

@@ -27,22 +27,21 @@ def train_cmd(
         help='Base model: hub name, local folder, .gguf file or "embedded:smollm2".')] = None,
 ) -> None:
     """Fine-tune LoRA adapters (the GLoSS recipe); writes OUT/config.toml and OUT/adapter/."""
-    from glossrec.config import config_to_toml, load_config
-    from glossrec.io import atomic_write
+    from glossrec.config import load_config
+    from glossrec.rundir import RunDir
     from glossrec.train import latest_checkpoint, train_from_config
 
     show_progress_logs()
-    if config is None and (out / "config.toml").is_file():
-        config = out / "config.toml"
+    rd = RunDir(out)
+    if config is None and rd.is_run():
+        config = rd.config
     overrides = {"train.max_steps": max_steps, "train.max_examples": max_examples,
                  "train.max_valid_examples": max_valid_examples,
                  "data.path": str(data.expanduser().resolve()) if data is not None else None,
                  "model.name": model}
     cfg = load_config(config, overrides)
     cfg.out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.toml") as f:
-        f.write(config_to_toml(cfg))
+    rd.write_config(cfg)
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
         typer.echo(f"resuming from {ckpt}", err=True)

@@ -22,10 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
-from glossrec.config import RunConfig, config_to_toml, load_config
+from glossrec.config import RunConfig, load_config
 from glossrec.errors import ConfigError, DataError, GlossrecError
-from glossrec.io import atomic_write
 from glossrec.retrieve.ranking import fuse
+from glossrec.rundir import RunDir
+# The run directory's names are owned by glossrec.rundir; re-exported here for older imports.
+from glossrec.rundir import (  # noqa: F401
+    ADAPTER_DIR as ADAPTER_DIR, CONFIG_FILE as CONFIG_FILE, INDEX_DIR as INDEX_DIR,
+)
 from glossrec.serve.store import (
     ItemRecord, LiveCatalog, RetrieverLoader, UnknownItemsError, WriteResult, is_live_catalog,
 )
@@ -38,9 +42,8 @@ Ranking = Literal["paper", "max", "rrf"]
 GenerateFn = Callable[..., list[list[str]]]
 """prompts (and, grounded, per-prompt exclusions) -> texts per prompt."""
 
-INDEX_DIR = "index"
-ADAPTER_DIR = "adapter"
-CONFIG_FILE = "config.toml"
+MAKE_RUN = "make one with `glossrec index --data DIR --out RUN_DIR`"
+"""How a servable run directory is made (the hint of a 'not a run directory' error)."""
 
 
 @dataclass(frozen=True)
@@ -178,10 +181,17 @@ class TrieSync:
         return [self.keys[i] for i in item_ids if i in self.keys]
 
 
-def adapter_path(run_dir: Path) -> Path | None:
-    """The run's trained LoRA adapter, if training has finished."""
-    adir = run_dir / ADAPTER_DIR
-    return adir if (adir / "adapter_config.json").is_file() else None
+def adapter_path(run_dir: Path, cfg: RunConfig | None = None) -> Path | None:
+    """The run's trained weights: its own adapter/ once training has finished, else the
+    config's model.weights (a shipped model's name or a folder), else None."""
+    from glossrec.models import is_full_model, resolve_weights
+
+    adir = RunDir(run_dir).adapter
+    if (adir / "adapter_config.json").is_file() or is_full_model(adir):
+        return adir
+    if cfg is not None and cfg.model.weights is not None:
+        return resolve_weights(cfg.model.weights)
+    return None
 
 
 class Recommender:
@@ -194,7 +204,7 @@ class Recommender:
         self.config = config or RunConfig()
         self.mode: Mode = mode or ("lm" if generator is not None else "lis")
         self._generate = _as_generate_fn(generator) if self.mode == "lm" else None
-        self.ranking: Ranking = ranking or self.config.retrieve.ranking
+        self.ranking: Ranking = ranking or self.config.retrieve.serve_ranking
         self._builder = self._prompt_builder(generator) if self.mode == "lm" else None
         self.generate_calls = 0
         """How many times the model was called (batching makes it fewer than requests)."""
@@ -242,13 +252,9 @@ class Recommender:
         """Serve a run directory: its config, live catalog (built from the dataset on first use)
         and, in LM mode, its adapter. auto = LM when the run has a trained adapter, else LIS."""
         run_dir = Path(run_dir)
-        cfg_path = run_dir / CONFIG_FILE
-        if not cfg_path.is_file():
-            raise ConfigError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); make one with "
-                              "`glossrec index --data DIR --out RUN_DIR`")
-        cfg = load_config(cfg_path)
+        cfg = RunDir(run_dir).read_config(hint=MAKE_RUN)
         catalog = open_or_build_catalog(run_dir, cfg, loader)
-        adapter = adapter_path(run_dir)
+        adapter = adapter_path(run_dir, cfg)
         chosen: Mode = ("lm" if adapter is not None else "lis") if mode == "auto" else mode
         if chosen == "lm" and generator is None:
             from glossrec.generate import make_generator
@@ -262,15 +268,16 @@ class Recommender:
                     generator: Any = None, ranking: Ranking | None = None) -> Recommender:
         """Write `cfg` as the run's config (if it has none yet) and serve that run."""
         run_dir = Path(run_dir)
-        if not (run_dir / CONFIG_FILE).is_file():
+        if not RunDir(run_dir).is_run():
             write_config(run_dir, cfg)
         return cls.from_run(run_dir, mode, generator, ranking)
 
     @classmethod
     def from_dataset(cls, path: str | Path, retriever: Literal["bm25", "dense"] = "bm25",
                      out: str | Path | None = None, encoder: str | None = None,
-                     ranking: Ranking | None = None) -> Recommender:
-        """LIS-only recommendations over a dataset's catalog, no model needed.
+                     ranking: Ranking | None = None, model: str | None = None) -> Recommender:
+        """Recommendations over a dataset's catalog: LIS, or with `model` (a shipped model's
+        name such as "smollm2-beauty", or a weights folder) the fine-tuned generator.
 
         `out` keeps the run directory (config + live catalog) for later; by default it lives in
         a temporary folder removed by :meth:`close`.
@@ -279,8 +286,8 @@ class Recommender:
         if out is None:
             tmp = Path(tempfile.mkdtemp(prefix="glossrec-"))
             out = tmp / "run"
-        run_dir = make_index_run(path, retriever, out, encoder=encoder)
-        rec = cls.from_run(run_dir, mode="lis", ranking=ranking)
+        run_dir = make_index_run(path, retriever, out, encoder=encoder, weights=model)
+        rec = cls.from_run(run_dir, mode="lm" if model else "lis", ranking=ranking)
         rec._tmpdir = tmp
         return rec
 
@@ -435,22 +442,20 @@ class Recommender:
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CONFIG_FILE
-    with atomic_write(path) as f:
-        f.write(config_to_toml(cfg))
-    return path
+    """`cfg` as the run's config.toml (atomically); the path written."""
+    return RunDir(run_dir).write_config(cfg)
 
 
 def open_or_build_catalog(run_dir: Path, cfg: RunConfig,
                           loader: RetrieverLoader | None = None) -> LiveCatalog:
     """The run's live catalog; on first use it is indexed from the configured dataset."""
-    folder = run_dir / INDEX_DIR
+    rd = RunDir(run_dir)
+    folder = rd.index
     if is_live_catalog(folder):
         return LiveCatalog.open(folder, loader)
     if cfg.data.path is None:
-        raise ConfigError(f"{run_dir}: no live catalog in {INDEX_DIR}/ and no [data] path in "
-                          f"{CONFIG_FILE} to build one from")
+        raise ConfigError(f"{run_dir}: no live catalog in {folder.name}/ and no [data] path in "
+                          f"{rd.config.name} to build one from")
     from glossrec.data import load_dataset
     from glossrec.retrieve import build_retriever
 
@@ -459,17 +464,29 @@ def open_or_build_catalog(run_dir: Path, cfg: RunConfig,
 
 
 def make_index_run(data: str | Path, retriever: Literal["bm25", "dense"], out: str | Path,
-                   config: str | Path | None = None, encoder: str | None = None) -> Path:
-    """A servable LIS run directory from a dataset alone: config.toml + a live catalog."""
+                   config: str | Path | None = None, encoder: str | None = None,
+                   weights: str | None = None) -> Path:
+    """A servable run directory from a dataset alone: config.toml + a live catalog.
+
+    LIS mode, or with `weights` (a shipped model's name, or a weights folder) LM mode: a shipped
+    model's own config (prompt and generation recipe) is the starting point unless `config` is
+    given.
+    """
+    from glossrec.models import shipped_config
+
     out = Path(out)
     data = Path(data).expanduser().resolve()
     overrides: dict[str, Any] = {"data": {"path": str(data)}, "retrieve": {"retriever": retriever}}
     if encoder:
         overrides["retrieve"]["encoder"] = encoder
+    if weights is not None:
+        overrides["model"] = {"weights": weights}
+        config = config if config is not None else shipped_config(weights)
     cfg = load_config(config, overrides)
-    if is_live_catalog(out / INDEX_DIR):
+    index = RunDir(out).index
+    if is_live_catalog(index):
         raise ConfigError(f"{out}: already has a live catalog; choose another --out or delete "
-                          f"{out / INDEX_DIR}")
+                          f"{index}")
     write_config(out, cfg)
     open_or_build_catalog(out, cfg)
     return out

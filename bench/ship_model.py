@@ -1,0 +1,97 @@
+"""Copy a trained run's adapter into the package as a shipped model (glossrec/shipped/NAME).
+
+What ships: adapter_model.safetensors + adapter_config.json (the weights, at most 25 MB),
+glossrec_train.json (steps, examples seen), train_log.jsonl (the loss curve), config.toml (the
+recipe: model, prompt, LoRA, training, generation and retrieval settings; no data path) and a
+README.md that names the command reproducing it. Nothing else of the run (checkpoints,
+optimizer state, generations) is copied.
+
+  .venv/bin/python bench/ship_model.py --run runs/smollm2-beauty --name smollm2-beauty \
+      --config configs/smollm2-beauty.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, code_version, machine  # noqa: E402
+
+LIMIT_MB = 25
+WEIGHTS = ("adapter_model.safetensors", "adapter_config.json", "glossrec_train.json")
+
+
+def recipe_toml(config: Path) -> str:
+    """The config as resolved, minus what belongs to one machine (data path, run folder)."""
+    from glossrec.config import config_to_toml, load_config
+
+    cfg = load_config(config)
+    cfg = cfg.model_copy(update={"out": None, "data": cfg.data.model_copy(update={"path": None})})
+    return config_to_toml(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--command", default=None, help="the command that reproduces the run")
+    args = p.parse_args(argv)
+    adapter = args.run / "adapter"
+    size = (adapter / "adapter_model.safetensors").stat().st_size / 2**20
+    if size > LIMIT_MB:
+        print(f"{adapter}: {size:.1f} MB, over the {LIMIT_MB} MB a shipped model may have",
+              file=sys.stderr)
+        return 2
+    dest = ROOT / "src" / "glossrec" / "shipped" / args.name
+    tmp = dest.with_name(f".{args.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in WEIGHTS:
+        shutil.copy2(adapter / name, tmp / name)
+    shutil.copy2(args.run / "train_log.jsonl", tmp / "train_log.jsonl")
+    (tmp / "config.toml").write_text(recipe_toml(args.config))
+    info = json.loads((adapter / "glossrec_train.json").read_text())
+    log = [json.loads(x) for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
+    seconds = max((r.get("seconds", 0.0) for r in log), default=0.0)
+    valid = [(r["step"], r["valid_loss"]) for r in log if "valid_loss" in r]
+    command = args.command or (f".venv/bin/python bench/learning_curve.py --config {args.config} "
+                               f"--run {args.run} --points 0 ... {info['steps']}")
+    m = machine()
+    (tmp / "README.md").write_text(f"""# Shipped model: {args.name}
+
+A LoRA adapter (r {json.loads((adapter / 'adapter_config.json').read_text())['r']}) for
+`{info['model']}`, trained by glossrec on the full Amazon 2014 Beauty training sequences.
+
+- Optimizer steps: {info['steps']}; training examples seen: {info['examples_seen_total']:,}
+  (this run: {info['examples_seen']:,}); best validation step: {info['best_step']}.
+- Training time: {info['train_seconds_total'] / 60:.1f} min in all ({seconds / 60:.1f} min in
+  this run, on {m['cpu']}, {m['cores']} cores, CPU only).
+- Validation loss (target tokens, 128 validation users) by step: {', '.join(f'{s}: {v:.3f}' for s, v in valid)}.
+- Recipe: `config.toml` here (copied from `{args.config}`); loss curve: `train_log.jsonl`.
+- Reproduce (resumable; raise the last point to train longer):
+
+  ```bash
+  {command}
+  ```
+
+- Continue training from it in another run: `train.init_adapter = "{args.name}"`.
+- Use it: `glossrec index --data DIR --out RUN --model {args.name}` then
+  `glossrec recommend --run RUN ...` / `glossrec serve --run RUN`; Python:
+  `Recommender.from_dataset(DIR, model="{args.name}")`.
+
+Code version when shipped: {code_version()['commit']}.
+""")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    print(f"shipped {dest} ({size:.1f} MB of weights)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
