@@ -199,6 +199,12 @@ def test_run_end_to_end_leaves_a_servable_index_and_skips_done_stages(
     assert np.array_equal(again["GLoSS-bm25"].ranked, res["GLoSS-bm25"].ranked)
     assert "NEW-1" in LiveCatalog.open(out / "index")
 
+    # A run that names trained weights (model.weights) generates with them and trains nothing.
+    reuse = run(cfg.updated(model={"weights": str(out / "adapter")}), tmp_path / "reuse",
+                baselines=False)
+    assert not (tmp_path / "reuse" / "adapter").exists()
+    assert np.array_equal(reuse["GLoSS-bm25"].ranked, res["GLoSS-bm25"].ranked)
+
 
 def test_prepare_honours_generate_max_users_like_glossrec_generate(tmp_path: Path) -> None:
     from glossrec.pipeline import prepare, users_to_sample

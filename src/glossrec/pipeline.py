@@ -233,7 +233,8 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         baselines: bool = True, score: bool = True) -> dict[str, Evaluation]:
     """data -> train -> generate -> retrieve -> evaluate into one run directory.
 
-    Stages whose outputs exist for the same config are skipped; a killed training or generation
+    With model.weights set (a shipped model's name or a weights folder) there is no training:
+    the run generates with those weights. Stages whose outputs exist for the same config are skipped; a killed training or generation
     resumes where it stopped. LIS (BM25 and dense) is scored on the same users beside GLoSS.
     ``score=False`` stops after generation (a caller that scores its own variants).
     """
@@ -250,7 +251,13 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     log(f"run {run_dir}: {ds.name}, {len(prep.examples)} {cfg.evaluate.split} users evaluated")
 
     key = stage_key(cfg, "train")
-    if manifest.done("train", key) and rd.adapter.is_dir():
+    weights = rd.adapter
+    if cfg.model.weights is not None:
+        from glossrec.models import resolve_weights
+
+        weights = resolve_weights(cfg.model.weights)
+        log(f"train: skipped, the run uses the trained weights {cfg.model.weights} ({weights})")
+    elif manifest.done("train", key) and rd.adapter.is_dir():
         log("train: done already, skipped")
     else:
         from glossrec.train import train_from_config
@@ -264,7 +271,7 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
 
     gens = rd.generations("test")
     t0 = time.perf_counter()
-    generate_examples(cfg, prep.examples, ds.catalog, rd.adapter, gens, overwrite=force)
+    generate_examples(cfg, prep.examples, ds.catalog, weights, gens, overwrite=force)
     if "generate" not in manifest.data["stages"] or force:
         manifest.mark("generate", stage_key(cfg, "generate"), time.perf_counter() - t0,
                       users=len(prep.examples))
