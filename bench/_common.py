@@ -55,15 +55,21 @@ def machine() -> dict[str, Any]:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is missing)."""
+def rss_mb(key: str = "VmRSS") -> float:
+    """Resident memory of this process now (VmRSS) or at its peak (VmHWM), from /proc; the
+    peak from ru_maxrss where /proc is missing."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process."""
+    return rss_mb("VmHWM")
 
 
 def reset_peak_rss() -> None:

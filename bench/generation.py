@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, reset_peak_rss, rss_mb  # noqa: E402
 
 
 @dataclass
@@ -66,24 +66,6 @@ class RunResult:
     embedding_params: int = 0
 
 
-def _rss_mb(key: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) of this process.
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 # --- worker: one configuration ---------------------------------------------------------------
 
 
@@ -99,7 +81,7 @@ def worker(spec_path: Path, out_path: Path) -> None:
     spec = RunSpec(**job["spec"])
     prompts: list[str] = job["prompts"][:spec.users]
     model, tok = load_model(ModelConfig())
-    model_rss = _rss_mb("VmRSS")
+    model_rss = rss_mb("VmRSS")
     cfg = GenerateConfig(batch_size=spec.batch_size, bf16=spec.bf16,
                          stop_at_newline=spec.stop_at_newline,
                          max_new_tokens=job["max_new_tokens"])
@@ -148,7 +130,7 @@ def worker(spec_path: Path, out_path: Path) -> None:
     emb = model.get_input_embeddings().weight.numel()
     result = RunResult(
         spec=asdict(spec), users=len(prompts), wall_s=wall, cpu_s=cpu,
-        peak_rss_mb=_rss_mb("VmHWM"), model_rss_mb=model_rss,
+        peak_rss_mb=rss_mb("VmHWM"), model_rss_mb=model_rss,
         prompt_tokens=sum(len(ids) for ids in gen.encode(prompts)),
         processed_prefill_tokens=prefill, processed_decode_tokens=decode,
         steps=[s for _, _, s in shapes], texts=out_texts, raw=raw_by_input,
@@ -159,7 +141,7 @@ def worker(spec_path: Path, out_path: Path) -> None:
 def _timed(gen: Any, prompts: list[str], one_by_one: bool = False
            ) -> tuple[float, float, list[list[str]], list[int]]:
     """(wall s, CPU s, texts in input order, the order prompts were generated in)."""
-    _reset_peak_rss()
+    reset_peak_rss()
     if one_by_one:
         order = list(range(len(prompts)))
         t0, c0 = time.perf_counter(), time.process_time()

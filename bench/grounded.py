@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, reset_peak_rss, rss_mb  # noqa: E402
 ARMS: dict[str, dict[str, Any]] = {
     "free": {"constrain": "none"},
     "grounded": {"constrain": "catalog", "grounded_score": "beam"},
@@ -42,24 +42,6 @@ ARMS: dict[str, dict[str, Any]] = {
     "grounded-length": {"constrain": "catalog", "grounded_score": "length"},
 }
 log = logging.getLogger("bench.grounded")
-
-
-def _rss_mb(key: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) of this process.
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def make_config(args: argparse.Namespace, arm: str) -> Any:
@@ -97,18 +79,18 @@ def worker(job_path: Path, out_path: Path) -> None:
     t0 = time.perf_counter()
     gen: Any = make_generator(cfg, adapter, cat.texts() if grounded else None)
     load_s = time.perf_counter() - t0
-    loaded_rss = _rss_mb("VmRSS")
+    loaded_rss = rss_mb("VmRSS")
     prompts = test_prompts(prep.examples, cat, gen.tokenizer, cfg.prompt,
                            reserve=cfg.generate.max_new_tokens)
     exclude = [list(ex.history) for ex in prep.examples] if grounded else None
-    _reset_peak_rss()
+    reset_peak_rss()
     t0, c0 = time.perf_counter(), time.process_time()
     texts = gen.generate([p for _, p in prompts], exclude)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     trie = getattr(gen, "trie", None)
     out_path.write_text(json.dumps({
         "users": len(prompts), "wall_s": wall, "cpu_s": cpu, "load_s": load_s,
-        "peak_rss_mb": _rss_mb("VmHWM"), "loaded_rss_mb": loaded_rss,
+        "peak_rss_mb": rss_mb("VmHWM"), "loaded_rss_mb": loaded_rss,
         "max_new_tokens": gen.max_new_tokens(),
         "trie": {"items": len(trie), "nodes": trie.nodes, "max_tokens": trie.max_tokens}
         if trie is not None else None,

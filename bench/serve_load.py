@@ -32,7 +32,8 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, code_version  # noqa: E402
 
 
 @dataclass
@@ -195,19 +196,6 @@ def one_run(name: str, run: Path, serve_args: list[str], histories: list[list[st
 def merge(stats: list[RunStats]) -> RunStats:
     return RunStats([x for s in stats for x in s.latencies], [x for s in stats for x in s.errors],
                     sum(s.wall_s for s in stats))
-
-
-def code_version() -> dict[str, Any]:
-    """The commit, and whether the generator code differed from it (others edit it meanwhile)."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "uncommitted_changes": git("status", "--short", "--", "src").splitlines()}
 
 
 def main() -> None:
