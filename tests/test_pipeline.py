@@ -91,6 +91,24 @@ def test_dense_lis_reuses_item_embeddings(monkeypatch: pytest.MonkeyPatch) -> No
     assert (slow_idx[:, :5] == fast.ranked[:, :5]).mean() > 0.99
 
 
+@pytest.mark.parametrize("exclude", [False, True])
+def test_lis_through_the_shared_ranking_is_the_retrievers_own_top_k(exclude: bool) -> None:
+    # LIS = rank_texts with one text per user and max fusion: exactly the search's rows,
+    # BM25 score ties included (the sample has many).
+    cfg = _cfg(**{"evaluate.users": 300, "retrieve.exclude_history": exclude})
+    ds = load_data(cfg)
+    index = build_index(cfg, ds)
+    ev = run_lis(cfg, None, ds, index)
+    seqs = dict(zip(ds.users, ds.sequences))
+    hist = [np.asarray(seqs[u][:-1], dtype=np.int64) for u in ev.user_ids]
+    idx, sc = index.search([ds.catalog.text(int(h[-1])) for h in hist], 20,
+                           hist if exclude else None)
+    assert (ev.ranked == idx).all()
+    assert np.array_equal(ev.scores, sc.astype(np.float64))
+    finite = np.isfinite(sc[:, 1:]) & (sc[:, 1:] == sc[:, :-1])
+    assert finite.any()  # the check covers tied scores
+
+
 def test_retrieve_evaluates_exactly_the_given_users(tmp_path: Path) -> None:
     cfg = _cfg()
     ds = load_data(cfg)

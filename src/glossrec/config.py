@@ -29,6 +29,9 @@ PAPER_TEMPLATE = (
     "{target}"
 )
 
+Ranking = Literal["paper", "max", "rrf"]
+"""How one user's per-text search hits become one ranked list (glossrec.retrieve.ranking)."""
+
 EMBEDDED_LLM = "embedded:smollm2"
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 
@@ -224,9 +227,9 @@ class RetrieveConfig(_Section):
     bm25_method: str = "lucene"
     bm25_k1: float = 1.5
     bm25_b: float = 0.75
-    ranking: Literal["paper", "max", "rrf"] = "paper"
+    ranking: Ranking = "paper"
     """paper: top-1 item per text ordered by score; max/rrf: top-k per text fused."""
-    serve_ranking: Literal["paper", "max", "rrf"] = "rrf"
+    serve_ranking: Ranking = "rrf"
     """How the service ranks an LM request's texts. rrf fills k: the items of the texts first
     (in beam order), then their neighbours; "paper" gives at most one item per text. Evaluation
     rows use `ranking`."""

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from glossrec.config import RunConfig
+from glossrec.config import Ranking, RunConfig
 from glossrec.data import Dataset, load_dataset
 from glossrec.errors import ConfigError, DataError, import_optional
 from glossrec.evaluate import Evaluation, evaluate, write_run
 from glossrec.retrieve.base import Retriever
-from glossrec.retrieve.ranking import fuse_users
+from glossrec.retrieve.ranking import LIS, rank_texts
 from glossrec.rundir import RunDir
 from glossrec.splits import Example, make_splits, sample_users
 
@@ -78,6 +78,7 @@ def build_index(cfg: RunConfig, ds: Dataset) -> Retriever:
 
 
 def _exclusions(examples: Sequence[Example], on: bool) -> list[np.ndarray] | None:
+    """Per user, the history positions never ranked for it (retrieve.exclude_history)."""
     if not on:
         return None
     return [np.fromiter(ex.history, dtype=np.int64, count=len(ex.history)) for ex in examples]
@@ -103,15 +104,20 @@ def run_lis(cfg: RunConfig, out: Path | None = None, ds: Dataset | None = None,
     cat = prep.dataset.catalog
     k = max(cfg.evaluate.cutoffs)
     t0 = time.perf_counter()
-    exclude = _exclusions(prep.examples, cfg.retrieve.exclude_history)
+    # The one ranking path (retrieve.ranking.rank_texts); LIS is its case of one text per user.
+    texts = [[cat.text(e.history[-1])] for e in prep.examples]
+    search: Any = retriever
     if _reuses_item_embeddings(cfg, retriever, cat):
         # The query IS a catalog item's text and queries are encoded like items (no e5
         # prefixes): its embedding is already in the index, so nothing is encoded again.
         emb = retriever.embeddings[[e.history[-1] for e in prep.examples]]  # type: ignore[attr-defined]
-        ranked, scores = retriever.search_embeddings(emb, k, exclude)  # type: ignore[attr-defined]
-    else:
-        queries = [cat.text(e.history[-1]) for e in prep.examples]
-        ranked, scores = retriever.search(queries, k, exclude, show_progress=True)
+
+        def by_embedding(_texts: list[str], width: int, exclude: list[np.ndarray] | None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+            return retriever.search_embeddings(emb, width, exclude)  # type: ignore[attr-defined]
+
+        search = by_embedding
+    ranked, scores = _rank(cfg, search, texts, prep.examples, k, LIS)
     t_search = time.perf_counter() - t0
     return _finish(cfg, prep, ranked, scores, out,
                    {"method": f"LIS-{cfg.retrieve.retriever}",
@@ -123,26 +129,14 @@ def _reuses_item_embeddings(cfg: RunConfig, retriever: Retriever, cat: Any) -> b
             and list(retriever.ids) == cat.ids)
 
 
-def rank_texts(cfg: RunConfig, retriever: Retriever, texts_per_user: Sequence[Sequence[str]],
-               histories: Sequence[Sequence[int]] | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search every text of every user and fuse each user's hits into one list (ranking.fuse)."""
+def _rank(cfg: RunConfig, search: Any, texts_per_user: Sequence[Sequence[str]],
+          examples: Sequence[Example], k: int, method: Ranking) -> tuple[np.ndarray, np.ndarray]:
+    """retrieve.ranking.rank_texts with the run's settings; (items, scores) [n_users, k]."""
     rc = cfg.retrieve
-    per_text = 1 if rc.ranking == "paper" else max(rc.per_text_k, k)
-    flat: list[str] = []
-    offsets = [0]
-    exclude: list[np.ndarray] | None = [] if histories is not None else None
-    for u, texts in enumerate(texts_per_user):
-        flat.extend(texts)
-        offsets.append(len(flat))
-        if exclude is not None and histories is not None:
-            h = np.asarray(histories[u], dtype=np.int64)
-            exclude.extend([h] * len(texts))
-    if flat:
-        idx, sc = retriever.search(flat, per_text, exclude, show_progress=True)
-    else:
-        idx = np.zeros((0, per_text), dtype=np.int64)
-        sc = np.zeros((0, per_text), dtype=np.float32)
-    return fuse_users(idx, sc, np.asarray(offsets), rc.ranking, k, rc.rrf_k)
+    res = rank_texts(search, texts_per_user, k, method,
+                     exclude=_exclusions(examples, rc.exclude_history),
+                     per_text_k=rc.per_text_k, rrf_k=rc.rrf_k, show_progress=True)
+    return res.items, res.scores
 
 
 def run_retrieve(cfg: RunConfig, queries: dict[str, list[str]], out: Path | None = None,
@@ -167,8 +161,8 @@ def run_retrieve(cfg: RunConfig, queries: dict[str, list[str]], out: Path | None
     retriever = retriever or build_index(cfg, ds)
     k = max(cfg.evaluate.cutoffs)
     t0 = time.perf_counter()
-    histories = [e.history for e in examples] if cfg.retrieve.exclude_history else None
-    ranked, scores = rank_texts(cfg, retriever, [queries[e.user_id] for e in examples], histories, k)
+    ranked, scores = _rank(cfg, retriever, [queries[e.user_id] for e in examples], examples, k,
+                           cfg.retrieve.ranking)
     t_search = time.perf_counter() - t0
     return _finish(cfg, prep, ranked, scores, out,
                    {"method": f"texts-{cfg.retrieve.retriever}-{cfg.retrieve.ranking}",

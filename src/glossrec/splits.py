@@ -15,13 +15,16 @@ Validation users follow the reference rule: users with at least one titled item,
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
 from glossrec.config import SplitConfig
 from glossrec.data import Dataset
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,12 @@ def make_splits(ds: Dataset, cfg: SplitConfig | None = None) -> Splits:
     return Splits(train, valid, test)
 
 
-def sample_users(examples: list[Example], n: int | None, seed: int = 0) -> list[Example]:
-    """A reproducible random subset of n examples (all when n is None or too large), in order."""
+def sample_users(examples: Sequence[T], n: int | None, seed: int = 0) -> list[T]:
+    """A reproducible random subset of n examples (all when n is None or too large), in order.
+
+    Any sequence: training samples its (prompt, target) pairs with it too."""
     if n is None or n >= len(examples):
-        return examples
+        return examples if isinstance(examples, list) else list(examples)
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(examples), size=n, replace=False))
     return [examples[i] for i in keep]

@@ -44,6 +44,7 @@ from glossrec.config import RunConfig, TrainConfig
 from glossrec.errors import ConfigError
 from glossrec.io import read_json, write_json, write_jsonl
 from glossrec.prompts import PromptPair
+from glossrec.splits import sample_users
 from glossrec.rundir import RunDir
 
 __all__ = [
@@ -68,12 +69,8 @@ class Encoded:
     loss_start: int = 0
 
 
-def subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
-    """A reproducible random subset of n items, in their original order (all when n is None)."""
-    if n is None or n >= len(items):
-        return list(items)
-    keep = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
-    return [items[i] for i in keep]
+subset = sample_users
+"""A reproducible random subset of n items, in their original order (all when n is None)."""
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full",
@@ -464,6 +461,8 @@ class _Run:
     device: str
     bf16: bool
     state: TrainState
+    params: list[Any] = field(default_factory=list)
+    """The trainable parameters (what the optimizer steps and gradient clipping sees)."""
 
     @property
     def ckpt_root(self) -> Path:
@@ -587,17 +586,90 @@ def _groups(batches: list[list[int]], start: int, accum: int) -> Iterator[tuple[
         yield g, batches[g:g + accum]
 
 
+def _trainable_model(cfg: RunConfig, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer) ready to train: LoRA-wrapped or whole, from train.init_adapter's
+    weights when set."""
+    from glossrec.models import apply_lora, count_parameters, load_model
+
+    t = cfg.train
+    model, tok = load_model(cfg.model, trainable=True, device=device,
+                            max_seq_length=cfg.prompt.max_length)
+    four_bit = getattr(model, "is_loaded_in_4bit", False)
+    if t.gradient_checkpointing and not four_bit:
+        _enable_checkpointing(model, lora=t.method == "lora")
+    if t.method == "lora":
+        model = apply_lora(model, cfg.lora, seed=t.seed)
+    elif four_bit:
+        raise ConfigError('train.method = "full" cannot train 4-bit weights; set '
+                          "model.load_in_4bit = false")
+    if t.init_adapter is not None:
+        _init_weights(model, cfg, device)
+    trainable, total_params = count_parameters(model)
+    log.info("%s: %s trainable of %s parameters", t.method, f"{trainable:,}", f"{total_params:,}")
+    return model, tok
+
+
+def _total_steps(t: TrainConfig, n_train: int) -> int:
+    """train.max_steps, else the optimizer steps of train.epochs epochs."""
+    steps_per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.grad_accum)
+    total = t.max_steps if t.max_steps is not None else steps_per_epoch * t.epochs
+    if t.warmup_steps >= total:
+        log.warning("train.warmup_steps (%d) >= total steps (%d): the learning rate never "
+                    "reaches train.learning_rate", t.warmup_steps, total)
+    return total
+
+
+def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accumulate the micro-batches' gradients, clip, step: the log record of one step.
+
+    Each micro-batch's loss is divided by the label tokens of the whole step, so the step's
+    loss is a token mean however the texts were grouped.
+    """
+    import torch
+
+    t = run.cfg.train
+    n_tok = max(1, sum(n_label_tokens(b) for b in micro))
+    step_loss = 0.0
+    for batch in micro:
+        with _autocast(run.device, run.bf16):
+            loss = loss_sum(run.model, batch, run.device) / n_tok
+        loss.backward()
+        step_loss += float(loss.detach())
+        del loss
+        _release_freed_memory()
+    if t.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"loss": step_loss, "lr": lr, "tokens": n_tok,
+            "padded_tokens": sum(b["input_ids"].numel() for b in micro),
+            "real_tokens": sum(int(b["attention_mask"].sum()) for b in micro)}
+
+
+def _resume_latest(run: _Run, total: int) -> int | None:
+    """Continue from run_dir's newest checkpoint, if any: the step it resumed from."""
+    ckpt = latest_checkpoint(run.run_dir)
+    if ckpt is None:
+        return None
+    run.resume(ckpt)
+    if run.state.finished and not run.state.stopped_early and run.state.step < total:
+        run.state.finished = False  # a longer run asked for (e.g. a larger max_steps)
+    log.info("resuming from %s (step %d)", ckpt, run.state.step)
+    return run.state.step
+
+
 def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
           valid_pairs: Sequence[PromptPair] = (),
           on_step: Callable[[TrainState], None] | None = None) -> TrainResult:
-    """Fine-tune LoRA adapters on (prompt, target) pairs; resume from run_dir's checkpoints.
+    """Fine-tune on (prompt, target) pairs; resume from run_dir's checkpoints.
 
     `on_step` is called after every optimizer step (progress reporting, tests).
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from glossrec.models import apply_lora, count_parameters, load_model, resolve_device
+    from glossrec.models import resolve_device
 
     t = cfg.train
     run_dir = Path(run_dir)
@@ -607,48 +679,24 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     if not train_pairs:
         raise ConfigError("no training examples (check the dataset and train.max_examples)")
 
+    # --- setup: model, data, optimizer, schedule; then resume where a killed run stopped
     _seed_all(t.seed)
     device = resolve_device()
-    model, tok = load_model(cfg.model, trainable=True, device=device,
-                            max_seq_length=cfg.prompt.max_length)
-    if t.gradient_checkpointing and not getattr(model, "is_loaded_in_4bit", False):
-        _enable_checkpointing(model, lora=t.method == "lora")
-    if t.method == "lora":
-        model = apply_lora(model, cfg.lora, seed=t.seed)
-    elif getattr(model, "is_loaded_in_4bit", False):
-        raise ConfigError('train.method = "full" cannot train 4-bit weights; set '
-                          "model.load_in_4bit = false")
-    if t.init_adapter is not None:
-        _init_weights(model, cfg, device)
-    trainable, total_params = count_parameters(model)
-    log.info("%s: %s trainable of %s parameters", t.method, f"{trainable:,}", f"{total_params:,}")
+    model, tok = _trainable_model(cfg, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
     train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length)
     valid_data = encode_pairs(tok, valid_pairs, t.loss, cfg.prompt.max_length)
     lengths = [len(e.input_ids) for e in train_data]
-    n_batches = math.ceil(len(train_data) / t.batch_size)
-    steps_per_epoch = math.ceil(n_batches / t.grad_accum)
-    total = t.max_steps if t.max_steps is not None else steps_per_epoch * t.epochs
-    if t.warmup_steps >= total:
-        log.warning("train.warmup_steps (%d) >= total steps (%d): the learning rate never "
-                    "reaches train.learning_rate", t.warmup_steps, total)
-
+    total = _total_steps(t, len(train_data))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, t, device)
-    scheduler = _schedule(optimizer, t.warmup_steps, total, t.schedule)
     state = TrainState(fingerprint=_fingerprint(cfg, len(train_data), len(valid_data)))
-    run = _Run(cfg, run_dir, model, tok, optimizer, scheduler, device, _use_bf16(t, device), state)
+    run = _Run(cfg, run_dir, model, tok, optimizer,
+               _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
+               _use_bf16(t, device), state, params)
+    resumed_from = _resume_latest(run, total)
 
-    resumed_from = None
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        run.resume(ckpt)
-        resumed_from = run.state.step
-        if run.state.finished and not run.state.stopped_early and run.state.step < total:
-            run.state.finished = False  # a longer run asked for (e.g. a larger max_steps)
-        log.info("resuming from %s (step %d)", ckpt, resumed_from)
-
+    # --- the loop: one optimizer step per group of grad_accum micro-batches
     s = run.state
     model.train()
     bar = tqdm(total=total, initial=min(s.step, total), desc="train", unit="step",
@@ -660,36 +708,20 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
         for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
             micro = [collate([train_data[i] for i in part], pad_id) for b in group
                      for part in _split_by_tokens(b, lengths, t.max_batch_tokens)]
-            n_tok = max(1, sum(n_label_tokens(b) for b in micro))
-            step_loss = 0.0
-            for batch in micro:
-                with _autocast(device, run.bf16):
-                    loss = loss_sum(model, batch, device) / n_tok
-                loss.backward()
-                step_loss += float(loss.detach())
-                del loss
-                _release_freed_memory()
-            if t.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
+            record = _optimizer_step(run, micro)
             s.step += 1
             s.batch_in_epoch = g + len(group)
             end_of_epoch = s.batch_in_epoch >= len(batches)
-            s.history.append({"step": s.step, "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
-                              "loss": step_loss, "lr": lr, "tokens": n_tok,
-                              "examples": sum(len(b) for b in group),
-                              "padded_tokens": sum(b["input_ids"].numel() for b in micro),
-                              "real_tokens": sum(int(b["attention_mask"].sum()) for b in micro),
+            s.history.append({"step": s.step,
+                              "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
+                              **record, "examples": sum(len(b) for b in group),
                               "seconds": round(time.perf_counter() - t0, 3)})
             if end_of_epoch:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", epoch=s.epoch)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=s.epoch)
 
+            # --- validation (best weights kept, early stopping) and checkpoints
             last = s.step >= total
             due = (s.step % t.eval_steps == 0) if t.eval_steps else end_of_epoch
             if valid_data and (due or last) and s.last_eval_step != s.step:
@@ -703,11 +735,13 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
             if s.finished or end_of_epoch:
                 break
     bar.close()
-    if not s.finished:  # resumed a run that had already finished its steps
-        s.finished = True
+    s.finished = True  # also when resuming a run that had already finished its steps
+
+    # --- the result: the best weights, in RUN_DIR/adapter and in the returned model
     adapter = _write_final_adapter(run)
     _load_weights(model, adapter, device)  # like load_best_model_at_end
     model.eval()
+    n_batches = math.ceil(len(train_data) / t.batch_size)
     result = TrainResult(adapter, s.step, s.epoch + s.batch_in_epoch / max(n_batches, 1),
                          s.best_step, s.best_loss, s.stopped_early, resumed_from, s.history)
     result.model, result.tokenizer = model, tok

@@ -67,7 +67,7 @@ def test_cli_generates_resumes_and_guards_settings(run_dir: Path, tiny_lm_dir: P
     assert meta["split"] == "test" and meta["adapter"]["sha256"]
 
     # Everything done: a rerun must not even load the model.
-    import glossrec.generate as g
+    import glossrec.generate.stage as g
 
     def boom(*a: Any, **k: Any) -> Any:
         raise AssertionError("model loaded although nothing was left to generate")

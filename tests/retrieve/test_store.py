@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import glossrec.retrieve as rt
+import glossrec.retrieve.store as rt
 from glossrec.config import RetrieveConfig
 from glossrec.errors import ConfigError, DataError
 from glossrec.retrieve import ItemTable, build_retriever, load_retriever

@@ -89,3 +89,18 @@ def test_user_errors_are_one_line(run_dir: Path, tmp_path: Path, monkeypatch, ca
         assert len(err.strip().splitlines()) == 1
     code, _, _ = cli(monkeypatch, capsys, "items", "show", "--run", r, "A1")
     assert code == 0  # nothing was changed by the failed commands
+
+
+def test_index_set_overrides_and_bad_values(tmp_path: Path, monkeypatch, capsys) -> None:
+    from glossrec.config import load_config
+
+    data = write_dataset(tmp_path / "data")
+    code, _, err = cli(monkeypatch, capsys, "index", "--data", str(data), "--out", str(tmp_path / "run"),
+                       "--set", "retrieve.bm25_k1=1.2", "--set", "retrieve.serve_ranking=paper")
+    assert code == 0, err
+    cfg = load_config(tmp_path / "run" / "config.toml")
+    assert cfg.retrieve.bm25_k1 == 1.2 and cfg.retrieve.serve_ranking == "paper"
+    code, out, err = cli(monkeypatch, capsys, "index", "--data", str(data), "--out", str(tmp_path / "bad"),
+                         "--set", "retrieve.serve_ranking=best")
+    assert code == 2 and out == "" and not (tmp_path / "bad").exists()
+    assert err == "error: --set retrieve.serve_ranking=best: Input should be 'paper', 'max' or 'rrf'\n"

@@ -19,10 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tomllib
 import warnings
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any, Optional
 
 import typer
+
+from glossrec.errors import ConfigError
 
 app = typer.Typer(
     name="glossrec",
@@ -155,3 +159,98 @@ def _root(
 ) -> None:
     """Generative sequential recommendation with semantic search (GLoSS)."""
     setup_output(-1 if quiet and not verbose else verbose)
+
+
+# ---- config overrides shared by every command that takes a config ---------------------------
+
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="SECTION.KEY=VALUE",
+    help="Override one config key, e.g. --set train.max_steps=10 --set generate.constrain=catalog "
+    "(repeatable; applied last). The value is read as TOML (10, 1e-4, true, \"text\", [5, 10]); "
+    "a bare word is a string.")]
+JsonOutOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")]
+
+
+def parse_sets(values: Sequence[str] | None) -> dict[str, Any]:
+    """``--set section.key=value`` options -> :func:`glossrec.config.load_config`'s dotted overrides.
+
+    A value is a TOML scalar (or array) when it reads as one and fits the key's type, else the
+    text as typed (so ``catalog`` and ``meta-llama/Llama-3.2-1B`` need no quotes). Paths are
+    made absolute (a run's config.toml is read again from its own folder). An unknown key or a
+    value of the wrong type is a one-line ConfigError naming the key; checks that involve other
+    keys (num_return <= num_beams) are load_config's.
+    """
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.max_steps=10")
+        out[key] = _set_value(key, raw, _config_field(key))
+    return out
+
+
+def _config_field(key: str) -> Any:
+    """The pydantic field a dotted config key names, or a ConfigError naming the key."""
+    from difflib import get_close_matches
+
+    from pydantic import BaseModel
+
+    from glossrec.config import RunConfig
+
+    def is_section(f: Any) -> bool:
+        return isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+
+    fields = RunConfig.model_fields
+    known = [f"{s}.{k}" for s, f in fields.items() if is_section(f) for k in f.annotation.model_fields]
+    known += [s for s, f in fields.items() if not is_section(f)]
+    parts = key.split(".")
+    field = None
+    if len(parts) == 2 and parts[0] in fields and is_section(fields[parts[0]]):
+        field = fields[parts[0]].annotation.model_fields.get(parts[1])
+    elif len(parts) == 1 and parts[0] in fields and not is_section(fields[parts[0]]):
+        field = fields[parts[0]]
+    if field is None:
+        close = get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; keys are SECTION.KEY, e.g. train.max_steps"
+        raise ConfigError(f"--set {key}: unknown config key{hint}")
+    return field
+
+
+def _set_value(key: str, raw: str, field: Any) -> Any:
+    from pathlib import Path
+    from typing import Annotated as _Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    candidates: list[Any] = []
+    try:
+        candidates.append(tomllib.loads(f"v = {raw}")["v"])
+    except tomllib.TOMLDecodeError:
+        pass
+    candidates.append(raw)  # the text as typed: a bare word, or a str key given a number
+    ann = field.annotation
+    adapter = TypeAdapter(_Annotated[(ann, *field.metadata)] if field.metadata else ann)
+    first_error = None
+    for value in candidates:
+        try:
+            checked = adapter.validate_python(value)
+        except ValidationError as e:
+            first_error = first_error or e.errors()[0]["msg"]
+            continue
+        if isinstance(checked, Path):
+            return str(checked.expanduser().resolve())
+        return value
+    raise ConfigError(f"--set {key}={raw}: {first_error}")
+
+
+def print_json(obj: Any) -> None:
+    """A command's answer as JSON on stdout (--json)."""
+    import json
+
+    typer.echo(json.dumps(obj, ensure_ascii=False, indent=1))
+
+
+def with_sets(overrides: dict[str, Any], sets: Sequence[str] | None) -> dict[str, Any]:
+    """A command's own overrides, then its --set options (the latter win)."""
+    return {**overrides, **parse_sets(sets)}

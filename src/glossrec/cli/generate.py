@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from glossrec.cli.app import app, show_progress_logs
+from glossrec.cli.app import SetOpt, app, parse_sets, show_progress_logs
 
 
 def generations_path(run_dir: Path, split: str) -> Path:
@@ -21,7 +21,8 @@ def generations_path(run_dir: Path, split: str) -> Path:
 
 def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, users: int | None = None,
                  batch_size: int | None = None, overwrite: bool = False,
-                 show_progress: bool = True, workers: int | None = None) -> Path:
+                 show_progress: bool = True, workers: int | None = None,
+                 overrides: dict[str, Any] | None = None) -> Path:
     """Generate for a run directory: its config.toml, dataset and adapter/ (if trained).
 
     Users: --users N, else generate.max_users, else evaluate.users (so `evaluate` finds the
@@ -36,7 +37,8 @@ def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, u
 
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
-    cfg = rd.read_config({"generate.batch_size": batch_size, "generate.workers": workers},
+    cfg = rd.read_config({"generate.batch_size": batch_size, "generate.workers": workers,
+                          **(overrides or {})},
                          hint="make one with `glossrec train` or `glossrec run`")
     if cfg.data.path is None:
         raise ConfigError(f"{rd.config}: [data] path is not set")
@@ -66,6 +68,7 @@ def generate(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prompts per beam-search batch (default: generate.batch_size).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="CPU: N processes sharing the cores and the users (default: generate.workers).")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Beam-search next-item texts for a split's users into RUN/generations.jsonl (resumable)."""
     from glossrec.errors import ConfigError
@@ -75,5 +78,5 @@ def generate(
     if split is not None and split not in GENERATIONS:
         raise ConfigError(f"--split must be test or valid, got {split!r}")
     out = generate_run(run, split, users, batch_size, overwrite,  # type: ignore[arg-type]
-                       workers=workers)
+                       workers=workers, overrides=parse_sets(set_))
     typer.echo(str(out))

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from glossrec.cli.app import app
+from glossrec.cli.app import JsonOutOpt, SetOpt, app, print_json, with_sets
 
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (items + sequences).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML config file.")]
@@ -36,9 +36,13 @@ def common_overrides(data: Path | None, retriever: str | None, encoder: str | No
     return {k: v for k, v in ov.items() if v is not None}
 
 
-def print_result(name: str, ev: Any, out: Path | None) -> None:
+def print_result(name: str, ev: Any, out: Path | None, json_out: bool = False) -> None:
+    """The metrics as a table (+ per segment), or with `json_out` as JSON {name: metrics}."""
     from glossrec.evaluate import format_segments, format_table
 
+    if json_out:
+        print_json({name: ev.metrics})
+        return
     typer.echo(format_table({name: ev.metrics}))
     typer.echo("\nper segment (n = full sequence length; "
                f"cold n<={ev.metrics['segments']['cold_max']}, power n>{ev.metrics['segments']['power_min']}):")
@@ -59,16 +63,18 @@ def lis(
     e5_prefixes: Annotated[Optional[bool], typer.Option("--e5-prefixes/--no-e5-prefixes")] = None,
     faiss: Annotated[Optional[bool], typer.Option("--faiss/--no-faiss", help="FAISS index for dense search.")] = None,
     config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOutOpt = False,
 ) -> None:
     """Last-Item Search: query the catalog with the text of the user's last item."""
     from glossrec.config import load_config
     from glossrec.pipeline import run_lis
 
-    cfg = load_config(config, common_overrides(data, retriever, encoder, split, users, exclude_history,
-                                               **{"retrieve.e5_prefixes": e5_prefixes,
-                                                  "retrieve.faiss": faiss}))
+    cfg = load_config(config, with_sets(
+        common_overrides(data, retriever, encoder, split, users, exclude_history,
+                         **{"retrieve.e5_prefixes": e5_prefixes, "retrieve.faiss": faiss}), set_))
     ev = run_lis(cfg, out)
-    print_result(f"LIS-{cfg.retrieve.retriever}", ev, out)
+    print_result(f"LIS-{cfg.retrieve.retriever}", ev, out, json_out)
 
 
 @app.command()
@@ -83,15 +89,17 @@ def retrieve(
     ranking: Annotated[Optional[str], typer.Option("--ranking", help="paper (top-1 per text), max or rrf (top-k per text fused).")] = None,
     per_text_k: Annotated[Optional[int], typer.Option("--per-text-k", help="Hits per text for max/rrf.")] = None,
     config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOutOpt = False,
 ) -> None:
     """Match each user's given texts to the catalog and evaluate exactly those users."""
     from glossrec.config import load_config
     from glossrec.pipeline import run_retrieve
     from glossrec.retrieve.queries import load_queries
 
-    cfg = load_config(config, common_overrides(data, retriever, encoder, split, None, exclude_history,
-                                               **{"retrieve.ranking": ranking,
-                                                  "retrieve.per_text_k": per_text_k}))
+    cfg = load_config(config, with_sets(
+        common_overrides(data, retriever, encoder, split, None, exclude_history,
+                         **{"retrieve.ranking": ranking, "retrieve.per_text_k": per_text_k}), set_))
     q = load_queries(queries)
     ev = run_retrieve(cfg, q, out, source=str(queries))
-    print_result(f"texts-{cfg.retrieve.retriever}-{cfg.retrieve.ranking}", ev, out)
+    print_result(f"texts-{cfg.retrieve.retriever}-{cfg.retrieve.ranking}", ev, out, json_out)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glossrec.cli.app import app, show_progress_logs
+from glossrec.cli.app import JsonOutOpt, SetOpt, app, print_json, show_progress_logs, with_sets
 
 
 @app.command()
@@ -19,6 +19,8 @@ def run(
     users: Annotated[Optional[int], typer.Option("--users", help="Evaluate a random sample of N users.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo training and generation.")] = False,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the LIS / other-retriever rows.")] = False,
+    set_: SetOpt = None,
+    json_out: JsonOutOpt = False,
 ) -> None:
     """data -> train -> generate -> retrieve -> evaluate, skipping finished stages."""
     from glossrec.config import load_config
@@ -26,9 +28,12 @@ def run(
     from glossrec.pipeline import run as run_pipeline
 
     show_progress_logs()
-    cfg = load_config(config, {"data.path": str(data.expanduser().resolve()) if data else None,
-                               "train.max_steps": max_steps, "evaluate.users": users})
+    cfg = load_config(config, with_sets({"data.path": str(data.expanduser().resolve()) if data else None,
+                                         "train.max_steps": max_steps, "evaluate.users": users}, set_))
     results = run_pipeline(cfg, out, force=force, baselines=not no_baselines)
+    if json_out:
+        print_json({k: v.metrics for k, v in results.items()})
+        return
     run_dir = out or cfg.out
     typer.echo("")
     typer.echo(format_table({k: v.metrics for k, v in results.items()}))

@@ -8,17 +8,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
-from glossrec.cli.app import app
+from glossrec.cli.app import SetOpt, app, parse_sets
+from glossrec.config import Ranking
 
 log = logging.getLogger("glossrec.cli")
 
 RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (config.toml + index/).")]
 ModeOpt = Annotated[str, typer.Option("--mode", help="auto (LM when the run has an adapter), lis or lm.")]
 RankingOpt = Annotated[Optional[str], typer.Option("--ranking", help="LM mode fusion: paper (top-1 per text), max or rrf; default: the run's config.")]
+RANKINGS: tuple[str, ...] = get_args(Ranking)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 items_app = typer.Typer(help="Show, add and remove catalog items of a run (the live catalog).",
@@ -68,13 +70,15 @@ def index(
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Dense encoder (name or path); default: the embedded all-MiniLM-L6-v2.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config to start from.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Serve a trained model: a shipped one by name (smollm2-beauty) or a weights folder. Default: LIS, no model.")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Make a servable run from a dataset alone (LIS mode, or LM mode with --model)."""
     from glossrec.rundir import RunDir
     from glossrec.serve.recommender import make_index_run
 
     _choice(retriever, ("bm25", "dense"), "--retriever")
-    run = make_index_run(data, retriever, out, config, encoder, model)  # type: ignore[arg-type]
+    run = make_index_run(data, retriever, out, config, encoder, model,  # type: ignore[arg-type]
+                         overrides=parse_sets(set_))
     cat = _catalog(run)
     typer.echo(f"indexed {len(cat)} items ({retriever}) into {RunDir(run).index}; "
                f"serve with: glossrec serve --run {run}")
@@ -102,7 +106,7 @@ def recommend(
         raise DataError("no history: give item ids (--history A B C) and/or --title T")
     t0 = time.perf_counter()
     rec = Recommender.from_run(run, _choice(mode, ("auto", "lis", "lm"), "--mode"),
-                               ranking=_choice(ranking, ("paper", "max", "rrf"), "--ranking"))
+                               ranking=_choice(ranking, RANKINGS, "--ranking"))
     log.info("%s: %s mode, %d items (%s), loaded in %.1fs", run, rec.mode.upper(), len(rec.catalog),
              getattr(rec.catalog.retriever, "kind", "?"), time.perf_counter() - t0)
     t0 = time.perf_counter()
@@ -206,7 +210,7 @@ def serve(
 
     key = resolve_api_key(api_key_file)
     rec = Recommender.from_run(run, _choice(mode, ("auto", "lis", "lm"), "--mode"),
-                               ranking=_choice(ranking, ("paper", "max", "rrf"), "--ranking"))
+                               ranking=_choice(ranking, RANKINGS, "--ranking"))
     settings = ServeSettings(max_history=max_history, max_k=max_k, max_body_bytes=max_body_bytes,
                              batch_window_ms=batch_window_ms, max_batch=max_batch, api_key=key)
     if key is None and not _is_loopback(host):

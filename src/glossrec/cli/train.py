@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glossrec.cli.app import app, show_progress_logs
+from glossrec.cli.app import SetOpt, app, show_progress_logs, with_sets
 
 
 @app.command("train")
@@ -25,6 +25,7 @@ def train_cmd(
     data: Annotated[Optional[Path], typer.Option(help="Dataset folder (overrides data.path).")] = None,
     model: Annotated[Optional[str], typer.Option(
         help='Base model: hub name, local folder, .gguf file or "embedded:smollm2".')] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Fine-tune LoRA adapters (the GLoSS recipe); writes OUT/config.toml and OUT/adapter/."""
     from glossrec.config import load_config
@@ -39,7 +40,7 @@ def train_cmd(
                  "train.max_valid_examples": max_valid_examples,
                  "data.path": str(data.expanduser().resolve()) if data is not None else None,
                  "model.name": model}
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, with_sets(overrides, set_))
     cfg.out = out.resolve()
     rd.write_config(cfg)
     ckpt = latest_checkpoint(out)

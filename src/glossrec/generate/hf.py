@@ -32,7 +32,7 @@ import torch
 
 from glossrec.config import PAPER_TEMPLATE, GenerateConfig
 from glossrec.errors import ConfigError
-from glossrec.generate import encode_prompts, postprocess
+from glossrec.generate.base import encode_prompts, postprocess
 from glossrec.generate.constrain import CatalogTrie
 
 log = logging.getLogger(__name__)

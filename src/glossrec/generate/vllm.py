@@ -22,7 +22,7 @@ from typing import Any
 
 from glossrec.config import GenerateConfig
 from glossrec.errors import ConfigError
-from glossrec.generate import encode_prompts, postprocess
+from glossrec.generate.base import encode_prompts, postprocess
 
 __all__ = ["VLLMGenerator", "VLLMApi", "import_vllm", "decode_output"]
 

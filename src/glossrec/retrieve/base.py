@@ -4,15 +4,22 @@ Ties in score are broken by the lower catalog position (the order of the items f
 insertion for added items), so a run is reproducible: BM25 scores are exact sums, identical
 across machines and batch sizes; dense scores are float32 matrix products whose last bits may
 vary with the batch shape. Backends compute full score rows in chunks and call :func:`topk`.
+
+:class:`ItemRetriever` is what the backends share: their item table (``ids``, ``texts``,
+``len``) and the one chunked search loop (argument checks, empty results, progress bar) into
+which each plugs its per-chunk scoring.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from glossrec.retrieve.items import ItemTable
 
 NEG_INF = np.float32(-np.inf)
 
@@ -57,6 +64,24 @@ def mask_rows(scores: np.ndarray, exclude: Sequence[np.ndarray] | None, offset: 
             scores[r, cols] = NEG_INF
 
 
+def empty_results(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions [n, k] all -1, scores [n, k] all -inf): what a search finds in nothing."""
+    return np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32)
+
+
+def check_search_args(n_queries: int, k: int, exclude: Sequence[np.ndarray] | None) -> None:
+    """Programming errors in search arguments fail loudly, before any work."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if exclude is not None and len(exclude) != n_queries:
+        raise ValueError(f"exclude has {len(exclude)} rows for {n_queries} queries")
+
+
+def rows_per_chunk(n_items: int, budget_bytes: int) -> int:
+    """Query rows per dense float32 [rows, n_items] score block within the memory budget."""
+    return max(1, min(4096, budget_bytes // max(4 * n_items, 1)))
+
+
 class Retriever(ABC):
     """A searchable catalog of item texts, persisted to a folder (no pickle).
 
@@ -98,3 +123,60 @@ class Retriever(ABC):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+RankChunk = Callable[[Any, int, Sequence[np.ndarray] | None], tuple[np.ndarray, np.ndarray]]
+"""(query chunk, k, its rows of exclude or None) -> (positions [rows, k], scores [rows, k])."""
+ScoreChunk = Callable[[Any], np.ndarray]
+"""query chunk -> dense float32 scores [rows, n_items]."""
+
+
+class ItemRetriever(Retriever):
+    """A retriever over an :class:`ItemTable` (``self._items``), searched chunk by chunk."""
+
+    _items: ItemTable
+
+    @property
+    def ids(self) -> list[str]:
+        """Item ids by position (the live list: read, do not modify)."""
+        return self._items.ids
+
+    @property
+    def texts(self) -> list[str]:
+        return self._items.texts
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _search_chunks(self, queries: Sequence[Any], k: int, exclude: Sequence[np.ndarray] | None,
+                       step: int, rank: RankChunk, desc: str,
+                       show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of every query, `step` queries at a time: ``rank(chunk, k, exclude rows)``.
+
+        Checks the arguments first; no queries, no items or k = 0 give empty results without
+        calling `rank`.
+        """
+        n = len(queries)
+        check_search_args(n, k, exclude)
+        out_idx, out_sc = empty_results(n, k)
+        if n == 0 or len(self) == 0 or k == 0:
+            return out_idx, out_sc
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, desc=desc, unit="query", disable=not show_progress) as bar:
+            for s in range(0, n, step):
+                chunk = queries[s:s + step]
+                excl = None if exclude is None else exclude[s:s + len(chunk)]
+                out_idx[s:s + len(chunk)], out_sc[s:s + len(chunk)] = rank(chunk, k, excl)
+                bar.update(len(chunk))
+        return out_idx, out_sc
+
+    @staticmethod
+    def _exact_topk(score: ScoreChunk) -> RankChunk:
+        """A `rank` for :meth:`_search_chunks` from full score rows: mask excluded items, top-k."""
+        def rank(chunk: Any, k: int, exclude: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+            block = score(chunk)
+            mask_rows(block, exclude)
+            return topk(block, k)
+
+        return rank

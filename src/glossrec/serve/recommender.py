@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-import numpy as np
-
-from glossrec.config import RunConfig, load_config
+from glossrec.config import Ranking, RunConfig, load_config
 from glossrec.errors import ConfigError, DataError, GlossrecError
-from glossrec.retrieve.ranking import fuse
+from glossrec.retrieve.ranking import LIS, rank_texts
 from glossrec.rundir import RunDir
 # The run directory's names are owned by glossrec.rundir; re-exported here for older imports.
 from glossrec.rundir import (  # noqa: F401
@@ -38,7 +36,7 @@ if TYPE_CHECKING:
     from glossrec.generate.constrain import CatalogTrie
 
 Mode = Literal["lis", "lm"]
-Ranking = Literal["paper", "max", "rrf"]
+# Ranking (paper | max | rrf) is glossrec.config's, imported above; re-exported for older imports.
 GenerateFn = Callable[..., list[list[str]]]
 """prompts (and, grounded, per-prompt exclusions) -> texts per prompt."""
 
@@ -399,42 +397,24 @@ class Recommender:
             return self._generate(prompts, exclude)
 
     def _search(self, todo: list[_Resolved]) -> list[Recommendation]:
-        rows: list[str] = []
-        owners: list[int] = []
-        for n, r in enumerate(todo):
-            rows.extend(r.queries)
-            owners.extend([n] * len(r.queries))
-        max_k = max(r.k for r in todo)
-        if self.mode == "lis":
-            width = max_k
-        elif self.ranking == "paper":
-            width = 1
-        else:
-            width = max(self.config.retrieve.per_text_k, max_k)
+        """The one ranking path (retrieve.ranking.rank_texts): LIS is its case of one text."""
+        method: Ranking = LIS if self.mode == "lis" else self.ranking
+        rc = self.config.retrieve
         cat = self.catalog
         out: list[Recommendation] = []
         with cat.locked():
-            width = max(1, min(width, len(cat)))
-            exclude = [cat.positions(todo[o].ids) if todo[o].exclude else np.zeros(0, np.int64)
-                       for o in owners]
-            pos, scores = cat.retriever.search(rows, width, exclude=exclude)
-            start = 0
-            for r in todo:
-                stop = start + len(r.queries)
-                hp, hs = pos[start:stop], scores[start:stop]
-                if self.mode == "lis":
-                    items, sc = hp[0][hp[0] >= 0][: r.k], hs[0][hp[0] >= 0][: r.k]
-                else:
-                    items, sc = fuse(hp, hs, self.ranking, r.k, self.config.retrieve.rrf_k)
-                cols = 1 if (self.mode == "lm" and self.ranking == "paper") else hp.shape[1]
+            exclude = [cat.positions(r.ids) if r.exclude else None for r in todo]
+            res = rank_texts(cat.retriever, [r.queries for r in todo], [r.k for r in todo], method,
+                             exclude=exclude, per_text_k=rc.per_text_k, rrf_k=rc.rrf_k)
+            for u, r in enumerate(todo):
+                items, sc = res.user(u)
                 ranked = []
                 for rank, (p, s) in enumerate(zip(items.tolist(), sc.tolist()), start=1):
-                    found = tuple(q for q, row in zip(r.queries, hp) if p in row[:cols])
+                    found = tuple(r.queries[t] for t in res.found_by(u, p))
                     rec = cat.get(cat.id_at(p))
                     assert rec is not None
                     ranked.append(RecommendedItem(rank, rec.item_id, rec.title, float(s), found))
                 out.append(Recommendation(ranked, list(r.queries), self.mode, cat.version))
-                start = stop
         return out
 
 
@@ -465,24 +445,24 @@ def open_or_build_catalog(run_dir: Path, cfg: RunConfig,
 
 def make_index_run(data: str | Path, retriever: Literal["bm25", "dense"], out: str | Path,
                    config: str | Path | None = None, encoder: str | None = None,
-                   weights: str | None = None) -> Path:
+                   weights: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
     """A servable run directory from a dataset alone: config.toml + a live catalog.
 
     LIS mode, or with `weights` (a shipped model's name, or a weights folder) LM mode: a shipped
     model's own config (prompt and generation recipe) is the starting point unless `config` is
-    given.
+    given. `overrides` (load_config's, dotted keys) apply last.
     """
     from glossrec.models import shipped_config
 
     out = Path(out)
     data = Path(data).expanduser().resolve()
-    overrides: dict[str, Any] = {"data": {"path": str(data)}, "retrieve": {"retriever": retriever}}
+    base: dict[str, Any] = {"data.path": str(data), "retrieve.retriever": retriever}
     if encoder:
-        overrides["retrieve"]["encoder"] = encoder
+        base["retrieve.encoder"] = encoder
     if weights is not None:
-        overrides["model"] = {"weights": weights}
+        base["model.weights"] = weights
         config = config if config is not None else shipped_config(weights)
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, {**base, **(overrides or {})})
     index = RunDir(out).index
     if is_live_catalog(index):
         raise ConfigError(f"{out}: already has a live catalog; choose another --out or delete "

@@ -1,0 +1,131 @@
+"""The generation stage: a split's examples in, a resumable generations file out.
+
+:func:`generate_examples` builds the paper's test prompts, loads the model only if some user is
+still missing, and writes with :func:`~glossrec.generate.store.generate_to_file` (or over
+worker processes, :mod:`glossrec.generate.workers`). Next to the file, ``*.meta.json`` holds
+its :func:`generation_fingerprint`: a file made under other settings is never resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from glossrec.errors import ConfigError
+from glossrec.generate.base import Exclusions, Generator, make_generator
+from glossrec.generate.store import _absorb_parts, _part_files, generate_to_file
+from glossrec.generate.workers import _effective_workers, _generate_parallel
+from glossrec.io import read_json, write_json
+
+if TYPE_CHECKING:
+    from glossrec.config import RunConfig
+    from glossrec.data import Catalog
+    from glossrec.splits import Example
+
+__all__ = ["generate_examples", "generation_fingerprint", "meta_path"]
+
+
+def _adapter_fingerprint(adapter_dir: Path | None) -> dict[str, Any] | None:
+    if adapter_dir is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        f = Path(adapter_dir) / name
+        if f.is_file():
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return {"path": str(adapter_dir), "sha256": h.hexdigest()}
+
+
+def generation_fingerprint(cfg: RunConfig, adapter_dir: Path | None) -> dict[str, Any]:
+    """Everything that changes the texts: a generations file made under another fingerprint
+    must not be resumed (it would mix two models' outputs)."""
+    g = cfg.generate
+    gen: dict[str, Any] = {"backend": g.backend, "num_beams": g.num_beams,
+                           "num_return": g.num_return, "max_new_tokens": g.max_new_tokens,
+                           "bf16": g.bf16, "stop_at_newline": g.stop_at_newline}
+    if g.constrain != "none":  # only then: free-text files made before these settings still resume
+        gen.update(constrain=g.constrain, constrain_exclude_history=g.constrain_exclude_history,
+                   grounded_score=g.grounded_score)
+    return {
+        "model": cfg.model.name,
+        "adapter": _adapter_fingerprint(adapter_dir),
+        "generate": gen,
+        "prompt": {"template": cfg.prompt.template, "max_length": cfg.prompt.max_length,
+                   "item_format": cfg.data.item_format, "title_words": cfg.data.title_words},
+    }
+
+
+def meta_path(out_path: Path) -> Path:
+    """generations.jsonl -> generations.meta.json (what the file was made with)."""
+    return Path(out_path).with_suffix(".meta.json")
+
+
+def _check_meta(out_path: Path, meta: dict[str, Any], overwrite: bool) -> None:
+    mp = meta_path(out_path)
+    if overwrite:
+        for p in (out_path, mp):
+            Path(p).unlink(missing_ok=True)
+    elif out_path.exists() and out_path.stat().st_size > 0:
+        old = read_json(mp) if mp.exists() else None
+        if old != meta:
+            what = "an unknown setup (no " + mp.name + ")" if old is None else "other settings"
+            diff = sorted(k for k in meta if old is None or old.get(k) != meta[k])
+            raise ConfigError(f"{out_path}: made with {what} (differs in: {', '.join(diff)}); "
+                              "resuming would mix outputs: pass --overwrite to start over")
+    write_json(mp, meta)
+
+
+def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Catalog,
+                      adapter_dir: Path | None, out_path: Path, *, generator: Generator | None = None,
+                      tokenizer: Any = None, overwrite: bool = False, extra_meta: dict[str, Any] | None = None,
+                      show_progress: bool = True) -> Path:
+    """Generate texts for `examples` into `out_path` (resumable), the model loaded only if some
+    user is still missing. Prompts are the paper's test prompts, fitted in whole items to
+    prompt.max_length - generate.max_new_tokens tokens.
+    """
+    from glossrec.prompts import test_prompts
+
+    out_path = Path(out_path)
+    meta = {**generation_fingerprint(cfg, adapter_dir), **(extra_meta or {})}
+    _check_meta(out_path, meta, overwrite)
+    if overwrite:
+        for part in _part_files(out_path):
+            part.unlink()
+    done = _absorb_parts(out_path)  # with what workers of a killed parallel run had finished
+    if all(ex.user_id in done for ex in examples):
+        generate_to_file(_Nothing(), [(ex.user_id, "") for ex in examples], out_path, 1,
+                         show_progress=False)  # only puts the file in order
+        return out_path
+    workers = _effective_workers(cfg) if generator is None else 1
+    grounded = cfg.generate.constrain == "catalog"
+    texts = catalog.texts() if grounded and generator is None else None
+    if generator is None and workers == 1:
+        generator = make_generator(cfg, adapter_dir, texts)
+    tok = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
+    if tok is None:
+        from glossrec.models import load_tokenizer
+
+        tok = load_tokenizer(cfg.model)
+    pending = [ex for ex in examples if ex.user_id not in done]
+    prompts = dict(test_prompts(pending, catalog, tok, cfg.prompt, reserve=cfg.generate.max_new_tokens))
+    # Users already done keep their place in the order; their prompt is never used.
+    items = [(ex.user_id, prompts.get(ex.user_id, "")) for ex in examples]
+    # Grounded: each user's history positions (the generator applies constrain_exclude_history).
+    exclude = {ex.user_id: list(ex.history) for ex in pending} if grounded else None
+    if workers > 1:
+        _generate_parallel(cfg, adapter_dir, [it for it in items if it[0] not in done], out_path,
+                           workers, show_progress, texts, exclude)
+        generator = _Nothing()  # every user is in the file now; the call below only orders it
+    assert generator is not None
+    return generate_to_file(generator, items, out_path, cfg.generate.batch_size, show_progress,
+                            exclude=exclude)
+
+
+class _Nothing:
+    def generate(self, prompts: list[str], exclude: Exclusions | None = None) -> list[list[str]]:
+        raise AssertionError("every user is already generated")
