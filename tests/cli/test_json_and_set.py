@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from glossrec.cli import main
+from .conftest import cli
 from glossrec.cli.app import parse_sets
 from glossrec.config import load_config
 from glossrec.errors import ConfigError, GlossrecError
@@ -17,17 +16,6 @@ from glossrec.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "beauty-sample"
-
-
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["glossrec", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ---- the parser ---------------------------------------------------------------------------------
