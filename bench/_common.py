@@ -118,3 +118,13 @@ def write_results(path: Path, payload: dict[str, Any], machine_before: dict[str,
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def print_columns(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> None:
+    """A right-aligned text table: cols are (header, key in each row, format)."""
+    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for j, row in enumerate(table):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, reset_peak_rss, rss_mb  # noqa: E402
+from _common import ROOT, print_columns, reset_peak_rss, rss_mb  # noqa: E402
 
 
 @dataclass
@@ -274,12 +274,7 @@ def print_table(summary: dict[str, Any]) -> None:
             ("eff.", "efficiency", "{:.0%}"), ("GFLOP/user", "gflop_per_user", "{:.0f}"),
             ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("+model MB", "rss_over_model_mb", "{:.0f}"),
             ("same texts", "identical_texts_vs_naive", "{:.0%}"), ("same raw", "identical_raw_vs_naive", "{:.0%}")]
-    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in summary["rows"]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for j, row in enumerate(table):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_columns(summary["rows"], cols)
     m = summary["matmul_gflops"]
     c = summary["checks"]
     print(f"\n{summary['users']} users, mean prompt {summary['mean_prompt_tokens']:.0f} tokens, "

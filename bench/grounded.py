@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, reset_peak_rss, rss_mb  # noqa: E402
+from _common import ROOT, print_columns, reset_peak_rss, rss_mb  # noqa: E402
 ARMS: dict[str, dict[str, Any]] = {
     "free": {"constrain": "none"},
     "grounded": {"constrain": "catalog", "grounded_score": "beam"},
@@ -176,12 +176,7 @@ def print_table(summary: dict[str, Any]) -> None:
             ("new tok", "max_new_tokens", "{}"), ("R@5", "recall@5", "{:.4f}"),
             ("N@5", "ndcg@5", "{:.4f}"), ("target in texts", "target_text_in_texts", "{:.3f}"),
             ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}")]
-    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in summary["rows"]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for j, row in enumerate(table):
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_columns(summary["rows"], cols)
     print(f"\n{summary['users']} users, {summary['threads']} thread(s), batch {summary['batch_size']}, "
           f"load average before/after {summary['loadavg_before_after']} on {summary['cpus']} CPUs, "
           f"commit {summary['git']['commit'][:10]}{' (dirty)' if summary['git']['dirty'] else ''}")
