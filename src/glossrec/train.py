@@ -25,6 +25,7 @@ adapter_config.json), a tokenizer copy and ``glossrec_train.json``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-T = TypeVar("T")
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -566,19 +566,20 @@ def _release_freed_memory() -> None:
     measured on full Beauty (bench/train_speed.py), peak RSS grew to ~10 GB over 3 steps whose
     live tensors need a fraction of that. Trimming after each micro-batch costs milliseconds.
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_malloc_trim: Any = None
+@functools.cache
+def _libc_malloc_trim() -> Any:
+    """glibc's malloc_trim, looked up once; None where there is no glibc."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _groups(batches: list[list[int]], start: int, accum: int) -> Iterator[tuple[int, list[list[int]]]]:
