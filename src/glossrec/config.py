@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from glossrec.errors import ConfigError
 
@@ -252,6 +252,51 @@ class EvalConfig(_Section):
     (beauty 14, toys 13, sports 13), else the 90th percentile of lengths (the paper's ~10%)."""
 
 
+class SASRecConfig(_Section):
+    """SASRec-CE (glossrec.baselines.sasrec). Architecture as Kang & McAuley (2018) for the
+    sparse Amazon sets (d = 64, 2 blocks, 1 head, length 50, dropout 0.5); full-softmax
+    cross-entropy as Klenitskiy & Vasilev (2023)."""
+
+    max_len: int = Field(50, ge=2)
+    hidden: int = Field(64, ge=8)
+    blocks: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(200, ge=1)
+    """At most; training stops when validation NDCG@10 has not improved for `patience` epochs."""
+    patience: int = Field(10, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "SASRecConfig":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class ItemKNNConfig(_Section):
+    neighbours: int = Field(100, ge=1)
+    """Most similar items kept per item."""
+
+
+class HybridConfig(_Section):
+    """Weighted reciprocal-rank fusion of text and ID-based lists (glossrec.hybrid)."""
+
+    depth: int = Field(100, ge=1)
+    """Items per list fused."""
+    weights: dict[str, float] | None = None
+    """Fixed weights per component (lis, gloss, sasrec, itemknn, pop); None: tuned on the
+    validation users over weight_grid x rrf_k_grid."""
+    rrf_k: int | None = Field(None, ge=1)
+    weight_grid: list[float] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    rrf_k_grid: list[int] = [10, 60]
+    lis: bool = True
+    """Fuse Last-Item Search's list."""
+
+
 class RunConfig(_Section):
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
@@ -262,6 +307,9 @@ class RunConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
     evaluate: EvalConfig = EvalConfig()
+    sasrec: SASRecConfig = SASRecConfig()
+    itemknn: ItemKNNConfig = ItemKNNConfig()
+    hybrid: HybridConfig = HybridConfig()
     out: Path | None = None
 
     def updated(self, **sections: dict[str, Any]) -> RunConfig:
@@ -360,4 +408,6 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -170,6 +170,111 @@ def run_retrieve(cfg: RunConfig, queries: dict[str, list[str]], out: Path | None
                     "timing_s": {"search": round(t_search, 3)}})
 
 
+def run_baseline(cfg: RunConfig, kind: str, out: Path | None = None,
+                 ds: Dataset | None = None) -> Evaluation:
+    """Train an ID-based baseline (SASRec-CE, item-kNN, popularity) on the split's training
+    sequences and score it on the config's users, like any other run.
+
+    With `out`, the model is saved in RUN/baseline and a rerun with a saved model of the same
+    kind and n_items scores it again without training.
+    """
+    from glossrec.baselines import fit_model, load_model, rank_histories
+    from glossrec.baselines.base import META_FILE
+
+    ds = ds or load_data(cfg)
+    splits = make_splits(ds, cfg.split)
+    examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg),
+                            cfg.evaluate.user_seed)
+    folder = RunDir(out).baseline if out is not None else None
+    t0 = time.perf_counter()
+    if folder is not None and (folder / META_FILE).is_file():
+        model = load_model(folder)
+        if model.kind != kind or model.n_items != len(ds.catalog):
+            raise ConfigError(f"{folder} holds a {model.kind} model over {model.n_items} items; "
+                              f"use a new --out for {kind} on {ds.name}")
+        log(f"{kind}: loaded the trained model from {folder}")
+    else:
+        log(f"{kind}: training on {len(splits.train)} users' training sequences")
+        model = fit_model(kind, len(ds.catalog), splits, cfg)
+        if folder is not None:
+            model.save(folder)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ranked, scores = rank_histories(model, [e.history for e in examples], max(cfg.evaluate.cutoffs),
+                                    _exclusions(examples, cfg.retrieve.exclude_history))
+    t_score = time.perf_counter() - t0
+    extra: dict[str, Any] = {"method": kind, "timing_s": {"fit": round(t_fit, 1),
+                                                          "score": round(t_score, 3)}}
+    fit_log = getattr(model, "log", None)
+    if fit_log is not None:
+        extra["fit"] = {k: v for k, v in vars(fit_log).items() if k != "history"}
+    return _finish(cfg, Prepared(ds, examples), ranked, scores, out, extra)
+
+
+def run_hybrid(cfg: RunConfig, models: Sequence[Path], out: Path | None = None,
+               generations: dict[str, Path] | None = None, ds: Dataset | None = None) -> Evaluation:
+    """Fuse Last-Item Search, the LM's texts (`generations`: split -> file, "valid" and "test")
+    and ID-based models (`models`: `glossrec baseline` run directories) by weighted rrf.
+
+    Weights are tuned on the validation users (glossrec.hybrid.tune) unless hybrid.weights
+    fixes them; the config's users of evaluate.split are then ranked once and scored.
+    """
+    from glossrec.generate import read_generations
+    from glossrec.hybrid import Lists, fuse_lists, lis_lists, load_id_model, model_lists, text_lists, tune
+
+    ds = ds or load_data(cfg)
+    splits = make_splits(ds, cfg.split)
+    hc = cfg.hybrid
+    ids = [load_id_model(m) for m in models]
+    for m, path in zip(ids, models):
+        if m.n_items != len(ds.catalog):
+            raise ConfigError(f"{path}: its {m.kind} model ranks {m.n_items} items, the dataset "
+                              f"{ds.name} has {len(ds.catalog)}: train it on this dataset")
+    gens = {split: read_generations(p) for split, p in (generations or {}).items()}
+    retriever = build_index(cfg, ds) if hc.lis or gens else None
+    cat = ds.catalog
+
+    def lists(examples: Sequence[Example], split: str) -> list[Lists]:
+        excl = _exclusions(examples, cfg.retrieve.exclude_history)
+        out_: list[Lists] = []
+        if hc.lis:
+            out_.append(lis_lists(retriever, [cat.text(e.history[-1]) for e in examples], hc.depth, excl))
+        if split in gens:
+            missing = [e.user_id for e in examples if e.user_id not in gens[split]]
+            if missing:
+                raise DataError(f"no generated texts for {len(missing)} {split} users "
+                                f"(e.g. {missing[:3]})", generations[split])  # type: ignore[index]
+            out_.append(text_lists(retriever, [gens[split][e.user_id] for e in examples], hc.depth, excl))
+        out_ += [model_lists(m, [e.history for e in examples], hc.depth, excl) for m in ids]
+        return out_
+
+    if not (hc.lis or ids or gens):
+        raise ConfigError("a hybrid needs at least one component (lis, generations, a model)")
+    extra: dict[str, Any] = {"method": "hybrid"}
+    if hc.weights is not None:
+        weights, rrf_k = hc.weights, hc.rrf_k or cfg.retrieve.rrf_k
+    else:
+        if generations and "valid" not in gens:
+            raise ConfigError("tuning the hybrid on validation users needs their generated texts "
+                              "(generations for the valid split), or fixed hybrid.weights")
+        valid = splits.valid
+        t0 = time.perf_counter()
+        tuned = tune(lists(valid, "valid"), np.array([e.target for e in valid]), hc)
+        weights, rrf_k = tuned.weights, tuned.rrf_k
+        extra["tuned"] = {"valid_users": len(valid), "valid_ndcg@10": tuned.valid_ndcg10,
+                          "seconds": round(time.perf_counter() - t0, 1), "tried": tuned.tried}
+        log(f"hybrid: weights {weights}, rrf_k {rrf_k} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
+    examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg), cfg.evaluate.user_seed)
+    t0 = time.perf_counter()
+    ranked, scores = fuse_lists(lists(examples, cfg.evaluate.split), weights,
+                                max(cfg.evaluate.cutoffs), rrf_k)
+    extra.update({"weights": weights, "rrf_k": rrf_k,
+                  "components": ["lis"] * hc.lis + ["gloss"] * bool(gens) + [m.kind for m in ids],
+                  "timing_s": {"rank": round(time.perf_counter() - t0, 2)}})
+    return _finish(cfg.updated(hybrid={"weights": weights, "rrf_k": rrf_k}),
+                   Prepared(ds, examples), ranked, scores, out, extra)
+
+
 # --- the full GLoSS run ----------------------------------------------------------------------
 
 _STAGE_SECTIONS = {

@@ -3,7 +3,7 @@
 A run directory is the unit of work (README, "How it works"): ``config.toml`` (the resolved
 config), ``manifest.json`` (finished stages), ``checkpoints/``, ``adapter/``,
 ``train_log.jsonl``, ``generations.jsonl`` (``generations.valid.jsonl`` for the validation
-split), ``index/`` (the live catalog a service reads), ``metrics.json``, ``rankings.jsonl``,
+split), ``index/`` (the live catalog a service reads), ``baseline/`` (an ID-based model), ``metrics.json``, ``rankings.jsonl``,
 ``report.md``, ``report.png``, and for a full run the baselines in ``lis-<retriever>/`` and
 ``gloss-<retriever>/`` (each a run directory of its own).
 
@@ -24,7 +24,7 @@ from glossrec.io import atomic_write
 
 __all__ = [
     "RunDir", "CONFIG_FILE", "MANIFEST_FILE", "CHECKPOINTS_DIR", "ADAPTER_DIR", "TRAIN_LOG_FILE",
-    "GENERATIONS", "INDEX_DIR", "METRICS_FILE", "RANKINGS_FILE", "REPORT_MD", "REPORT_PNG",
+    "GENERATIONS", "INDEX_DIR", "BASELINE_DIR", "METRICS_FILE", "RANKINGS_FILE", "REPORT_MD", "REPORT_PNG",
 ]
 
 CONFIG_FILE = "config.toml"
@@ -36,6 +36,8 @@ TRAIN_LOG_FILE = "train_log.jsonl"
 GENERATIONS = {"test": "generations.jsonl", "valid": "generations.valid.jsonl"}
 """Generated texts per split."""
 INDEX_DIR = "index"
+BASELINE_DIR = "baseline"
+"""An ID-based model's weights (glossrec.baselines), in a `glossrec baseline` run."""
 METRICS_FILE = "metrics.json"
 RANKINGS_FILE = "rankings.jsonl"
 REPORT_MD = "report.md"
@@ -93,6 +95,11 @@ class RunDir:
     def index(self) -> Path:
         """The live catalog served by `glossrec serve --run`."""
         return self.path / INDEX_DIR
+
+    @property
+    def baseline(self) -> Path:
+        """A trained ID-based model (SASRec, item-kNN, popularity)."""
+        return self.path / BASELINE_DIR
 
     @property
     def metrics(self) -> Path:

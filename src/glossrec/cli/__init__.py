@@ -17,6 +17,7 @@ from glossrec.cli import train as _train  # noqa: F401,E402
 from glossrec.cli import generate as _generate  # noqa: F401,E402
 from glossrec.cli import run as _run  # noqa: F401,E402
 from glossrec.cli import serve as _serve  # noqa: F401,E402
+from glossrec.cli import baselines as _baselines  # noqa: F401,E402
 
 __all__ = ["app", "main"]
 
@@ -37,11 +38,28 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        usage, abort = _click_errors()
+        if isinstance(e, usage):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if isinstance(e, abort):
             sys.exit(1)
         raise
+
+
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts) of click and of the copy of click that typer >= 0.24 vendors
+    (typer._click), whose exceptions are not click's."""
+    import click
+
+    usage: list[type] = [click.exceptions.ClickException]
+    abort: list[type] = [click.exceptions.Abort]
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found]
+    except ImportError:
+        vendored = None
+    if vendored is not None:
+        usage.append(vendored.ClickException)
+        if hasattr(vendored, "Abort"):
+            abort.append(vendored.Abort)
+    return tuple(usage), tuple(abort)

@@ -47,8 +47,13 @@ SearchFn = Callable[[list[str], int, Union[list[np.ndarray], None]], tuple[np.nd
 
 
 def fuse(hit_idx: np.ndarray, hit_scores: np.ndarray, method: Ranking = "paper", k: int = 5,
-         rrf_k: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """(items [<= k] int64, scores [<= k] float) for one user; see the module docstring."""
+         rrf_k: int = 60, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(items [<= k] int64, scores [<= k] float) for one user; see the module docstring.
+
+    weights: one per row, ``rrf`` only: row t adds weights[t] / (rrf_k + rank) (weighted
+    reciprocal-rank fusion, how a hybrid mixes ranked lists of different sources)."""
+    if weights is not None and method != "rrf":
+        raise ValueError(f"row weights need rrf fusion, not {method!r}")
     hit_idx = np.asarray(hit_idx)
     hit_scores = np.asarray(hit_scores, dtype=np.float64)
     if hit_idx.ndim == 1:
@@ -64,7 +69,10 @@ def fuse(hit_idx: np.ndarray, hit_scores: np.ndarray, method: Ranking = "paper",
             item = int(hit_idx[t, r])
             if item < 0:
                 continue
-            s = 1.0 / (rrf_k + r + 1) if method == "rrf" else float(hit_scores[t, r])
+            if method == "rrf":
+                s = (1.0 if weights is None else float(weights[t])) / (rrf_k + r + 1)
+            else:
+                s = float(hit_scores[t, r])
             if item not in best:
                 best[item] = s
                 first_seen[item] = order
@@ -79,9 +87,10 @@ def fuse(hit_idx: np.ndarray, hit_scores: np.ndarray, method: Ranking = "paper",
 
 
 def fuse_users(hit_idx: np.ndarray, hit_scores: np.ndarray, offsets: np.ndarray,
-               method: Ranking = "paper", k: int | Sequence[int] = 5, rrf_k: int = 60
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse many users at once: user u owns rows offsets[u]:offsets[u+1] of the hit arrays.
+               method: Ranking = "paper", k: int | Sequence[int] = 5, rrf_k: int = 60,
+               weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse many users at once: user u owns rows offsets[u]:offsets[u+1] of the hit arrays
+    (and of `weights`, one per row, for weighted rrf).
 
     `k` is one cutoff for all users or one per user. Returns padded arrays (items
     [n_users, max k] with -1, scores [n_users, max k] with -inf).
@@ -95,7 +104,8 @@ def fuse_users(hit_idx: np.ndarray, hit_scores: np.ndarray, offsets: np.ndarray,
     scores = np.full((n_users, width), -np.inf, dtype=np.float64)
     for u in range(n_users):
         a, b = offsets[u], offsets[u + 1]
-        it, sc = fuse(hit_idx[a:b], hit_scores[a:b], method, ks[u], rrf_k)
+        it, sc = fuse(hit_idx[a:b], hit_scores[a:b], method, ks[u], rrf_k,
+                      None if weights is None else weights[a:b])
         items[u, : len(it)] = it
         scores[u, : len(sc)] = sc
     return items, scores

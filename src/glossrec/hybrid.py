@@ -1,0 +1,139 @@
+"""A hybrid ranking: the text paths (Last-Item Search, the LM's generated texts) and an
+ID-based model (SASRec) fused per user by weighted reciprocal-rank fusion.
+
+Each component gives every user ranked lists of catalog positions (depth ``hybrid.depth``):
+
+- ``lis``: the last history item's text searched in the catalog (one list);
+- ``gloss``: each generated text's hits (one list per text; texts from a generations file);
+- ``sasrec`` / ``itemknn`` / ``pop``: the trained model's top items (one list).
+
+The fused score of item i is ``sum over lists l of w_c(l) / (rrf_k + rank_l(i))``
+(:func:`glossrec.retrieve.ranking.fuse` with row weights), ties to the item seen first. The
+weights and rrf_k are chosen on validation users by grid search on NDCG@10, never on test users,
+unless ``hybrid.weights`` fixes them.
+
+New items: an ID model cannot rank an item it never saw in training (its score is -inf), so
+such an item reaches a user's list only through the text components, which search the live
+catalog by text. That is what makes the hybrid recommend items added after training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glossrec.baselines import IdModel, rank_histories
+from glossrec.config import HybridConfig
+from glossrec.evaluate import ndcg_at, target_ranks
+from glossrec.retrieve.base import Retriever
+from glossrec.retrieve.ranking import LIS, fuse_users, rank_texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lists:
+    """One component's ranked lists for n users: rows offsets[u]:offsets[u+1] are user u's."""
+
+    name: str
+    rows: np.ndarray
+    """[n_rows, depth] int64 catalog positions, best first; -1 pads."""
+    offsets: np.ndarray
+
+    @classmethod
+    def one_per_user(cls, name: str, rows: np.ndarray) -> Lists:
+        return cls(name, np.asarray(rows, dtype=np.int64), np.arange(len(rows) + 1))
+
+    def subset(self, users: np.ndarray) -> Lists:
+        """The lists of the given users (indices), in that order."""
+        counts = np.diff(self.offsets)[users]
+        take = np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1]) for u in users]) \
+            if len(users) else np.zeros(0, dtype=np.int64)
+        return Lists(self.name, self.rows[take], np.concatenate([[0], np.cumsum(counts)]))
+
+
+def lis_lists(retriever: Retriever, last_texts: Sequence[str], depth: int,
+              exclude: Sequence[np.ndarray] | None) -> Lists:
+    """Last-Item Search through the one ranking path, `depth` items per user."""
+    res = rank_texts(retriever, [[t] for t in last_texts], depth, LIS, exclude=exclude)
+    return Lists.one_per_user("lis", res.items)
+
+
+def text_lists(retriever: Retriever, texts_per_user: Sequence[Sequence[str]], depth: int,
+               exclude: Sequence[np.ndarray] | None) -> Lists:
+    """Every generated text's own hits (one list per text), as the ranking path searches them."""
+    res = rank_texts(retriever, texts_per_user, depth, "max", exclude=exclude, per_text_k=depth)
+    return Lists("gloss", res.hit_idx, res.offsets)
+
+
+def model_lists(model: IdModel, histories: Sequence[Sequence[int]], depth: int,
+                exclude: Sequence[np.ndarray] | None) -> Lists:
+    items, _ = rank_histories(model, histories, depth, exclude)
+    return Lists.one_per_user(model.kind, items)
+
+
+def fuse_lists(components: Sequence[Lists], weights: dict[str, float], k: int,
+               rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items [n, k], scores [n, k]) by weighted rrf of every user's lists of every component."""
+    comps = [c for c in components if weights.get(c.name, 0.0) > 0]
+    if not comps:
+        raise ValueError(f"every weight is 0 ({weights})")
+    n = len(comps[0].offsets) - 1
+    rows, w, offsets = [], [], [0]
+    for u in range(n):
+        for c in comps:
+            a, b = c.offsets[u], c.offsets[u + 1]
+            rows.append(c.rows[a:b])
+            w.append(np.full(b - a, weights[c.name]))
+        offsets.append(offsets[-1] + sum(int(c.offsets[u + 1] - c.offsets[u]) for c in comps))
+    depth = max(c.rows.shape[1] for c in comps)
+    hit = np.concatenate([np.pad(r, ((0, 0), (0, depth - r.shape[1])), constant_values=-1)
+                          for r in rows]) if rows else np.zeros((0, depth), dtype=np.int64)
+    return fuse_users(hit, np.zeros(hit.shape), np.asarray(offsets), "rrf", k, rrf_k,
+                      np.concatenate(w) if w else np.zeros(0))
+
+
+def weight_grid(names: Sequence[str], cfg: HybridConfig) -> list[dict[str, float]]:
+    """Every weighting to try: the first component fixed at 1, each other one from the grid."""
+    first, rest = names[0], list(names[1:])
+    return [{first: 1.0, **dict(zip(rest, combo))}
+            for combo in itertools.product(cfg.weight_grid, repeat=len(rest))]
+
+
+@dataclass
+class Tuned:
+    weights: dict[str, float]
+    rrf_k: int
+    valid_ndcg10: float
+    tried: list[dict[str, Any]]
+
+
+def tune(components: Sequence[Lists], targets: np.ndarray, cfg: HybridConfig) -> Tuned:
+    """The weights and rrf_k with the best NDCG@10 on these (validation) users."""
+    tried = []
+    best: Tuned | None = None
+    for rrf_k in cfg.rrf_k_grid:
+        for weights in weight_grid([c.name for c in components], cfg):
+            items, _ = fuse_lists(components, weights, 10, rrf_k)
+            score = float(ndcg_at(target_ranks(items, targets), 10).mean())
+            tried.append({"weights": weights, "rrf_k": rrf_k, "ndcg@10": round(score, 5)})
+            if best is None or score > best.valid_ndcg10:
+                best = Tuned(weights, rrf_k, score, tried)
+    assert best is not None
+    log.info("hybrid: best on validation %s rrf_k=%d ndcg@10=%.4f", best.weights, best.rrf_k,
+             best.valid_ndcg10)
+    return best
+
+
+def load_id_model(run: Path) -> IdModel:
+    """The ID-based model of a `glossrec baseline` run directory."""
+    from glossrec.baselines import load_model
+    from glossrec.rundir import RunDir
+
+    return load_model(RunDir(run).baseline)
