@@ -77,6 +77,7 @@ def shared_users(runs: Sequence[RankedRun]) -> list[str]:
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values, in the input order (module docstring)."""
     p = np.asarray(p_values, dtype=np.float64)
+    p = np.where(np.isnan(p), 1.0, p)  # a t-test of identical scores: no evidence of a difference
     m = len(p)
     if m == 0:
         return p
