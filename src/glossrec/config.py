@@ -295,6 +295,9 @@ class HybridConfig(_Section):
     rrf_k_grid: list[int] = [10, 60]
     lis: bool = True
     """Fuse Last-Item Search's list."""
+    models: list[Path] = []
+    """`glossrec baseline` run directories whose ID-based models are fused (a hybrid run's
+    config records them, so `glossrec serve --run HYBRID_RUN` serves the same fusion)."""
 
 
 class RunConfig(_Section):

@@ -178,7 +178,7 @@ def run_baseline(cfg: RunConfig, kind: str, out: Path | None = None,
     With `out`, the model is saved in RUN/baseline and a rerun with a saved model of the same
     kind and n_items scores it again without training.
     """
-    from glossrec.baselines import fit_model, load_model, rank_histories
+    from glossrec.baselines import fit_model, load_model, rank_histories, save_model
     from glossrec.baselines.base import META_FILE
 
     ds = ds or load_data(cfg)
@@ -197,7 +197,7 @@ def run_baseline(cfg: RunConfig, kind: str, out: Path | None = None,
         log(f"{kind}: training on {len(splits.train)} users' training sequences")
         model = fit_model(kind, len(ds.catalog), splits, cfg)
         if folder is not None:
-            model.save(folder)
+            save_model(model, folder, ds.catalog.ids)
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     ranked, scores = rank_histories(model, [e.history for e in examples], max(cfg.evaluate.cutoffs),
@@ -211,7 +211,7 @@ def run_baseline(cfg: RunConfig, kind: str, out: Path | None = None,
     return _finish(cfg, Prepared(ds, examples), ranked, scores, out, extra)
 
 
-def run_hybrid(cfg: RunConfig, models: Sequence[Path], out: Path | None = None,
+def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path | None = None,
                generations: dict[str, Path] | None = None, ds: Dataset | None = None) -> Evaluation:
     """Fuse Last-Item Search, the LM's texts (`generations`: split -> file, "valid" and "test")
     and ID-based models (`models`: `glossrec baseline` run directories) by weighted rrf.
@@ -224,6 +224,8 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path], out: Path | None = None,
 
     ds = ds or load_data(cfg)
     splits = make_splits(ds, cfg.split)
+    models = [Path(m).resolve() for m in (models if models is not None else cfg.hybrid.models)]
+    cfg = cfg.updated(hybrid={"models": models})
     hc = cfg.hybrid
     ids = [load_id_model(m) for m in models]
     for m, path in zip(ids, models):

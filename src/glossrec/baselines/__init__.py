@@ -7,20 +7,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from glossrec.baselines.base import META_FILE, IdModel, rank_histories, train_sequences, validation_pairs
 from glossrec.config import RunConfig
 from glossrec.errors import ConfigError, DataError
-from glossrec.io import read_json
+from glossrec.io import read_json, write_json
 from glossrec.splits import Splits
 
 BaselineKind = Literal["sasrec", "itemknn", "pop"]
 KINDS: tuple[str, ...] = ("sasrec", "itemknn", "pop")
 
-__all__ = ["BaselineKind", "KINDS", "IdModel", "fit_model", "load_model", "rank_histories",
-           "train_sequences"]
+__all__ = ["BaselineKind", "KINDS", "IdModel", "fit_model", "load_model", "save_model",
+           "load_item_ids", "rank_histories", "train_sequences"]
 
 
 def model_class(kind: str) -> type:
@@ -51,6 +52,22 @@ def fit_model(kind: str, n_items: int, splits: Splits, cfg: RunConfig) -> IdMode
     model = new_model(kind, n_items, cfg)
     model.fit(train_sequences(splits), validation_pairs(splits.valid))
     return model
+
+
+ITEM_IDS_FILE = "item_ids.json"
+
+
+def save_model(model: IdModel, folder: Path, item_ids: Sequence[str]) -> None:
+    """The model and the item id of each of its positions (a service maps them to its live
+    catalog, where positions shift)."""
+    if len(item_ids) != model.n_items:
+        raise ValueError(f"{len(item_ids)} item ids for a model of {model.n_items} items")
+    model.save(folder)
+    write_json(Path(folder) / ITEM_IDS_FILE, list(item_ids))
+
+
+def load_item_ids(folder: Path) -> list[str]:
+    return [str(i) for i in read_json(Path(folder) / ITEM_IDS_FILE)]
 
 
 def load_model(folder: Path) -> IdModel:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+import numpy as np
+
 from glossrec.config import Ranking, RunConfig, load_config
 from glossrec.errors import ConfigError, DataError, GlossrecError
 from glossrec.retrieve.ranking import LIS, rank_texts
@@ -197,7 +199,11 @@ class Recommender:
 
     def __init__(self, catalog: LiveCatalog, config: RunConfig | None = None,
                  generator: Any = None, mode: Mode | None = None,
-                 ranking: Ranking | None = None) -> None:
+                 ranking: Ranking | None = None,
+                 id_models: Sequence[tuple[Any, Sequence[str]]] = ()) -> None:
+        """id_models: (ID-based model, the item id of each of its positions) pairs; with them
+        every request is a hybrid: the text lists and the models' lists fused by weighted rrf
+        with the config's [hybrid] weights (glossrec.hybrid)."""
         self.catalog = catalog
         self.config = config or RunConfig()
         self.mode: Mode = mode or ("lm" if generator is not None else "lis")
@@ -210,6 +216,10 @@ class Recommender:
         self._trie = self._trie_sync(generator)
         self._lm_lock = threading.Lock()
         """Grounded: a sync must not change the trie while a generate call walks it."""
+        self._id_models = [(m, list(ids), {iid: p for p, iid in enumerate(ids)}) for m, ids in id_models]
+        if self._id_models and not self.config.hybrid.weights:
+            raise ConfigError("serving a hybrid needs [hybrid] weights: tune them with "
+                              "`glossrec hybrid` and serve its run directory")
 
     def _trie_sync(self, generator: Any) -> TrieSync | None:
         """Grounded LM mode: the generator's trie, filled from the live catalog now."""
@@ -259,7 +269,7 @@ class Recommender:
 
             # Grounded: an empty trie; the Recommender fills it from the live catalog.
             generator = make_generator(cfg, adapter, catalog=[])
-        return cls(catalog, cfg, generator, chosen, ranking)
+        return cls(catalog, cfg, generator, chosen, ranking, id_models=_hybrid_models(cfg))
 
     @classmethod
     def from_config(cls, cfg: RunConfig, run_dir: str | Path, mode: Literal["auto", "lis", "lm"] = "auto",
@@ -398,6 +408,8 @@ class Recommender:
 
     def _search(self, todo: list[_Resolved]) -> list[Recommendation]:
         """The one ranking path (retrieve.ranking.rank_texts): LIS is its case of one text."""
+        if self._id_models:
+            return self._search_hybrid(todo)
         method: Ranking = LIS if self.mode == "lis" else self.ranking
         rc = self.config.retrieve
         cat = self.catalog
@@ -416,6 +428,70 @@ class Recommender:
                     ranked.append(RecommendedItem(rank, rec.item_id, rec.title, float(s), found))
                 out.append(Recommendation(ranked, list(r.queries), self.mode, cat.version))
         return out
+
+
+    def _search_hybrid(self, todo: list[_Resolved]) -> list[Recommendation]:
+        """Text lists (LIS; the generated texts in LM mode) and each ID model's list, fused by
+        weighted rrf as offline (glossrec.hybrid). A model's items are mapped to the live
+        catalog by id: an item removed since training drops out, an item added since is
+        reachable through the text lists only."""
+        from glossrec.baselines import rank_histories
+        from glossrec.hybrid import Lists, fuse_lists, lis_lists, text_lists
+
+        hc = self.config.hybrid
+        weights = dict(hc.weights or {})
+        rrf_k = hc.rrf_k or self.config.retrieve.rrf_k
+        k = max(r.k for r in todo)
+        depth = max(hc.depth, k)
+        cat = self.catalog
+        out: list[Recommendation] = []
+        with cat.locked():
+            exclude = [cat.positions(r.ids) if r.exclude else None for r in todo]
+            comps: list[Lists] = []
+            labels: list[list[list[str]]] = []  # per component, per row: what the row is
+            if weights.get("lis", 0) > 0:
+                comps.append(lis_lists(cat.retriever, [r.texts[-1] for r in todo], depth, exclude))
+                labels.append([[r.texts[-1]] for r in todo])
+            if self.mode == "lm" and weights.get("gloss", 0) > 0:
+                comps.append(text_lists(cat.retriever, [r.queries for r in todo], depth, exclude))
+                labels.append([[q] for r in todo for q in r.queries])
+            for model, ids, mpos in self._id_models:
+                hist = [[mpos[i] for i in r.ids if i in mpos] for r in todo]
+                mex = [np.asarray(h, dtype=np.int64) if r.exclude else np.zeros(0, np.int64)
+                       for h, r in zip(hist, todo)]
+                ranked, _ = rank_histories(model, hist, depth, mex)
+                live = np.where(ranked >= 0, cat.position_each([ids[p] if p >= 0 else "" for p in ranked.ravel()])
+                                .reshape(ranked.shape), -1)
+                comps.append(Lists.one_per_user(model.kind, live))
+                labels.append([[f"<{model.kind}>"] for _ in todo])
+            items, scores = fuse_lists(comps, weights, k, rrf_k)
+            for u, r in enumerate(todo):
+                ranked_items = []
+                for rank, (p, sc) in enumerate(zip(items[u].tolist(), scores[u].tolist()), start=1):
+                    if p < 0 or rank > r.k:
+                        break
+                    found = tuple(dict.fromkeys(
+                        lab for c, labs in zip(comps, labels)
+                        for row in range(c.offsets[u], c.offsets[u + 1]) if p in c.rows[row]
+                        for lab in labs[row]))
+                    rec = cat.get(cat.id_at(p))
+                    assert rec is not None
+                    ranked_items.append(RecommendedItem(rank, rec.item_id, rec.title, float(sc), found))
+                out.append(Recommendation(ranked_items, list(r.queries), self.mode, cat.version))
+        return out
+
+
+def _hybrid_models(cfg: RunConfig) -> list[tuple[Any, list[str]]]:
+    """The ID-based models a hybrid run's config names (hybrid.models), with their item ids."""
+    if not cfg.hybrid.models:
+        return []
+    from glossrec.baselines import load_item_ids, load_model
+
+    out = []
+    for run in cfg.hybrid.models:
+        folder = RunDir(run).baseline
+        out.append((load_model(folder), load_item_ids(folder)))
+    return out
 
 
 # ---- run directories -------------------------------------------------------------------------

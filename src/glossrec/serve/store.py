@@ -278,11 +278,21 @@ class LiveCatalog:
         return self.formatter.format_item(title)
 
     def positions(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Retriever positions of the ids the catalog holds (others are skipped); call locked."""
+        """Retriever positions of the ids the catalog holds (others are skipped), sorted and
+        unique; call locked."""
+        pos = self._positions()
+        return np.asarray(sorted({pos[i] for i in item_ids if i in pos}), dtype=np.int64)
+
+    def position_each(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The retriever position of each id, in order, -1 for an id the catalog does not hold
+        (removed since a model was trained); call locked."""
+        pos = self._positions()
+        return np.asarray([pos.get(i, -1) for i in item_ids], dtype=np.int64)
+
+    def _positions(self) -> dict[str, int]:
         if self._pos is None:
             self._pos = {iid: p for p, iid in enumerate(self.retriever.ids)}
-        pos = self._pos
-        return np.asarray(sorted({pos[i] for i in item_ids if i in pos}), dtype=np.int64)
+        return self._pos
 
     def id_at(self, position: int) -> str:
         """The item id at a retriever position; call locked, with positions from this state."""
