@@ -16,6 +16,7 @@ Writes bench/results/generation_workers.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import tempfile
 import time
@@ -24,10 +25,10 @@ from pathlib import Path
 from glossrec.config import load_config
 from glossrec.data import load_dataset
 from glossrec.generate import generate_examples, read_generations
-from glossrec.io import write_json
 from glossrec.splits import make_splits, sample_users
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "generation_workers.json")
     args = ap.parse_args()
+    before = machine()
 
     cfg = load_config(args.run / "config.toml")
     assert cfg.data.path is not None
@@ -72,8 +74,8 @@ def main() -> None:
         print(f"{r['workers']:>7} {r['threads_per_worker']:>7} {r['wall_s']:>8} "
               f"{r['users_per_s']:>8.3f} {r['speedup']:>7.2f}x "
               f"{r['identical_texts_users']:>5}/{r['users']}")
-    write_json(args.json, {"run": str(args.run), "cores": cores, "adapter": str(adapter_dir),
-                           "batch_size": cfg.generate.batch_size, "rows": rows})
+    write_results(args.json, {"run": str(args.run), "cores": cores, "adapter": str(adapter_dir),
+                              "batch_size": cfg.generate.batch_size, "rows": rows}, before)
     print(f"wrote {args.json}")
 
 

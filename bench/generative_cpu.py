@@ -23,6 +23,7 @@ bench can run in the background and be restarted.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -31,10 +32,11 @@ import numpy as np
 from glossrec.config import load_config
 from glossrec.evaluate import SEGMENTS, bootstrap_ci
 from glossrec.generate import read_generations
-from glossrec.io import read_json, write_json
-from glossrec.pipeline import _with, build_index, load_data, prepare, run, run_lis, run_retrieve
+from glossrec.io import read_json
+from glossrec.pipeline import build_index, load_data, prepare, run, run_lis, run_retrieve
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, write_results  # noqa: E402
 
 
 def text_diagnostics(examples: list, gens: dict[str, list[str]], catalog) -> dict[str, float]:
@@ -70,7 +72,7 @@ def newline_probe(cfg, ds, examples: list, run_dir: Path, n: int) -> dict[str, l
     """
     from glossrec.generate import generate_examples
 
-    ncfg = _with(cfg, generate={"stop_at_newline": True, "workers": 1})
+    ncfg = cfg.updated(generate={"stop_at_newline": True, "workers": 1})
     out = run_dir / "generations.newline.jsonl"
     generate_examples(ncfg, examples[:n], ds.catalog, run_dir / "adapter", out)
     every = read_generations(out)
@@ -103,6 +105,7 @@ def main() -> None:
                     help="probe: the first N users again with stop_at_newline (0: skip)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "generative_cpu.json"))
     args = ap.parse_args()
+    before = machine()
 
     cfg = load_config(args.config, {"train.max_steps": args.max_steps, "evaluate.users": args.users})
     t0 = time.perf_counter()
@@ -116,20 +119,20 @@ def main() -> None:
     newline = newline_probe(cfg, ds, examples, run_dir, args.newline_users) if args.newline_users else {}
     variants, probe = {}, {}
     for kind in ("dense", "bm25"):
-        kcfg = _with(cfg, retrieve={"retriever": kind})
+        kcfg = cfg.updated(retrieve={"retriever": kind})
         index = build_index(kcfg, ds)
         for excl in (False, True):
             tag = " +excl" if excl else ""
-            ecfg = _with(kcfg, retrieve={"retriever": kind, "exclude_history": excl})
+            ecfg = kcfg.updated(retrieve={"retriever": kind, "exclude_history": excl})
             variants[f"GLoSS-135M {kind}{tag}"] = run_retrieve(ecfg, gens, None, ds, index)
             variants[f"LIS {kind}{tag}"] = run_lis(ecfg, None, ds, index)
         for fusion in ("max", "rrf"):
-            fcfg = _with(kcfg, retrieve={"retriever": kind, "ranking": fusion, "per_text_k": 20})
+            fcfg = kcfg.updated(retrieve={"retriever": kind, "ranking": fusion, "per_text_k": 20})
             variants[f"GLoSS-135M {kind} {fusion}-fusion"] = run_retrieve(fcfg, gens, None, ds, index)
         if newline:
             probe[f"GLoSS-135M {kind} newline"] = run_retrieve(kcfg, newline, None, ds, index)
             probe[f"GLoSS-135M {kind} newline max-fusion"] = run_retrieve(
-                _with(kcfg, retrieve={"retriever": kind, "ranking": "max", "per_text_k": 20}),
+                kcfg.updated(retrieve={"retriever": kind, "ranking": "max", "per_text_k": 20}),
                 newline, None, ds, index)
 
     diagnostics = text_diagnostics(examples, gens, ds.catalog)
@@ -177,12 +180,13 @@ def main() -> None:
               + ", ".join(f"{k} {v}" for k, v in nl_diag.items()))
         for r in probe_rows:
             print(f"{r['run']:40} {_fmt(r)}")
-    write_json(Path(args.json), {"config": str(args.config), "run_dir": str(run_dir),
+    write_results(Path(args.json), {"config": str(args.config), "run_dir": str(run_dir),
                                  "users": n_users, "train": train_summary,
                                  "diagnostics": diagnostics,
                                  "generate": manifest["stages"].get("generate", {}),
                                  "wall_s": round(time.perf_counter() - t0, 1), "rows": rows,
-                                 "newline_probe": {"rows": probe_rows, "diagnostics": nl_diag}})
+                                 "newline_probe": {"rows": probe_rows, "diagnostics": nl_diag}},
+                  before)
     print(f"wrote {args.json}")
 
 

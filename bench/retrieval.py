@@ -17,9 +17,8 @@ writes bench/results/retrieval.json.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -32,11 +31,8 @@ from glossrec.retrieve import build_retriever
 from glossrec.retrieve.ranking import fuse_users
 from glossrec.splits import make_splits, sample_users
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, peak_rss_mb, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -50,6 +46,7 @@ def main() -> None:
                          "user dominates and is linear in users)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "retrieval.json"))
     args = ap.parse_args()
+    before = machine()
 
     cfg = RunConfig()
     t0 = time.perf_counter()
@@ -72,7 +69,7 @@ def main() -> None:
         rows.append({"stage": name, "users": n_users, "total_s": round(total, 3),
                      "users_per_s": round(n_users / total, 1),
                      "split_s": {k: round(v, 3) for k, v in parts.items()},
-                     "peak_rss_mb": round(max_rss_mb(), 1),
+                     "peak_rss_mb": round(peak_rss_mb(), 1),
                      "recall@5": None if metrics is None else round(metrics["recall@5"], 4),
                      "ndcg@5": None if metrics is None else round(metrics["ndcg@5"], 4)})
 
@@ -143,10 +140,8 @@ def main() -> None:
         split = ", ".join(f"{k} {v}" for k, v in r["split_s"].items())
         print(f"{r['stage']:34} {r['users_per_s']:>9} {r['total_s']:>8} {r['peak_rss_mb']:>8} "
               f"{r['recall@5']!s:>7}  {split}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"dataset": ds.name, "users": len(ex), "items": len(cat),
-                               "rows": rows}, indent=1) + "\n")
+    out = write_results(Path(args.out), {"dataset": ds.name, "users": len(ex), "items": len(cat),
+                                         "rows": rows}, before)
     print(f"wrote {out}")
 
 

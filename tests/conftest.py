@@ -7,7 +7,11 @@ SmolLM2) in well under a second of build time, so training/generation logic can 
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,31 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_config(tiny_lm_dir: Path) -> ModelConfig:
     """A ModelConfig loading the tiny LM from its local folder, full precision, HF backend."""
     return ModelConfig(name=str(tiny_lm_dir), load_in_4bit=False)
+
+
+# ---- helpers shared by several test folders (import them: from ..conftest import cli) ----------
+
+
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `glossrec ARGS`, as typer's entry point runs it, in this process."""
+    from glossrec.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["glossrec", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_tiny_dataset(folder: Path, titles: Mapping[str, str],
+                       sequences: Mapping[str, Sequence[str]]) -> Path:
+    """A dataset folder (items.jsonl.gz, sequences.jsonl.gz) from {id: title} and {user: [ids]}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "items.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"item_id": i, "title": t}) + "\n" for i, t in titles.items())
+    with gzip.open(folder / "sequences.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"user_id": u, "items": list(s)}) + "\n" for u, s in sequences.items())
+    return folder

@@ -20,10 +20,11 @@ from glossrec.config import Ranking, RunConfig
 from glossrec.data import Dataset, load_dataset
 from glossrec.errors import ConfigError, DataError, import_optional
 from glossrec.evaluate import Evaluation, evaluate, write_run
+from glossrec.fingerprint import manifest_key
 from glossrec.retrieve.base import Retriever
 from glossrec.retrieve.ranking import LIS, rank_texts
 from glossrec.rundir import RunDir
-from glossrec.splits import Example, make_splits, sample_users
+from glossrec.splits import Example, Splits, make_splits, sample_users
 
 
 def log(msg: str) -> None:
@@ -40,6 +41,8 @@ class Prepared:
     examples: list[Example]
     """The evaluated users of the chosen split (sampled when generate.max_users or
     evaluate.users is set: :func:`users_to_sample`)."""
+    splits: Splits | None = None
+    """The dataset's splits, made once and handed to every stage of a run."""
 
 
 def load_data(cfg: RunConfig) -> Dataset:
@@ -61,12 +64,13 @@ def users_to_sample(cfg: RunConfig, users: int | None = None) -> int | None:
     return users or cfg.generate.max_users or cfg.evaluate.users
 
 
-def prepare(cfg: RunConfig, ds: Dataset | None = None) -> Prepared:
+def prepare(cfg: RunConfig, ds: Dataset | None = None, splits: Splits | None = None) -> Prepared:
+    """The dataset (loaded unless given), its splits (made unless given) and the evaluated users."""
     ds = ds or load_data(cfg)
-    splits = make_splits(ds, cfg.split)
+    splits = splits or make_splits(ds, cfg.split)
     examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg),
                             cfg.evaluate.user_seed)
-    return Prepared(ds, examples)
+    return Prepared(ds, examples, splits)
 
 
 def build_index(cfg: RunConfig, ds: Dataset) -> Retriever:
@@ -95,9 +99,9 @@ def _finish(cfg: RunConfig, prep: Prepared, ranked: np.ndarray, scores: np.ndarr
 
 
 def run_lis(cfg: RunConfig, out: Path | None = None, ds: Dataset | None = None,
-            retriever: Retriever | None = None) -> Evaluation:
+            retriever: Retriever | None = None, splits: Splits | None = None) -> Evaluation:
     """Last-Item Search: the last history item's text is the query (the paper's baseline)."""
-    prep = prepare(cfg, ds)
+    prep = prepare(cfg, ds, splits)
     t0 = time.perf_counter()
     retriever = retriever or build_index(cfg, prep.dataset)
     t_index = time.perf_counter() - t0
@@ -141,13 +145,14 @@ def _rank(cfg: RunConfig, search: Any, texts_per_user: Sequence[Sequence[str]],
 
 def run_retrieve(cfg: RunConfig, queries: dict[str, list[str]], out: Path | None = None,
                  ds: Dataset | None = None, retriever: Retriever | None = None,
-                 source: str = "queries") -> Evaluation:
+                 source: str = "queries", splits: Splits | None = None) -> Evaluation:
     """Evaluate given query texts per user (generated titles) against the split's targets.
 
     Exactly the users in `queries` are evaluated; a user not in the split is named and skipped.
     """
     ds = ds or load_data(cfg)
-    by_user = {e.user_id: e for e in make_splits(ds, cfg.split).get(cfg.evaluate.split)}
+    splits = splits or make_splits(ds, cfg.split)
+    by_user = {e.user_id: e for e in splits.get(cfg.evaluate.split)}
     unknown = [u for u in queries if u not in by_user]
     if unknown and len(unknown) == len(queries):
         raise DataError(f"none of the {len(queries)} users can be scored on the "
@@ -181,10 +186,9 @@ def run_baseline(cfg: RunConfig, kind: str, out: Path | None = None,
     from glossrec.baselines import fit_model, load_model, rank_histories, save_model
     from glossrec.baselines.base import META_FILE
 
-    ds = ds or load_data(cfg)
-    splits = make_splits(ds, cfg.split)
-    examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg),
-                            cfg.evaluate.user_seed)
+    prep = prepare(cfg, ds)
+    ds, splits, examples = prep.dataset, prep.splits, prep.examples
+    assert splits is not None
     folder = RunDir(out).baseline if out is not None else None
     t0 = time.perf_counter()
     if folder is not None and (folder / META_FILE).is_file():
@@ -279,22 +283,6 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
 
 # --- the full GLoSS run ----------------------------------------------------------------------
 
-_STAGE_SECTIONS = {
-    "train": ("data", "split", "prompt", "model", "lora", "train"),
-    "generate": ("data", "split", "prompt", "model", "lora", "train", "generate", "evaluate"),
-}
-
-
-def stage_key(cfg: RunConfig, stage: str) -> str:
-    """A fingerprint of the config sections a stage's output depends on."""
-    import hashlib
-    import json
-
-    dump = cfg.model_dump(mode="json")
-    payload = {s: dump[s] for s in _STAGE_SECTIONS[stage]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class Manifest:
     """RUN_DIR/manifest.json: which stages finished, with which config, in how long."""
 
@@ -325,11 +313,6 @@ class Manifest:
             self.data["stages"].pop(s, None)
 
 
-def _with(cfg: RunConfig, **sections: dict[str, Any]) -> RunConfig:
-    upd = {name: getattr(cfg, name).model_copy(update=vals) for name, vals in sections.items()}
-    return cfg.model_copy(update=upd)
-
-
 def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         baselines: bool = True, score: bool = True) -> dict[str, Evaluation]:
     """data -> train -> generate -> retrieve -> evaluate into one run directory.
@@ -348,10 +331,11 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     if force:
         manifest.forget("train", "generate")
     rd.write_config(cfg)
-    prep = prepare(cfg, ds)
+    prep = prepare(cfg, ds)  # the one load and split of this run; every stage gets them
+    splits = prep.splits
     log(f"run {run_dir}: {ds.name}, {len(prep.examples)} {cfg.evaluate.split} users evaluated")
 
-    key = stage_key(cfg, "train")
+    key = manifest_key(cfg, "train")
     weights = rd.adapter
     if cfg.model.weights is not None:
         from glossrec.models import resolve_weights
@@ -364,18 +348,19 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
         from glossrec.train import train_from_config
 
         t0 = time.perf_counter()
-        res = train_from_config(cfg, run_dir)
+        res = train_from_config(cfg, run_dir, ds=ds, splits=splits)
         manifest.mark("train", key, time.perf_counter() - t0, result=_jsonable(res))
 
     # generate_examples resumes a partial file and refuses one made with other settings.
     from glossrec.generate import generate_examples
 
     gens = rd.generations("test")
+    gen_key = manifest_key(cfg, "generate")
+    manifest.done("generate", gen_key)  # made under another config: refused, unless --force
     t0 = time.perf_counter()
     generate_examples(cfg, prep.examples, ds.catalog, weights, gens, overwrite=force)
     if "generate" not in manifest.data["stages"] or force:
-        manifest.mark("generate", stage_key(cfg, "generate"), time.perf_counter() - t0,
-                      users=len(prep.examples))
+        manifest.mark("generate", gen_key, time.perf_counter() - t0, users=len(prep.examples))
 
     if not score:
         return {}
@@ -390,14 +375,14 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     results: dict[str, Evaluation] = {}
     lis: dict[str, Evaluation] = {}
     for n, kind in enumerate(kinds):
-        kcfg = _with(cfg, retrieve={"retriever": kind})
+        kcfg = cfg.updated(retrieve={"retriever": kind})
         index = build_index(kcfg, ds)  # one index per retriever kind, shared by GLoSS and LIS
         if n == 0:
             persist_index(run_dir, index, ds)
         results[f"GLoSS-{kind}"] = run_retrieve(kcfg, queries, run_dir if n == 0 else rd.gloss(kind).path,
-                                                ds, index, source=str(gens))
+                                                ds, index, source=str(gens), splits=splits)
         if baselines:
-            lis[f"LIS-{kind}"] = run_lis(kcfg, rd.lis(kind).path, ds, index)
+            lis[f"LIS-{kind}"] = run_lis(kcfg, rd.lis(kind).path, ds, index, splits)
     results.update(lis)
     write_report(run_dir, results)
     return results

@@ -29,6 +29,7 @@ from glossrec.config import PAPER_TEMPLATE, PromptConfig
 from glossrec.data import Catalog
 from glossrec.errors import ConfigError
 from glossrec.splits import Example
+from glossrec.progress import bars_on
 
 __all__ = [
     "PAPER_TEMPLATE", "PAPER_ITEM_FORMAT", "PromptPair", "PromptBuilder", "render", "training_text",
@@ -201,7 +202,7 @@ def make_pairs(examples: Sequence[Example], catalog: Catalog, builder: PromptBui
     from tqdm.auto import tqdm
 
     out = []
-    for ex in tqdm(examples, desc=f"prompts ({mode})", unit="ex", disable=len(examples) < 2000):
+    for ex in tqdm(examples, desc=f"prompts ({mode})", unit="ex", disable=not bars_on(len(examples) >= 2000)):
         history, target = example_texts(ex, catalog)
         if mode == "train":
             out.append(builder.train_pair(history, target, ex.user_id))

@@ -42,10 +42,12 @@ from typing import Any
 import numpy as np
 
 from glossrec.config import RunConfig, TrainConfig
+from glossrec.data import Dataset
 from glossrec.errors import ConfigError
+from glossrec.fingerprint import differences, stage_inputs
 from glossrec.io import read_json, write_json, write_jsonl
 from glossrec.prompts import PromptPair
-from glossrec.splits import sample_users
+from glossrec.splits import Splits, sample_users
 from glossrec.rundir import RunDir
 
 __all__ = [
@@ -246,17 +248,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in root.iterdir()
              if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
     return max(found)[1] if found else None
-
-
-def _fingerprint(cfg: RunConfig, n_train: int, n_valid: int) -> dict[str, Any]:
-    """Settings a resumed run must share with the checkpoint (max_steps/epochs may change)."""
-    t = cfg.train
-    return {"model": cfg.model.name, "lora": cfg.lora.model_dump(mode="json"), "loss": t.loss,
-            "batch_size": t.batch_size, "grad_accum": t.grad_accum, "seed": t.seed,
-            "learning_rate": t.learning_rate, "n_train": n_train, "n_valid": n_valid,
-            "method": t.method, "init_adapter": t.init_adapter, "schedule": t.schedule,
-            "group_by_length": t.group_by_length,
-            "max_history_items": cfg.prompt.max_history_items}
 
 
 def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> Path:
@@ -504,8 +495,7 @@ class _Run:
 
         state = TrainState(**read_json(ckpt / "state.json"))
         if state.fingerprint and state.fingerprint != self.state.fingerprint:
-            diff = sorted(k for k in set(state.fingerprint) | set(self.state.fingerprint)
-                          if state.fingerprint.get(k) != self.state.fingerprint.get(k))
+            diff = differences(state.fingerprint, self.state.fingerprint)
             raise ConfigError(
                 f"{ckpt}: this checkpoint was made with different settings ({', '.join(diff)}); "
                 "use a new run folder or delete its checkpoints/ to start over")
@@ -691,7 +681,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     total = _total_steps(t, len(train_data))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, t, device)
-    state = TrainState(fingerprint=_fingerprint(cfg, len(train_data), len(valid_data)))
+    state = TrainState(fingerprint=stage_inputs(cfg, "train", n_train=len(train_data),
+                                                n_valid=len(valid_data)))
     run = _Run(cfg, run_dir, model, tok, optimizer,
                _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
                _use_bf16(t, device), state, params)
@@ -834,19 +825,22 @@ def _prior(cfg: RunConfig, key: str) -> float:
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path,
-                      on_step: Callable[[TrainState], None] | None = None) -> TrainResult:
-    """Load the dataset, make the paper's splits and prompts, and train."""
+                      on_step: Callable[[TrainState], None] | None = None,
+                      ds: Dataset | None = None, splits: Splits | None = None) -> TrainResult:
+    """Make the paper's prompts from the dataset's splits, and train. `ds` and `splits` are
+    loaded and made here unless a caller that has them (glossrec run) hands them over."""
     from glossrec.data import load_dataset
     from glossrec.models import load_tokenizer
     from glossrec.prompts import PromptBuilder, make_pairs
     from glossrec.splits import make_splits
 
-    if cfg.data.path is None:
-        raise ConfigError("data.path is not set: name a dataset folder in the config or pass --data")
-    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-    for line in ds.report.lines():
-        log.info("%s: %s", ds.name, line)
-    splits = make_splits(ds, cfg.split)
+    if ds is None:
+        if cfg.data.path is None:
+            raise ConfigError("data.path is not set: name a dataset folder in the config or pass --data")
+        ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
+        for line in ds.report.lines():
+            log.info("%s: %s", ds.name, line)
+    splits = splits or make_splits(ds, cfg.split)
     t = cfg.train
     # Sample examples before rendering (cheaper); train() samples the same indices (no-op here).
     train_ex = subset(splits.train, t.max_examples, t.seed)

@@ -17,6 +17,8 @@ import pytest
 
 from glossrec.cli.app import QUIET_ENV
 
+from ..conftest import write_tiny_dataset
+
 TITLES = {
     "A1": "Shea butter hand cream 3 oz",
     "A2": "Argan oil shampoo for dry hair",
@@ -29,12 +31,7 @@ SEQUENCES = {"u1": ["A2", "A3", "A1"], "u2": ["A4", "A5", "A6"], "u3": ["A1", "A
 
 
 def _dataset(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    with gzip.open(folder / "items.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps({"item_id": i, "title": t}) + "\n" for i, t in TITLES.items())
-    with gzip.open(folder / "sequences.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps({"user_id": u, "items": s}) + "\n" for u, s in SEQUENCES.items())
-    return folder
+    return write_tiny_dataset(folder, TITLES, SEQUENCES)
 
 
 def glossrec(*args: str) -> subprocess.CompletedProcess:

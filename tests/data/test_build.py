@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from glossrec.data.build import Interaction, ItemRecord, build_dataset, staged_files
+from glossrec.data.build import Interaction, SourceItem, build_dataset, staged_files
 
 
 def test_staged_files_are_all_or_nothing(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_staged_files_are_all_or_nothing(tmp_path: Path) -> None:
 
 def test_untitled_drop_comes_before_the_length_rule() -> None:
     rows = [Interaction("u", i, t, (i, t)) for t, i in enumerate(["a", "x", "b", "c"])]
-    items = {k: ItemRecord(k, k.upper()) for k in "abc"} | {"x": ItemRecord("x", "  ")}
+    items = {k: SourceItem(k, k.upper()) for k in "abc"} | {"x": SourceItem("x", "  ")}
     built = build_dataset(rows, items, min_items=4)
     assert built.sequences == [] and built.report.short_users == 1
     built = build_dataset(rows, items, min_items=3)

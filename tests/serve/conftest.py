@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import re
@@ -23,6 +21,8 @@ import pytest
 
 from glossrec.io import read_json, write_json
 from glossrec.retrieve.base import Retriever, mask_rows, topk
+
+from ..conftest import write_tiny_dataset
 
 TITLES = {
     "A1": "Shea butter hand cream 3 oz",
@@ -46,14 +46,7 @@ SEQUENCES = {
 
 
 def write_dataset(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(folder / "items.jsonl.gz", "wt", encoding="utf-8") as f:
-        for iid, title in TITLES.items():
-            f.write(json.dumps({"item_id": iid, "title": title}) + "\n")
-    with gzip.open(folder / "sequences.jsonl.gz", "wt", encoding="utf-8") as f:
-        for uid, items in SEQUENCES.items():
-            f.write(json.dumps({"user_id": uid, "items": items}) + "\n")
-    return folder
+    return write_tiny_dataset(folder, TITLES, SEQUENCES)
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")

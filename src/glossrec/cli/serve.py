@@ -47,7 +47,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_recommendations(rows: list[dict[str, Any]]) -> str:
     """rank, item id, score, title, query: a table that fits a terminal."""
     if not rows:
         return "(no items)"
@@ -116,7 +116,7 @@ def recommend(
     if json_out:
         typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
         return
-    typer.echo(format_table(out["items"]))
+    typer.echo(format_recommendations(out["items"]))
     typer.echo(f"\n{out['mode'].upper()} mode, catalog {out['catalog_version']}; queries: "
                + " | ".join(out["queries"]))
 

@@ -26,12 +26,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from glossrec.data.build import (ImportReport, Interaction, ItemRecord, build_dataset,
+from glossrec.data.build import (ImportReport, Interaction, SourceItem, build_dataset,
                                  iter_text_lines, write_dataset)
 from glossrec.errors import DataError
 from glossrec.io import iter_jsonl
 
-__all__ = ["DEFAULT_ATTRIBUTES", "read_reviews", "read_meta", "import_amazon"]
+__all__ = ["DEFAULT_ATTRIBUTES", "read_reviews", "read_amazon_meta", "import_amazon"]
 
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("brand", "categories", "price")
 """Metadata kept beside the title (an extension: the paper uses the title only)."""
@@ -97,11 +97,11 @@ def _json_safe(v: Any, path: Path, line: int, key: str) -> Any:
     return v
 
 
-def read_meta(path: Path, wanted: set[str] | None = None,
-              attributes: Sequence[str] = DEFAULT_ATTRIBUTES) -> dict[str, ItemRecord]:
+def read_amazon_meta(path: Path, wanted: set[str] | None = None,
+              attributes: Sequence[str] = DEFAULT_ATTRIBUTES) -> dict[str, SourceItem]:
     """Metadata records by asin; with `wanted`, lines of other items are skipped unparsed."""
     path = Path(path)
-    out: dict[str, ItemRecord] = {}
+    out: dict[str, SourceItem] = {}
     first_line: dict[str, int] = {}
     nonblank = 0
     for line, text in iter_text_lines(path):
@@ -126,7 +126,7 @@ def read_meta(path: Path, wanted: set[str] | None = None,
                             path, line, "title")
         attrs = {k: _json_safe(obj[k], path, line, k) for k in attributes
                  if k in obj and k not in ("asin", "title")}
-        out[asin] = ItemRecord(asin, title, attrs)
+        out[asin] = SourceItem(asin, title, attrs)
     if nonblank == 0:
         raise DataError("no metadata (empty file)", path)
     return out
@@ -138,7 +138,7 @@ def import_amazon(reviews: str | Path, meta: str | Path, out: str | Path, *,
     """Raw Amazon 2014 files -> dataset folder; returns what was kept and dropped."""
     reviews, meta = Path(reviews), Path(meta)
     rows = list(read_reviews(reviews))
-    records = read_meta(meta, {r.item for r in rows}, attributes)
+    records = read_amazon_meta(meta, {r.item for r in rows}, attributes)
     report = ImportReport(sources=[str(reviews), str(meta)])
     built = build_dataset(rows, records, min_items=min_items, title_words=title_words,
                           report=report)

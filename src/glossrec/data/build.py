@@ -27,7 +27,7 @@ from glossrec.errors import DataError
 from glossrec.io import open_text
 
 __all__ = [
-    "Interaction", "ItemRecord", "ImportReport", "BuiltDataset", "build_dataset", "write_dataset",
+    "Interaction", "SourceItem", "ImportReport", "BuiltDataset", "build_dataset", "write_dataset",
     "iter_text_lines", "StagedFiles", "staged_files",
 ]
 
@@ -45,7 +45,7 @@ class Interaction:
 
 
 @dataclass
-class ItemRecord:
+class SourceItem:
     item_id: str
     title: str | None
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -96,14 +96,14 @@ class ImportReport:
 
 @dataclass
 class BuiltDataset:
-    items: list[ItemRecord]
+    items: list[SourceItem]
     """Items some kept user touched, sorted by id."""
     sequences: list[tuple[str, list[str]]]
     """(user, items oldest first), users in order of their first row."""
     report: ImportReport
 
 
-def build_dataset(rows: Iterable[Interaction], items: dict[str, ItemRecord], *,
+def build_dataset(rows: Iterable[Interaction], items: dict[str, SourceItem], *,
                   min_items: int = 3, title_words: int | None = 25,
                   report: ImportReport | None = None) -> BuiltDataset:
     """Apply the GLoSS preprocessing, in its order.
@@ -154,7 +154,7 @@ def build_dataset(rows: Iterable[Interaction], items: dict[str, ItemRecord], *,
         used.update(kept)
     report.untitled_items = sorted(dropped_items)
     report.no_metadata_items = sorted(i for i in dropped_items if i not in items)
-    out_items = [ItemRecord(iid, titles[iid], items[iid].attrs) for iid in sorted(used)]
+    out_items = [SourceItem(iid, titles[iid], items[iid].attrs) for iid in sorted(used)]
     report.users = len(sequences)
     report.items = len(out_items)
     report.interactions = sum(len(s) for _, s in sequences)
@@ -213,7 +213,7 @@ def staged_files() -> Iterator[StagedFiles]:
         os.replace(tmp, final)
 
 
-def _item_line(rec: ItemRecord) -> str:
+def _item_line(rec: SourceItem) -> str:
     return json.dumps({"item_id": rec.item_id, "title": rec.title, **rec.attrs}, ensure_ascii=False)
 
 

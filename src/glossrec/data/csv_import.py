@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from glossrec.data.build import (ImportReport, Interaction, ItemRecord, build_dataset,
+from glossrec.data.build import (ImportReport, Interaction, SourceItem, build_dataset,
                                  iter_text_lines, write_dataset)
 from glossrec.errors import DataError
 
@@ -100,9 +100,9 @@ def parse_time(value: str) -> float | None:
 
 
 def read_items_csv(path: Path, cols: CsvColumns = CsvColumns(),
-                   delimiter: str | None = None) -> dict[str, ItemRecord]:
+                   delimiter: str | None = None) -> dict[str, SourceItem]:
     path = Path(path)
-    out: dict[str, ItemRecord] = {}
+    out: dict[str, SourceItem] = {}
     first: dict[str, int] = {}
     for line, row in _rows(path, [cols.item, cols.title], delimiter):
         iid = _nonempty(row, cols.item, path, line)
@@ -111,13 +111,13 @@ def read_items_csv(path: Path, cols: CsvColumns = CsvColumns(),
                             path, line, cols.item)
         first[iid] = line
         attrs = {k: v for k, v in row.items() if k not in (cols.item, cols.title) and v.strip()}
-        out[iid] = ItemRecord(iid, row[cols.title], attrs)
+        out[iid] = SourceItem(iid, row[cols.title], attrs)
     if not out:
         raise DataError("no items (only a header, or an empty file)", path)
     return out
 
 
-def read_interactions_csv(path: Path, items: dict[str, ItemRecord],
+def read_interactions_csv(path: Path, items: dict[str, SourceItem],
                           cols: CsvColumns = CsvColumns(),
                           delimiter: str | None = None) -> list[Interaction]:
     path = Path(path)

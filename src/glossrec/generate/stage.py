@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glossrec.errors import ConfigError
+from glossrec.fingerprint import differences, stage_inputs
 from glossrec.generate.base import Exclusions, Generator, make_generator
 from glossrec.generate.store import _absorb_parts, _part_files, generate_to_file
 from glossrec.generate.workers import _effective_workers, _generate_parallel
@@ -26,38 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["generate_examples", "generation_fingerprint", "meta_path"]
 
 
-def _adapter_fingerprint(adapter_dir: Path | None) -> dict[str, Any] | None:
-    if adapter_dir is None:
-        return None
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        f = Path(adapter_dir) / name
-        if f.is_file():
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return {"path": str(adapter_dir), "sha256": h.hexdigest()}
-
-
 def generation_fingerprint(cfg: RunConfig, adapter_dir: Path | None) -> dict[str, Any]:
-    """Everything that changes the texts: a generations file made under another fingerprint
-    must not be resumed (it would mix two models' outputs)."""
-    g = cfg.generate
-    gen: dict[str, Any] = {"backend": g.backend, "num_beams": g.num_beams,
-                           "num_return": g.num_return, "max_new_tokens": g.max_new_tokens,
-                           "bf16": g.bf16, "stop_at_newline": g.stop_at_newline}
-    if g.constrain != "none":  # only then: free-text files made before these settings still resume
-        gen.update(constrain=g.constrain, constrain_exclude_history=g.constrain_exclude_history,
-                   grounded_score=g.grounded_score)
-    return {
-        "model": cfg.model.name,
-        "adapter": _adapter_fingerprint(adapter_dir),
-        "generate": gen,
-        "prompt": {"template": cfg.prompt.template, "max_length": cfg.prompt.max_length,
-                   "item_format": cfg.data.item_format, "title_words": cfg.data.title_words},
-    }
+    """Everything that changes the texts (glossrec.fingerprint): a generations file made under
+    another fingerprint must not be resumed (it would mix two models' outputs)."""
+    return stage_inputs(cfg, "generate", adapter=adapter_dir)
 
 
 def meta_path(out_path: Path) -> Path:
@@ -74,7 +47,7 @@ def _check_meta(out_path: Path, meta: dict[str, Any], overwrite: bool) -> None:
         old = read_json(mp) if mp.exists() else None
         if old != meta:
             what = "an unknown setup (no " + mp.name + ")" if old is None else "other settings"
-            diff = sorted(k for k in meta if old is None or old.get(k) != meta[k])
+            diff = differences(old, meta)
             raise ConfigError(f"{out_path}: made with {what} (differs in: {', '.join(diff)}); "
                               "resuming would mix outputs: pass --overwrite to start over")
     write_json(mp, meta)

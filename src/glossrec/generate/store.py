@@ -18,6 +18,7 @@ from pathlib import Path
 from glossrec.errors import DataError
 from glossrec.generate.base import Generator
 from glossrec.io import atomic_write
+from glossrec.progress import bars_on
 
 __all__ = ["generate_to_file", "read_generations"]
 
@@ -111,7 +112,7 @@ def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_pat
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="user",
-               desc="generate", disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+               desc="generate", disable=not bars_on(show_progress), file=sys.stderr, dynamic_ncols=True)
     try:
         with open(out_path, "a", encoding="utf-8") as f:
             for batch in _batches(pending, batch_size):

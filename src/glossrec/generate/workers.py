@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from glossrec.errors import ConfigError
 from glossrec.generate.base import make_generator
 from glossrec.generate.store import _absorb_parts, generate_to_file
+from glossrec.progress import bars_on
 
 if TYPE_CHECKING:
     from glossrec.config import RunConfig
@@ -117,7 +118,7 @@ def _generate_parallel(cfg: RunConfig, adapter_dir: Path | None, pending: list[t
     for p in procs:
         p.start()
     bar = tqdm(total=len(pending), unit="user", desc=f"generate ({len(procs)} workers)",
-               disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+               disable=not bars_on(show_progress), file=sys.stderr, dynamic_ncols=True)
     try:
         while any(p.is_alive() for p in procs):
             try:

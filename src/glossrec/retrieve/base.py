@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from glossrec.retrieve.items import ItemTable
+from glossrec.progress import bars_on
 
 NEG_INF = np.float32(-np.inf)
 
@@ -163,7 +164,7 @@ class ItemRetriever(Retriever):
             return out_idx, out_sc
         from tqdm.auto import tqdm
 
-        with tqdm(total=n, desc=desc, unit="query", disable=not show_progress) as bar:
+        with tqdm(total=n, desc=desc, unit="query", disable=not bars_on(show_progress)) as bar:
             for s in range(0, n, step):
                 chunk = queries[s:s + step]
                 excl = None if exclude is None else exclude[s:s + len(chunk)]

@@ -25,6 +25,7 @@ from glossrec.config import EMBEDDED_ENCODER
 from glossrec.errors import ConfigError, DataError
 from glossrec.retrieve.base import ItemRetriever, check_search_args, empty_results, rows_per_chunk
 from glossrec.retrieve.items import ItemTable, check_items
+from glossrec.progress import bars_on
 from glossrec.retrieve.store import (
     open_saved, read_array, save_versioned, write_array, write_items, write_meta,
 )
@@ -148,7 +149,7 @@ class DenseRetriever(ItemRetriever):
             return np.zeros((0, self.dim), dtype=np.float32)
         prefix = (E5_QUERY if is_query else E5_PASSAGE) if self.e5_prefixes else ""
         emb = self.model().encode([prefix + t for t in texts], prompt="", batch_size=self.batch_size,
-                                  show_progress_bar=show_progress, convert_to_numpy=True,
+                                  show_progress_bar=bars_on(show_progress), convert_to_numpy=True,
                                   normalize_embeddings=True)
         return np.ascontiguousarray(emb, dtype=np.float32)
 
