@@ -219,6 +219,15 @@ class RetrieveConfig(_Section):
     """Add "query: "/"passage: " (e5 training format). Off = the reference code."""
     faiss: bool = False
     """Use a FAISS inner-product index for dense search (large catalogs)."""
+    faiss_index: Literal["flat", "hnsw", "ivf"] = "flat"
+    """flat: exact; hnsw / ivf: approximate, for million-item catalogs (bench/ann.py: recall
+    against exact search, latency, memory)."""
+    faiss_hnsw_m: int = Field(32, ge=4)
+    faiss_ef_construction: int = Field(80, ge=8)
+    faiss_ef_search: int = Field(128, ge=1)
+    faiss_nlist: int | None = Field(None, ge=1)
+    """IVF cells; None: 4 sqrt(n_items)."""
+    faiss_nprobe: int = Field(32, ge=1)
     encode_batch_size: int = Field(256, ge=1)
     encode_device: str | None = None
     """Torch device for the dense encoder ("cpu", "cuda:0"); None: CUDA when available."""

@@ -1,13 +1,30 @@
-"""File helpers shared by every stage: line-numbered JSONL reading and atomic writes."""
+"""Files for every stage: line-numbered JSONL reading, and the one owner of crash-safe writes.
+
+Every write that must survive a crash (kill -9 included) goes through one of three tools here:
+
+- :func:`atomic_write`: one file (temp file, fsync, rename over);
+- :func:`atomic_dir`: one folder, all of its files at once (filled under a temporary name, fsynced,
+  then swapped into place in one rename: ``renameat2(RENAME_EXCHANGE)`` on Linux);
+- :class:`Versions`: a folder of numbered versions and a pointer file naming the current one,
+  for state that readers may be reading while a writer publishes (a retriever's saves, the
+  live catalog).
+
+:func:`fault_point` is where the crash tests stop a writer (an environment variable names the
+point and a delay); it does nothing otherwise.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -21,21 +38,25 @@ def open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8")
 
 
+def parse_json_object(text: str, path: Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as an object; a DataError naming the file and line otherwise."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path, lineno) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
+    return obj
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object); errors name the file and line. Blank lines are skipped."""
     lineno = 0
     try:
         with open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path, lineno) from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
-                yield lineno, obj
+                if line.strip():
+                    yield lineno, parse_json_object(line, path, lineno)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise DataError("file not found", path) from None
@@ -103,3 +124,195 @@ def read_json(path: Path) -> Any:
         raise DataError("file not found", path) from None
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg})", path, e.lineno) from None
+
+
+# ---- folders ---------------------------------------------------------------------------------
+
+FAULT_ENV = "GLOSSREC_TEST_CATALOG_WRITE_DELAY"
+"""``POINT:SECONDS``: a writer sleeps at that fault point (crash tests kill it there)."""
+
+
+def fault_point(name: str) -> None:
+    """Sleep here if the crash tests asked for it (see FAULT_ENV); otherwise nothing."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.startswith(name + ":"):
+        time.sleep(float(spec.split(":", 1)[1]))
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (its renames and contents become durable)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def atomic_dir(final: Path, fill: Callable[[Path], None], keep_others: bool = False) -> Path:
+    """Fill a temporary folder beside `final`, fsync it, then put it in place of `final` in one
+    step: a crash leaves the old folder or the new one, never a mix.
+
+    keep_others: files and folders of an existing `final` that `fill` did not write (a README
+    beside a dataset, the raw downloads under it) are carried over (hard links, or copies
+    across devices).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    os.chmod(tmp, 0o755)
+    try:
+        fill(tmp)
+        if keep_others and final.is_dir():
+            for p in final.iterdir():
+                if (tmp / p.name).exists() or p.is_symlink():
+                    continue
+                if p.is_dir():
+                    shutil.copytree(p, tmp / p.name, copy_function=_link_or_copy)
+                elif p.is_file():
+                    _link_or_copy(p, tmp / p.name)
+        fsync_tree(tmp)
+        if not final.exists():
+            os.rename(tmp, final)
+        elif _exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        else:  # no atomic swap on this system: two renames, the old one removed last
+            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        fsync_path(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+class Versions:
+    """Numbered versions in a folder and a pointer file naming the current one.
+
+    :meth:`publish` writes a complete new version under a temporary name, fsyncs it, renames it
+    to the next number, fsyncs the folder, replaces the pointer atomically, and only then
+    deletes older versions. A crash between any two steps leaves the pointer naming a complete
+    version (the old one or the new one); leftovers are swept by the next publish. One writer
+    at a time (callers hold a lock or serialise writes); readers never lock.
+
+    folder/POINTER     names the current version: {"version": NAME} (json_pointer) or NAME
+    folder/PREFIXnnnnnn/  one complete version
+    """
+
+    def __init__(self, folder: Path, pointer: str, prefix: str, json_pointer: bool = True,
+                 what: str = "state", hint: str = "") -> None:
+        self.folder = Path(folder)
+        self.pointer = pointer
+        self.prefix = prefix
+        self.json_pointer = json_pointer
+        self.what = what
+        self.hint = hint
+        self._name_re = re.compile(rf"^{re.escape(prefix)}(\d{{6,}})$")
+
+    @staticmethod
+    def version_name(tmp: Path) -> str:
+        """The version a folder given to publish's `fill` will become (".tmp-NAME-PID" -> NAME)."""
+        return Path(tmp).name[len(".tmp-"):].rsplit("-", 1)[0]
+
+    def is_version(self, name: str) -> bool:
+        return bool(self._name_re.match(name))
+
+    def _numbers(self) -> list[int]:
+        return [int(m.group(1)) for p in self.folder.iterdir() if (m := self._name_re.match(p.name))]
+
+    def exists(self) -> bool:
+        return (self.folder / self.pointer).is_file()
+
+    def read_pointer(self) -> str:
+        """The current version's name; DataError naming the problem."""
+        path = self.folder / self.pointer
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            if not self.folder.is_dir():
+                raise DataError(f"{self.what} folder not found", self.folder) from None
+            raise DataError(f"no saved {self.what} here (no {self.pointer} file){self.hint}",
+                            self.folder) from None
+        name: Any = text
+        if self.json_pointer:
+            try:
+                name = json.loads(text)["version"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError('not a version pointer (expected {"version": NAME})', path) from None
+        if not isinstance(name, str) or not self.is_version(name):
+            raise DataError(f"pointer names {name!r}, not a {self.what} version", path, None,
+                            "version" if self.json_pointer else None)
+        return name
+
+    def current(self, retries: int = 3) -> Path:
+        """The current version's folder (re-read if a concurrent publish just replaced it)."""
+        name = ""
+        for attempt in range(retries):
+            name = self.read_pointer()
+            path = self.folder / name
+            if path.is_dir():
+                return path
+            time.sleep(0.05 * (attempt + 1))
+        raise DataError(f"{self.pointer} names {name!r}, which does not exist",
+                        self.folder / self.pointer)
+
+    def publish(self, fill: Callable[[Path], None], keep_previous: bool = False) -> Path:
+        """Write `fill(dir)` as the next version and make it current; returns its folder.
+
+        keep_previous: the version that was current stays too (readers that opened it just
+        before may still be loading it); otherwise only the new one is kept.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        previous = self.read_pointer() if self.exists() else None
+        self.sweep()
+        name = f"{self.prefix}{max(self._numbers(), default=0) + 1:06d}"
+        tmp = self.folder / f".tmp-{name}-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            fill(tmp)
+            fsync_tree(tmp)
+            os.rename(tmp, self.folder / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_path(self.folder)
+        fault_point("publish")
+        self._write_pointer(name)
+        self.prune({name, previous} if keep_previous and previous else {name})
+        return self.folder / name
+
+    def _write_pointer(self, name: str) -> None:
+        with atomic_write(self.folder / self.pointer) as f:
+            f.write(json.dumps({"version": name}) + "\n" if self.json_pointer else name + "\n")
+        fsync_path(self.folder)
+
+    def sweep(self) -> None:
+        """Remove what crashed writers left: temporary versions and pointer temp files."""
+        for p in self.folder.glob(f".tmp-{self.prefix}*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.folder.glob(f".{self.pointer}.*.tmp"):
+            p.unlink(missing_ok=True)
+
+    def prune(self, keep: set[str]) -> None:
+        """Delete every version not in `keep` (also complete ones a crash left unpublished)."""
+        for p in self.folder.iterdir():
+            if self.is_version(p.name) and p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+        self.sweep()

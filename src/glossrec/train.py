@@ -32,7 +32,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,7 +44,8 @@ from glossrec.config import RunConfig, TrainConfig
 from glossrec.data import Dataset
 from glossrec.errors import ConfigError
 from glossrec.fingerprint import differences, stage_inputs
-from glossrec.io import read_json, write_json, write_jsonl
+from glossrec.progress import bars_on
+from glossrec.io import atomic_dir, read_json, write_json, write_jsonl
 from glossrec.prompts import PromptPair
 from glossrec.splits import Splits, sample_users
 from glossrec.rundir import RunDir
@@ -250,26 +250,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _atomic_dir(final: Path, fill: Callable[[Path], None]) -> Path:
-    """Fill a temporary folder beside `final`, then rename it into place (replacing `final`)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-    os.chmod(tmp, 0o755)
-    try:
-        fill(tmp)
-        if final.exists():
-            old = final.with_name(f".old-{final.name}-{os.getpid()}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def _save_weights(model: Any, folder: Path, base_name: str) -> None:
     """The trained weights: a LoRA adapter, or (full fine-tuning) the whole model."""
     if not hasattr(model, "peft_config"):
@@ -307,6 +287,75 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# --- data parallelism -------------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    """The data-parallel processes of one training run (one process: rank 0 of 1).
+
+    `accelerate launch --num_processes N -m glossrec.cli train ...`, torchrun, or `glossrec
+    train --processes N` start N copies; each finds its rank in the environment (RANK,
+    WORLD_SIZE). Every process builds the same global step (the same micro-batches, in the same
+    order) and computes the gradient of its share of them (micro-batches rank, rank + N, ...);
+    the shares are summed across processes (gloo on CPU, NCCL on GPUs), so a step equals the
+    one-process step on the same global batch. Only rank 0 writes (checkpoints, log, adapter);
+    every process reads the same checkpoint to resume.
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum_grads(self, params: Sequence[Any]) -> None:
+        import torch
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:  # this process had no micro-batch this step
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+
+    def sum(self, value: float) -> float:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _process_group(device: str) -> tuple[_Group, str]:
+    """This process's group, joined if the launcher started several; and its device."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return _Group(), device
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    else:  # the cores are shared: each process takes its part
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // size))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                timeout=datetime.timedelta(minutes=10))
+    return _Group(dist.get_rank(), dist.get_world_size()), device
 
 
 # --- optimizer, schedule, precision ---------------------------------------------------------
@@ -454,12 +503,21 @@ class _Run:
     state: TrainState
     params: list[Any] = field(default_factory=list)
     """The trainable parameters (what the optimizer steps and gradient clipping sees)."""
+    group: _Group = field(default_factory=_Group)
 
     @property
     def ckpt_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
     def save_checkpoint(self) -> Path:
+        """checkpoints/step-N (rank 0 writes; the others wait until it is there)."""
+        path = self.ckpt_root / f"step-{self.state.step:07d}"
+        if self.group.main:
+            self._write_checkpoint()
+        self.group.barrier()
+        return path
+
+    def _write_checkpoint(self) -> Path:
         import torch
 
         step = self.state.step
@@ -471,7 +529,7 @@ class _Run:
             torch.save(_rng_state(), tmp / "rng.pt")
             write_json(tmp / "state.json", asdict(self.state))
 
-        path = _atomic_dir(self.ckpt_root / f"step-{step:07d}", fill)
+        path = atomic_dir(self.ckpt_root / f"step-{step:07d}", fill)
         self._prune(keep_step=step)
         return path
 
@@ -486,8 +544,10 @@ class _Run:
 
     def save_best(self) -> None:
         name = f"best-step-{self.state.step:07d}"
-        _atomic_dir(self.ckpt_root / name,
-                    lambda tmp: _save_weights(self.model, tmp, self.cfg.model.name))
+        if self.group.main:
+            atomic_dir(self.ckpt_root / name,
+                       lambda tmp: _save_weights(self.model, tmp, self.cfg.model.name))
+        self.group.barrier()
         self.state.best_dir = name
 
     def resume(self, ckpt: Path) -> None:
@@ -513,7 +573,8 @@ class _Run:
         self.write_log()
 
     def write_log(self) -> None:
-        write_jsonl(self.run_dir / "train_log.jsonl", self.state.history)
+        if self.group.main:
+            write_jsonl(self.run_dir / "train_log.jsonl", self.state.history)
 
     def evaluate(self, valid: Sequence[Encoded], pad_id: int) -> bool:
         """Validate, keep the best adapter; True when early stopping says stop."""
@@ -621,13 +682,17 @@ def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
     t = run.cfg.train
     n_tok = max(1, sum(n_label_tokens(b) for b in micro))
     step_loss = 0.0
-    for batch in micro:
+    g = run.group
+    for batch in micro[g.rank::g.size]:  # this process's share of the step (all of it alone)
         with _autocast(run.device, run.bf16):
             loss = loss_sum(run.model, batch, run.device) / n_tok
         loss.backward()
         step_loss += float(loss.detach())
         del loss
         _release_freed_memory()
+    if g.size > 1:
+        g.sum_grads(run.params)
+        step_loss = g.sum(step_loss)
     if t.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm)
     lr = run.scheduler.get_last_lr()[0]
@@ -672,7 +737,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
 
     # --- setup: model, data, optimizer, schedule; then resume where a killed run stopped
     _seed_all(t.seed)
-    device = resolve_device()
+    procs, device = _process_group(resolve_device())
     model, tok = _trainable_model(cfg, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length)
@@ -685,14 +750,14 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                                                 n_valid=len(valid_data)))
     run = _Run(cfg, run_dir, model, tok, optimizer,
                _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
-               _use_bf16(t, device), state, params)
+               _use_bf16(t, device), state, params, procs)
     resumed_from = _resume_latest(run, total)
 
     # --- the loop: one optimizer step per group of grad_accum micro-batches
     s = run.state
     model.train()
     bar = tqdm(total=total, initial=min(s.step, total), desc="train", unit="step",
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not (procs.main and bars_on()))
     # Wall-clock seconds continue across resumes, like the step count.
     t0 = time.perf_counter() - max((r.get("seconds", 0.0) for r in s.history), default=0.0)
     while not s.finished and s.step < total:
@@ -730,7 +795,10 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     s.finished = True  # also when resuming a run that had already finished its steps
 
     # --- the result: the best weights, in RUN_DIR/adapter and in the returned model
-    adapter = _write_final_adapter(run)
+    adapter = RunDir(run_dir).adapter
+    if run.group.main:
+        _write_final_adapter(run)
+    run.group.barrier()
     _load_weights(model, adapter, device)  # like load_best_model_at_end
     model.eval()
     n_batches = math.ceil(len(train_data) / t.batch_size)
@@ -807,7 +875,7 @@ def _write_final_adapter(run: _Run) -> Path:
             "train_seconds": round(seconds, 1),
             "train_seconds_total": round(seconds + _prior(run.cfg, "train_seconds_total"), 1)})
 
-    return _atomic_dir(RunDir(run.run_dir).adapter, fill)
+    return atomic_dir(RunDir(run.run_dir).adapter, fill)
 
 
 def _examples_seen(history: Sequence[dict[str, Any]]) -> int:

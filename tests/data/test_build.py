@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from glossrec.data.build import Interaction, SourceItem, build_dataset, staged_files
+from glossrec.data.build import Interaction, SourceItem, build_dataset, write_folder
 
 
 def test_staged_files_are_all_or_nothing(tmp_path: Path) -> None:
@@ -17,16 +17,20 @@ def test_staged_files_are_all_or_nothing(tmp_path: Path) -> None:
         yield "first"
         raise OSError("disk full")
 
+    def failing(files) -> None:
+        files.gz_lines("items.jsonl.gz", ["new"])
+        files.gz_lines("sequences.jsonl.gz", lines())
+
     with pytest.raises(OSError, match="disk full"):
-        with staged_files() as files:
-            files.gz_lines(tmp_path / "items.jsonl.gz", ["new"])
-            files.gz_lines(tmp_path / "sequences.jsonl.gz", lines())
+        write_folder(tmp_path, failing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.jsonl.gz"]
     assert (tmp_path / "items.jsonl.gz").read_bytes() == b"old"
 
-    with staged_files() as files:
-        files.gz_lines(tmp_path / "items.jsonl.gz", ["a", "b\n"])
-        files.json(tmp_path / "r.json", {"k": 1})
+    def fill(files) -> None:
+        files.gz_lines("items.jsonl.gz", ["a", "b\n"])
+        files.json("r.json", {"k": 1})
+
+    write_folder(tmp_path, fill)
     assert gzip.decompress((tmp_path / "items.jsonl.gz").read_bytes()) == b"a\nb\n"
     assert (tmp_path / "items.jsonl.gz").stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.jsonl.gz", "r.json"]

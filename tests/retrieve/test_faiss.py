@@ -118,3 +118,53 @@ def test_tie_rule_holds_whatever_scores_faiss_computes() -> None:
             mask_rows(exact, ex)
             want_idx, want_sc = topk(exact, k)
             assert np.array_equal(idx, want_idx) and np.array_equal(sc, want_sc)
+
+
+def _clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, dim))
+    return unit(centres[rng.integers(0, 40, n)] + 0.4 * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_find_nearly_what_exact_search_finds(kind: str) -> None:
+    emb = _clustered(3000)
+    q = _clustered(200, seed=1)
+    exact = with_embeddings(FaissRetriever, emb).search_embeddings(q, 10)[0]
+    approx = with_embeddings(FaissRetriever, emb)
+    approx.index_type = kind
+    approx.nlist, approx.nprobe = 16, 8
+    got, scores = approx.search_embeddings(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), exact.tolist())])
+    assert recall >= 0.9
+    # Whatever it finds is scored exactly and ordered by the project's rule.
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ emb.T, got, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_added_items_go_into_the_built_index(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    emb = _clustered(500)
+    r = with_embeddings(FaissRetriever, emb)
+    r.index_type = kind
+    r.nlist = 8
+    built = r.faiss_index()
+    new = unit(np.ones((1, emb.shape[1]))).astype(np.float32)
+    monkeypatch.setattr(r, "encode", lambda texts, is_query, show_progress=False: new)
+    r.add(["brand-new"], ["Title: brand new"])
+    assert r.faiss_index() is built and built.ntotal == 501  # no rebuild
+    assert r.ids[r.search_embeddings(new, 1)[0][0, 0]] == "brand-new"
+    r.remove(["brand-new"])
+    assert r.faiss_index() is not built and r.faiss_index().ntotal == 500  # rebuilt
+
+
+def test_index_settings_round_trip(tmp_path) -> None:
+    from glossrec.config import RetrieveConfig
+    from glossrec.retrieve import build_retriever, load_retriever
+
+    r = build_retriever(RetrieveConfig(retriever="dense", faiss=True, faiss_index="ivf", faiss_nprobe=5))
+    assert r.index_type == "ivf" and r.nprobe == 5
+    r._items.reset(["a", "b"], ["x", "y"])
+    r._emb = unit(np.eye(2, 8)).astype(np.float32)
+    r.save(tmp_path / "ix")
+    back = load_retriever(tmp_path / "ix")
+    assert back.index_type == "ivf" and back.nprobe == 5

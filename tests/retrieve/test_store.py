@@ -17,6 +17,7 @@ import pytest
 import glossrec.retrieve.store as rt
 from glossrec.config import RetrieveConfig
 from glossrec.errors import ConfigError, DataError
+from glossrec.io import Versions
 from glossrec.retrieve import ItemTable, build_retriever, load_retriever
 from glossrec.retrieve.bm25 import BM25Retriever
 from glossrec.retrieve.dense import DenseRetriever
@@ -112,11 +113,11 @@ def test_fault_at_each_save_step_leaves_old_or_new(tmp_path: Path, catalog,
         monkeypatch.setattr(rt, "write_items", boom)  # mid-write of the new version
         monkeypatch.setattr("glossrec.retrieve.bm25.write_items", boom)
     elif step == "rename":
-        monkeypatch.setattr(rt.os, "rename", boom)
+        monkeypatch.setattr(os, "rename", boom)
     elif step == "current":
-        monkeypatch.setattr(rt, "_write_current", boom)
+        monkeypatch.setattr(Versions, "_write_pointer", boom)
     else:
-        monkeypatch.setattr(rt, "_prune", boom)
+        monkeypatch.setattr(Versions, "prune", boom)
     with pytest.raises(OSError, match="injected"):
         r.save(folder)
     monkeypatch.undo()

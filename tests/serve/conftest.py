@@ -101,7 +101,7 @@ class WordRetriever(Retriever):
         self._ids = [self._ids[n] for n in keep]
         self._texts = [self._texts[n] for n in keep]
 
-    def save(self, folder: Path) -> None:
+    def write(self, folder: Path) -> None:
         write_json(Path(folder) / "words.json", {"ids": self._ids, "texts": self._texts})
 
     @classmethod

@@ -63,7 +63,7 @@ def test_failed_save_rolls_back_memory(word_catalog: LiveCatalog, monkeypatch) -
     def boom(folder: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(word_catalog.retriever, "save", boom)
+    monkeypatch.setattr(word_catalog.retriever, "write", boom)
     with pytest.raises(OSError):
         word_catalog.add([ItemRecord("N1", "Lavender bath salts")])
     assert "N1" not in word_catalog and "N1" not in word_catalog.retriever.ids
@@ -122,3 +122,42 @@ def test_read_items_file_names_line_and_field(tmp_path: Path) -> None:
     assert "line 2" in str(e.value) and "title" in str(e.value)
     p.write_text(json.dumps({"item_id": "N1", "title": "ok", "brand": "B"}) + "\n")
     assert read_items_file(p) == [ItemRecord("N1", "ok", {"brand": "B"})]
+
+
+# ---- the journal: O(change) writes between snapshots -----------------------------------------
+
+
+def test_journaled_writes_are_replayed_and_compacted(word_catalog: LiveCatalog) -> None:
+    folder = word_catalog.folder
+    word_catalog.journal_limit = 3
+    word_catalog.add([ItemRecord("N1", "Jade roller")])
+    word_catalog.remove(["A1"])
+    assert word_catalog.version == "catalog-000001+000002"
+    assert sorted(p.name for p in folder.glob("catalog-*")) == ["catalog-000001"]  # no new snapshot
+    other = _open(folder)  # a reader in another process replays the journal
+    assert other.version == word_catalog.version and "N1" in other and "A1" not in other
+    word_catalog.add([ItemRecord("N2", "Gua sha stone")])  # the 3rd write compacts
+    assert word_catalog.version == "catalog-000002"
+    assert other.refresh() and other.version == "catalog-000002" and "N2" in other
+    word_catalog.add([ItemRecord("N3", "Rose quartz roller")])
+    assert other.refresh() and "N3" in other and other.version == "catalog-000002+000001"
+    assert other.retriever.ids == word_catalog.retriever.ids
+
+
+def test_a_cut_off_journal_line_is_ignored_and_overwritten(word_catalog: LiveCatalog) -> None:
+    word_catalog.journal_limit = 100
+    word_catalog.add([ItemRecord("N1", "Jade roller")])
+    journal = word_catalog.folder / word_catalog.snapshot / "journal.jsonl"
+    with open(journal, "ab") as f:
+        f.write(b'{"seq": 2, "op": "add", "items": [{"item_id": "HALF", "ti')  # kill -9 mid-append
+    back = _open(word_catalog.folder)
+    assert "N1" in back and "HALF" not in back and back.version == "catalog-000001+000001"
+    back.journal_limit = 100
+    back.add([ItemRecord("N2", "Gua sha stone")])
+    again = _open(word_catalog.folder)
+    assert "N2" in again and "HALF" not in again and again.version == "catalog-000001+000002"
+    # A bad line with good ones after it is corruption, named.
+    lines = journal.read_bytes().split(b"\n")
+    journal.write_bytes(b"\n".join([b"garbage", *lines[1:]]))
+    with pytest.raises(DataError, match="journal"):
+        _open(word_catalog.folder)

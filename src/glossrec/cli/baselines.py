@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from glossrec.cli.app import JsonOutOpt, SetOpt, app, print_json, show_progress_logs, with_sets
-from glossrec.cli.retrieval import (ConfigOpt, DataOpt, EncoderOpt, ExclOpt, OutOpt, RetrieverOpt,
-                                    SplitOpt, UsersOpt, common_overrides, print_result)
+from glossrec.cli.app import JsonOutOpt, SetOpt, app, print_json, show_progress_logs
+from glossrec.cli.retrieval import (ConfigOpt, DataOpt, ExclOpt, OutOpt, RetrieverOpt, UsersOpt,
+                                    eval_config, print_result)
 
 
 @app.command()
@@ -17,9 +17,8 @@ def baseline(
     kind: Annotated[str, typer.Argument(help="sasrec (SASRec-CE), itemknn or pop (popularity).")],
     out: OutOpt,
     data: DataOpt = None,
-    exclude_history: ExclOpt = None,
-    split: SplitOpt = None,
     users: UsersOpt = None,
+    exclude_history: ExclOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_out: JsonOutOpt = False,
@@ -27,19 +26,17 @@ def baseline(
     """Train an ID-based baseline on the split's training sequences and score it like GLoSS.
 
     SASRec early-stops on the validation users ([sasrec] in the config). The model is saved in
-    OUT/baseline; a rerun scores the saved model again.
+    OUT/baseline; a rerun scores the saved model again. Other settings: --set (e.g.
+    --set evaluate.split=valid --set sasrec.epochs=50).
     """
     from glossrec.baselines import KINDS
-    from glossrec.config import load_config
     from glossrec.errors import ConfigError
     from glossrec.pipeline import run_baseline
 
     if kind not in KINDS:
         raise ConfigError(f"unknown baseline {kind!r}; choose one of {', '.join(KINDS)}")
     show_progress_logs()
-    cfg = load_config(config, with_sets(
-        common_overrides(data, None, None, split, users, exclude_history), set_))
-    ev = run_baseline(cfg, kind, out)
+    ev = run_baseline(eval_config(config, set_, data, users=users, exclude=exclude_history), kind, out)
     print_result(kind, ev, out, json_out)
 
 
@@ -81,22 +78,18 @@ def hybrid(
     gen_test: Annotated[Optional[Path], typer.Option("--generations", help="Generated texts of the evaluated users (the LM's path).")] = None,
     data: DataOpt = None,
     retriever: RetrieverOpt = None,
-    encoder: EncoderOpt = None,
-    exclude_history: ExclOpt = None,
-    split: SplitOpt = None,
     users: UsersOpt = None,
+    exclude_history: ExclOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     json_out: JsonOutOpt = False,
 ) -> None:
     """Fuse Last-Item Search, generated texts and ID-based models per user (weighted rrf,
-    weights tuned on validation users)."""
-    from glossrec.config import load_config
+    weights tuned on validation users; hybrid.weights fixes them)."""
     from glossrec.pipeline import run_hybrid
 
     show_progress_logs()
-    cfg = load_config(config, with_sets(
-        common_overrides(data, retriever, encoder, split, users, exclude_history), set_))
     gens = {k: v for k, v in (("valid", gen_valid), ("test", gen_test)) if v is not None}
+    cfg = eval_config(config, set_, data, retriever, users=users, exclude=exclude_history)
     ev = run_hybrid(cfg, model or [], out, gens)
     print_result("hybrid", ev, out, json_out)

@@ -36,6 +36,16 @@ def common_overrides(data: Path | None, retriever: str | None, encoder: str | No
     return {k: v for k, v in ov.items() if v is not None}
 
 
+def eval_config(config: Path | None, sets: list[str] | None, data: Path | None = None,
+                retriever: str | None = None, encoder: str | None = None, split: str | None = None,
+                users: int | None = None, exclude: bool | None = None, **extra: Any) -> Any:
+    """The config of an evaluating command: file < its options < --set."""
+    from glossrec.config import load_config
+
+    return load_config(config, with_sets(
+        common_overrides(data, retriever, encoder, split, users, exclude, **extra), sets))
+
+
 def print_result(name: str, ev: Any, out: Path | None, json_out: bool = False) -> None:
     """The metrics as a table (+ per segment), or with `json_out` as JSON {name: metrics}."""
     from glossrec.evaluate import format_segments, format_table
@@ -67,12 +77,10 @@ def lis(
     json_out: JsonOutOpt = False,
 ) -> None:
     """Last-Item Search: query the catalog with the text of the user's last item."""
-    from glossrec.config import load_config
     from glossrec.pipeline import run_lis
 
-    cfg = load_config(config, with_sets(
-        common_overrides(data, retriever, encoder, split, users, exclude_history,
-                         **{"retrieve.e5_prefixes": e5_prefixes, "retrieve.faiss": faiss}), set_))
+    cfg = eval_config(config, set_, data, retriever, encoder, split, users, exclude_history,
+                      **{"retrieve.e5_prefixes": e5_prefixes, "retrieve.faiss": faiss})
     ev = run_lis(cfg, out)
     print_result(f"LIS-{cfg.retrieve.retriever}", ev, out, json_out)
 
@@ -93,13 +101,11 @@ def retrieve(
     json_out: JsonOutOpt = False,
 ) -> None:
     """Match each user's given texts to the catalog and evaluate exactly those users."""
-    from glossrec.config import load_config
     from glossrec.pipeline import run_retrieve
     from glossrec.retrieve.queries import load_queries
 
-    cfg = load_config(config, with_sets(
-        common_overrides(data, retriever, encoder, split, None, exclude_history,
-                         **{"retrieve.ranking": ranking, "retrieve.per_text_k": per_text_k}), set_))
+    cfg = eval_config(config, set_, data, retriever, encoder, split, None, exclude_history,
+                      **{"retrieve.ranking": ranking, "retrieve.per_text_k": per_text_k})
     q = load_queries(queries)
     ev = run_retrieve(cfg, q, out, source=str(queries))
     print_result(f"texts-{cfg.retrieve.retriever}-{cfg.retrieve.ranking}", ev, out, json_out)

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Hashable
@@ -24,11 +21,11 @@ from tqdm import tqdm
 
 from glossrec.data import clean_title
 from glossrec.errors import DataError
-from glossrec.io import open_text
+from glossrec.io import atomic_dir, open_text
 
 __all__ = [
     "Interaction", "SourceItem", "ImportReport", "BuiltDataset", "build_dataset", "write_dataset",
-    "iter_text_lines", "StagedFiles", "staged_files",
+    "iter_text_lines", "StagedFiles", "write_folder",
 ]
 
 REPORT_NAME = "import_report.json"
@@ -163,54 +160,31 @@ def build_dataset(rows: Iterable[Interaction], items: dict[str, SourceItem], *,
 
 
 class StagedFiles:
-    """Files written to temporary names and renamed together only when all are complete.
+    """The files of one dataset folder, written into a temporary folder that then replaces the
+    dataset folder in one step (glossrec.io.atomic_dir): a failure or a crash while writing the
+    second file can never pair a new items file with an old sequences file."""
 
-    Per-file atomic writes are not enough for a dataset: a failure while writing the second file
-    would pair a new items file with an old sequences file.
-    """
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
 
-    def __init__(self) -> None:
-        self.pairs: list[tuple[Path, Path]] = []
-
-    def _open(self, path: Path) -> tuple[int, Path]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.pairs.append((Path(tmp), path))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a shared dataset unreadable to others
-        return fd, Path(tmp)
-
-    def gz_lines(self, path: Path, lines: Iterable[str]) -> None:
+    def gz_lines(self, name: str, lines: Iterable[str]) -> None:
         """Gzip text lines reproducibly: no file name or time stamp in the gzip header."""
-        fd, _ = self._open(Path(path))
-        with os.fdopen(fd, "wb") as f:
+        with open(self.folder / name, "wb") as f:
             with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz:
                 for line in lines:
                     gz.write(line.encode("utf-8") if line.endswith("\n")
                              else (line + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
 
-    def json(self, path: Path, obj: Any) -> None:
-        fd, _ = self._open(Path(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def json(self, name: str, obj: Any) -> None:
+        with open(self.folder / name, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, ensure_ascii=False)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
-@contextmanager
-def staged_files() -> Iterator[StagedFiles]:
-    """Collect writes; rename them all into place on success, delete them all on error."""
-    staged = StagedFiles()
-    try:
-        yield staged
-    except BaseException:
-        for tmp, _ in staged.pairs:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged.pairs:
-        os.replace(tmp, final)
+def write_folder(out: Path, fill: Callable[[StagedFiles], None]) -> Path:
+    """Write a dataset folder all or nothing; files of an existing folder that `fill` does not
+    write (a README) are kept."""
+    return atomic_dir(Path(out), lambda tmp: fill(StagedFiles(tmp)), keep_others=True)
 
 
 def _item_line(rec: SourceItem) -> str:
@@ -229,12 +203,12 @@ def write_dataset(built: BuiltDataset, out: Path) -> Path:
     item_lines = [_item_line(r) for r in built.items]
     seq_lines = [json.dumps({"user_id": u, "items": s}, ensure_ascii=False)
                  for u, s in built.sequences]
-    out.mkdir(parents=True, exist_ok=True)
-    with staged_files() as files:
-        files.gz_lines(out / "items.jsonl.gz", item_lines)
-        files.gz_lines(out / "sequences.jsonl.gz", seq_lines)
-        files.json(out / REPORT_NAME, built.report.to_dict())
-    return out
+    def fill(files: StagedFiles) -> None:
+        files.gz_lines("items.jsonl.gz", item_lines)
+        files.gz_lines("sequences.jsonl.gz", seq_lines)
+        files.json(REPORT_NAME, built.report.to_dict())
+
+    return write_folder(out, fill)
 
 
 def iter_text_lines(path: Path, desc: str | None = None) -> Iterator[tuple[int, str]]:

@@ -10,7 +10,6 @@ over the lines of the sequences file, then sorted back into file order.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from glossrec.data import find_file
-from glossrec.data.build import iter_text_lines, staged_files
+from glossrec.data.build import StagedFiles, iter_text_lines, write_folder
 from glossrec.errors import DataError
+from glossrec.io import parse_json_object
 
 __all__ = ["SampleReport", "sample_dataset"]
 
@@ -44,15 +44,8 @@ class SampleReport:
 def _json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """(line number, raw line, object) for each non-blank line."""
     for line, text in iter_text_lines(path):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path, line) from None
-        if not isinstance(obj, dict):
-            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, line)
-        yield line, text, obj
+        if text.strip():
+            yield line, text, parse_json_object(text, path, line)
 
 
 def _sha256(path: Path) -> str:
@@ -125,8 +118,10 @@ def sample_dataset(data: str | Path, n_users: int, seed: int, out: str | Path) -
         source=str(data), seed=seed, users=n_users, source_users=len(seq_rows),
         items=len(item_lines), source_items=n_source_items,
         source_sha256={p.name: _sha256(p) for p in (items_path, seq_path)})
-    with staged_files() as files:
-        files.gz_lines(dst / "items.jsonl.gz", item_lines)
-        files.gz_lines(dst / "sequences.jsonl.gz", [text for _, text, _ in picked])
-        files.json(dst / SAMPLE_INFO, report.to_dict())
+    def fill(files: StagedFiles) -> None:
+        files.gz_lines("items.jsonl.gz", item_lines)
+        files.gz_lines("sequences.jsonl.gz", [text for _, text, _ in picked])
+        files.json(SAMPLE_INFO, report.to_dict())
+
+    write_folder(dst, fill)
     return report

@@ -115,8 +115,16 @@ class Retriever(ABC):
         """Remove items; unknown ids raise KeyError naming them."""
 
     @abstractmethod
+    def write(self, folder: Path) -> None:
+        """Write the index as plain files into `folder` (made by the caller, who owns
+        atomicity: :meth:`save`, or the live catalog's version)."""
+
     def save(self, folder: Path) -> None:
-        """Persist atomically: a crash mid-save leaves the previous index loadable."""
+        """Persist as a new version of `folder`: a crash mid-save leaves the previous index
+        loadable (glossrec.io.Versions, through glossrec.retrieve.store)."""
+        from glossrec.retrieve.store import save_versioned
+
+        save_versioned(folder, self.write)
 
     @classmethod
     @abstractmethod

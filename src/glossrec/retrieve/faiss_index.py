@@ -1,4 +1,5 @@
-"""Dense retrieval whose search runs in a FAISS ``IndexFlatIP`` (exact inner product).
+"""Dense retrieval whose search runs in a FAISS index: exact ``IndexFlatIP`` by default, or an
+approximate HNSW / IVF index for large catalogs (``retrieve.faiss_index``).
 
 Same encoder, embeddings, items and storage as :class:`~glossrec.retrieve.dense.DenseRetriever`
 (the saved folder holds the embeddings, never a FAISS binary); only ``search_embeddings``
@@ -30,12 +31,12 @@ last bit), so items whose scores differ only in that bit may order differently b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from glossrec.config import EMBEDDED_ENCODER
-from glossrec.errors import import_optional
+from glossrec.errors import ConfigError, import_optional
 from glossrec.retrieve.base import NEG_INF, empty_results, topk
 from glossrec.retrieve.dense import DenseRetriever
 
@@ -48,33 +49,93 @@ def import_faiss() -> Any:
     return import_optional("faiss", "faiss", "retrieve.faiss = true", package="faiss-cpu")
 
 
+IndexType = Literal["flat", "hnsw", "ivf"]
+
+
 class FaissRetriever(DenseRetriever):
-    """DenseRetriever with search in a FAISS exact inner-product index (see module docstring)."""
+    """DenseRetriever with search in a FAISS index (see module docstring).
+
+    index_type: ``flat`` (exact, IndexFlatIP, the default), ``hnsw`` (IndexHNSWFlat: graph
+    search, ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search`` beam widths) or
+    ``ivf`` (IndexIVFFlat: ``nlist`` k-means cells, None = 4 sqrt(n); ``nprobe`` searched per
+    query). The approximate kinds may miss items: their candidates are rescored exactly, but
+    the completeness check is only for ``flat``; bench/ann.py measures their recall against it.
+    Adding items adds them to the index; a removal or a replaced text rebuilds it.
+    """
 
     kind = "faiss"
 
     def __init__(self, encoder: str = EMBEDDED_ENCODER, e5_prefixes: bool = False,
-                 batch_size: int = 256, device: str | None = None) -> None:
+                 batch_size: int = 256, device: str | None = None, index_type: IndexType = "flat",
+                 hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+                 nlist: int | None = None, nprobe: int = 32) -> None:
         import_faiss()  # fail at configuration time, not at the first search
         super().__init__(encoder, e5_prefixes, batch_size, device)
+        if index_type not in ("flat", "hnsw", "ivf"):
+            raise ConfigError(f"retrieve.faiss_index must be flat, hnsw or ivf, got {index_type!r}")
+        self.index_type: IndexType = index_type
+        self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
+        self.nlist, self.nprobe = nlist, nprobe
         self._faiss: Any = None
         self._slack = 0.0
+        self._max_norm = 0.0
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "index_type": self.index_type, "hnsw_m": self.hnsw_m,
+                "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                "nlist": self.nlist, "nprobe": self.nprobe}
 
     def _changed(self) -> None:
         self._faiss = None
 
-    def faiss_index(self) -> Any:
-        """The IndexFlatIP over the current embeddings (rebuilt after a change)."""
+    def _appended(self, start: int) -> None:
+        """New rows go into the existing index (no rebuild: adding an item is O(dim) for flat
+        and IVF, O(log n) graph work for HNSW)."""
         if self._faiss is None:
-            faiss = import_faiss()
-            dim = int(self._emb.shape[1])
-            index = faiss.IndexFlatIP(dim)
-            index.add(self._emb)
-            max_norm = float(np.linalg.norm(self._emb.astype(np.float64), axis=1).max()) if len(self._emb) else 0.0
-            # Twice the bound on |FAISS's float32 score - our score| per unit query norm.
-            self._slack = (dim + 2) * 2.0 ** -23 * max_norm
-            self._faiss = index
+            return
+        new = self._emb[start:]
+        self._faiss.add(new)
+        self._note_norms(new)
+
+    def _note_norms(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self._max_norm = max(self._max_norm, float(np.linalg.norm(rows.astype(np.float64), axis=1).max()))
+        # Twice the bound on |FAISS's float32 score - our score| per unit query norm.
+        self._slack = (int(self._emb.shape[1]) + 2) * 2.0 ** -23 * self._max_norm
+
+    def faiss_index(self) -> Any:
+        """The FAISS index over the current embeddings (built on first use after a change)."""
+        if self._faiss is None:
+            self._faiss = self._build(int(self._emb.shape[1]))
+            self._max_norm = 0.0
+            self._note_norms(self._emb)
         return self._faiss
+
+    def _build(self, dim: int) -> Any:
+        faiss = import_faiss()
+        emb = self._emb
+        if self.index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.ef_construction
+        elif self.index_type == "ivf":
+            nlist = self.nlist or max(1, int(4 * np.sqrt(max(len(emb), 1))))
+            nlist = max(1, min(nlist, len(emb)))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            if len(emb):
+                # k-means on a sample: 64 points per cell is what FAISS asks for, and enough.
+                rng = np.random.default_rng(0)
+                sample = emb if len(emb) <= 64 * nlist else emb[np.sort(rng.choice(len(emb), 64 * nlist, replace=False))]
+                index.train(np.ascontiguousarray(sample))
+        else:
+            index = faiss.IndexFlatIP(dim)
+        index.add(emb)
+        return index
+
+    def _tune_search(self, index: Any, depth: int) -> None:
+        if self.index_type == "hnsw":
+            index.hnsw.efSearch = max(self.ef_search, depth)
+        elif self.index_type == "ivf":
+            index.nprobe = self.nprobe
 
     def search_embeddings(self, emb: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
                           show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -94,10 +155,11 @@ class FaissRetriever(DenseRetriever):
         todo = np.arange(len(q))
         while len(todo):
             fetch = int(depth[todo].max())
+            self._tune_search(index, fetch)
             dist, lab = index.search(q[todo], fetch)
             sub_ex = None if excl is None else [excl[i] for i in todo.tolist()]
             idx, sc = self._rescore(q[todo], lab.astype(np.int64), k, sub_ex)
-            if fetch >= n_items:  # every item was a candidate
+            if fetch >= n_items or self.index_type != "flat":  # complete, or approximate anyway
                 again = np.zeros(len(todo), dtype=bool)
             else:
                 kth = sc[:, k - 1].astype(np.float64)  # -inf when fewer than k were kept

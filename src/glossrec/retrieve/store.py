@@ -1,25 +1,20 @@
 """Crash-safe storage of retrievers: versioned folders, their metadata, items and arrays.
 
-On-disk layout written by every backend's ``save(folder)``::
+A backend writes plain files into a folder it is given (``write(folder)``): retriever.json
+(kind, settings), ids.json, texts.json, *.npy. ``save(folder)`` publishes them as a version of
+`folder` through :class:`glossrec.io.Versions`, the project's one owner of versioned storage::
 
     folder/CURRENT           {"version": "v-000007"}: the one version a reader loads
-    folder/v-000007/         retriever.json (kind, settings), ids.json, texts.json, *.npy
+    folder/v-000007/         the plain files
 
-Why: ``save`` writes a complete new version under a temporary name, fsyncs it, renames it into
-place, and only then replaces ``CURRENT`` (temp file + fsync + ``os.replace``); older versions are
-deleted last. A crash at any moment (kill -9 included) leaves ``CURRENT`` naming a complete
-version, the old one or the new one. Leftovers of a crashed save are swept by the next save.
-One writer per folder at a time (callers serialise saves, as the live catalog does).
+A crash at any moment (kill -9 included) leaves ``CURRENT`` naming a complete version, the old
+one or the new one. The live catalog versions itself and has each backend ``write`` its plain
+files into the catalog's version folder, so nothing is versioned (or fsynced) twice; ``load``
+reads either layout. One writer per folder at a time (callers serialise saves).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from glossrec.errors import DataError
-from glossrec.io import atomic_write, fsync_path, read_json, write_json
+from glossrec.io import Versions, atomic_write, read_json, write_json
 from glossrec.retrieve.items import ItemTable
 
 __all__ = [
-    "save_versioned", "current_version", "read_meta", "write_meta", "open_saved", "write_items",
+    "save_versioned", "current_version", "versions", "read_meta", "write_meta", "open_saved", "write_items",
     "read_items", "write_array", "read_array", "CURRENT", "META", "FORMAT", "KINDS",
 ]
 
@@ -40,84 +35,26 @@ META = "retriever.json"
 FORMAT = 1
 KINDS = {"bm25": "BM25Retriever", "dense": "DenseRetriever", "faiss": "FaissRetriever"}
 """Saved kind (retriever.json "kind") -> the class that loads it."""
-_VERSION_RE = re.compile(r"^v-(\d{6,})$")
-_TMP_PREFIX = ".tmp-v-"
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fsync_path(Path(dirpath) / name)
-        fsync_path(Path(dirpath))
-
-
-def _version_numbers(folder: Path) -> list[int]:
-    return [int(m.group(1)) for p in folder.iterdir() if (m := _VERSION_RE.match(p.name))]
-
-
-def _write_current(folder: Path, name: str) -> None:
-    with atomic_write(folder / CURRENT) as f:
-        json.dump({"version": name}, f)
-        f.write("\n")
-    fsync_path(folder)
-
-
-def _prune(folder: Path, keep: str) -> None:
-    """Delete every version but `keep`, and leftovers of crashed saves; best effort."""
-    for p in folder.iterdir():
-        if p.name == keep:
-            continue
-        if _VERSION_RE.match(p.name) or p.name.startswith(_TMP_PREFIX):
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith(f".{CURRENT}.") and p.name.endswith(".tmp"):  # atomic_write's temp
-            p.unlink(missing_ok=True)
+def versions(folder: str | Path) -> Versions:
+    """A retriever folder's versions (glossrec.io.Versions: the one versioned-storage owner)."""
+    return Versions(Path(folder), CURRENT, "v-", json_pointer=True, what="retriever")
 
 
 def save_versioned(folder: str | Path, write: Callable[[Path], None]) -> Path:
     """Run `write(dir)` into a fresh version of `folder`, then publish it; returns its path.
-
-    Steps (a crash between any two leaves the previous version current): write into
-    ``.tmp-v-*``, fsync files and folder, rename to ``v-N``, fsync `folder`, replace
-    ``CURRENT``, delete the other versions.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        name = f"v-{max(_version_numbers(folder), default=0) + 1:06d}"
-        os.rename(tmp, folder / name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(folder)
-    _write_current(folder, name)
-    _prune(folder, name)
-    return folder / name
+    A crash at any step leaves the previous version current (glossrec.io.Versions.publish)."""
+    return versions(folder).publish(write)
 
 
 def current_version(folder: str | Path, retries: int = 3) -> Path:
-    """The version folder ``CURRENT`` names (retried if a concurrent save just replaced it)."""
+    """The version folder ``CURRENT`` names; a plain folder of retriever files (as a live
+    catalog's version holds) is its own version."""
     folder = Path(folder)
-    pointer = folder / CURRENT
-    for attempt in range(retries):
-        if not pointer.is_file():
-            if not folder.is_dir():
-                raise DataError("retriever folder not found", folder)
-            raise DataError(f"no saved retriever here (no {CURRENT} file)", folder)
-        try:
-            name = json.loads(pointer.read_text(encoding="utf-8"))["version"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError('not a version pointer (expected {"version": "v-NNNNNN"})', pointer) from None
-        if not isinstance(name, str) or not _VERSION_RE.match(name):
-            raise DataError(f"invalid version name {name!r}", pointer, None, "version")
-        path = folder / name
-        if path.is_dir():
-            return path
-        time.sleep(0.05 * (attempt + 1))
-    raise DataError(f"{CURRENT} names {name!r}, which does not exist", pointer)
+    if not (folder / CURRENT).is_file() and (folder / META).is_file():
+        return folder
+    return versions(folder).current(retries)
 
 
 def read_meta(version: Path, kind: str | None = None) -> dict[str, Any]:

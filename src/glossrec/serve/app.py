@@ -161,7 +161,26 @@ async def _send_error(send: Send, status: int, error: str, detail: Any = None) -
 
 # ---- request / response models --------------------------------------------------------------
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                          pattern=r"^[^\x00-\x1f]*[^\s\x00-\x1f][^\x00-\x1f]*$")]
+"""No control characters, and not only spaces (the catalog strips and refuses those)."""
+
+
+class ErrorOut(BaseModel):
+    """Every error response: a one-line message and its specifics."""
+
+    error: str
+    detail: Any = Field(None, description="Specifics: a list of {field, message} for invalid requests, "
+                                          "{unknown_ids: [...]} for unknown items, or null.")
+
+
+def _errors(*codes: int) -> dict[Union[int, str], dict[str, Any]]:
+    """OpenAPI responses for these error statuses, each with the ErrorOut body."""
+    text = {400: "Malformed JSON or Content-Length", 401: "API key missing", 403: "Wrong API key",
+            404: "Unknown item id", 413: "Body too large", 415: "Body is not JSON",
+            422: "Invalid request (each invalid field named) or unknown history item ids",
+            500: "Internal error (logged on the server)"}
+    return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
 
 
 class RecommendedItemOut(BaseModel):
@@ -196,12 +215,14 @@ class WriteOut(BaseModel):
 
 def _models(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """Request models with this service's limits baked in (so OpenAPI shows them)."""
-    Title = Annotated[str, StringConstraints(min_length=1, max_length=s.max_title_chars)]
+    # At least one non-space character: a title of spaces is refused (the schema says so).
+    Title = Annotated[str, StringConstraints(min_length=1, max_length=s.max_title_chars, pattern=r"\S")]
 
     class HistoryItem(BaseModel):
         """A catalog item id, or the title of an item the catalog does not know (or both)."""
 
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", json_schema_extra={
+            "anyOf": [{"required": ["item_id"]}, {"required": ["title"]}]})
         item_id: ItemId | None = None
         title: Title | None = None
 
@@ -325,8 +346,13 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
         return _error_response(422, f"invalid request: {first['field']}: {first['message']}", clean)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error_response(e.status_code, str(e.detail), None, getattr(e, "headers", None))
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(e, "headers", None) or {})
+        if e.status_code == 405:
+            # Starlette names only the first route that matched the path; a path served by
+            # several routes (GET and DELETE /items/{id}) allows all of their methods.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
+        return _error_response(e.status_code, str(e.detail), None, headers or None)
 
     @app.exception_handler(UnknownItemsError)
     async def _unknown(_: Request, e: UnknownItemsError) -> JSONResponse:
@@ -342,7 +368,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
         return _error_response(500, "internal server error",
                                "the error was logged on the server; the request can be retried")
 
-    @app.get("/health", summary="Liveness, mode and catalog size")
+    @app.get("/health", summary="Liveness, mode and catalog size", responses=_errors(500))
     async def health() -> dict[str, Any]:
         cat = recommender.catalog
         await run_in_threadpool(cat.refresh)
@@ -353,8 +379,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
                 "generate_calls": recommender.generate_calls}
 
     @app.post("/recommend", response_model=RecommendOut, summary="Recommend items for a history",
-              responses={422: {"description": "Invalid request or unknown history item ids"},
-                         413: {"description": "Body too large"}, 400: {"description": "Malformed JSON"}})
+              responses=_errors(400, 413, 415, 422, 500))
     async def recommend(body: RecommendIn) -> Any:  # type: ignore[valid-type]
         history = [h.model_dump(exclude_none=True) for h in body.history]  # type: ignore[attr-defined]
         result = await batcher.submit(RecRequest(history, body.k, body.exclude_history))  # type: ignore[attr-defined]
@@ -362,7 +387,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
 
     @app.post("/items", response_model=WriteOut, status_code=201, dependencies=[Depends(require_key)],
               summary="Add or replace items (one item, or {\"items\": [...]})",
-              responses={401: {"description": "API key missing"}, 403: {"description": "Wrong API key"}})
+              responses=_errors(400, 401, 403, 413, 415, 422, 500))
     async def add_items(body: Union[ItemsIn, ItemIn]) -> Any:  # type: ignore[valid-type]
         items = body.items if isinstance(body, ItemsIn) else [body]  # type: ignore[attr-defined]
         recs = [ItemRecord(i.item_id, i.title, dict(i.attributes)) for i in items]
@@ -371,7 +396,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
                 "items": len(recommender.catalog)}
 
     @app.delete("/items/{item_id:path}", response_model=WriteOut, dependencies=[Depends(require_key)],
-                summary="Remove an item", responses={404: {"description": "Unknown item id"}})
+                summary="Remove an item", responses=_errors(401, 403, 404, 422, 500))
     async def remove_item(item_id: str) -> Any:
         try:
             res = await run_in_threadpool(recommender.remove_items, [item_id])
@@ -381,7 +406,7 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
                 "items": len(recommender.catalog)}
 
     @app.get("/items/{item_id:path}", response_model=ItemOut, summary="Show one item",
-             responses={404: {"description": "Unknown item id"}})
+             responses=_errors(404, 422, 500))
     async def get_item(item_id: str) -> Any:
         try:
             rec = await run_in_threadpool(recommender.get_item, item_id)
@@ -392,6 +417,18 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_body_bytes)
     return app
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)  # PARTIAL: the path matches, the method does not
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _version() -> str:

@@ -6,23 +6,29 @@ Layout of ``RUN_DIR/index/`` (a service and the CLI may share it)::
     catalog-000007/
         meta.json            format, version, retriever kind, item format, item count
         items.jsonl          one {"item_id", "title", ...attributes} per item, in index order
-        retriever/           Retriever.save() output
+        retriever/           the retriever's plain files (Retriever.write)
+        journal.jsonl        writes since this snapshot: {"seq", "op": "add"|"remove", ...}
     .lock                    fcntl lock serialising writers across processes
 
-Why: a write builds a complete new version under a temporary name, renames it into place, and
-only then replaces ``CATALOG`` atomically (write temp file, fsync, rename). A crash at any
-moment (kill -9 included) therefore leaves ``CATALOG`` naming a complete folder: the old state
-or the new one, never a mix. Leftover temporary folders are swept by the next writer. Readers in
-other processes notice a new pointer (:meth:`LiveCatalog.refresh`) and reload.
+Why: a write publishes a complete new version through :class:`glossrec.io.Versions` (the one
+owner of versioned storage): built under a temporary name, fsynced once, renamed into place,
+and only then ``CATALOG`` replaced atomically. A crash at any moment (kill -9 included) leaves
+``CATALOG`` naming a complete folder: the old state or the new one, never a mix. Leftover
+temporary folders are swept by the next writer. Readers in other processes notice a new pointer
+(:meth:`LiveCatalog.refresh`) and reload.
+
+Writes cost O(change): a write is appended to the current snapshot's journal and fsynced (a
+line cut off by kill -9 was never acknowledged and is ignored); every ``journal_limit`` writes
+(by default one per 1,000 items, so a 12k catalog snapshots every 12 writes and a small one at
+every write) the state is compacted into a new snapshot. Readers replay the journal's new lines
+(:meth:`LiveCatalog.refresh`).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import re
-import shutil
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,17 +41,16 @@ import numpy as np
 
 from glossrec.data import Catalog
 from glossrec.errors import DataError, GlossrecError
-from glossrec.io import atomic_write, fsync_path, iter_jsonl, read_json, write_json
+from glossrec.io import FAULT_ENV, Versions, atomic_write, fault_point, iter_jsonl, read_json, write_json
 from glossrec.retrieve.base import Retriever
 
 POINTER = "CATALOG"
+JOURNAL = "journal.jsonl"
+"""Inside a version folder: the writes made since that snapshot, one JSON line each."""
 FORMAT = "glossrec-live-catalog/1"
-WRITE_DELAY_ENV = "GLOSSREC_TEST_CATALOG_WRITE_DELAY"
-"""Test hook, "<phase>:<seconds>" with phase "items" (mid items.jsonl) or "publish" (new folder
-in place, pointer not yet replaced): sleep there so a test can kill -9 the writer."""
-
-_VERSION_RE = re.compile(r"^catalog-(\d{6,})$")
-_TMP_PREFIX = ".tmp-catalog-"
+WRITE_DELAY_ENV = FAULT_ENV
+"""The crash tests' fault points (glossrec.io.fault_point): "items" (mid items.jsonl) or
+"publish" (new folder in place, pointer not yet replaced)."""
 _MAX_ID_CHARS = 256
 
 RetrieverLoader = Callable[[Path], Retriever]
@@ -105,21 +110,16 @@ class WriteResult:
     version: str
 
 
-def _test_delay(phase: str) -> None:
-    spec = os.environ.get(WRITE_DELAY_ENV, "")
-    if spec.startswith(phase + ":"):
-        time.sleep(float(spec.split(":", 1)[1]))
-
-
 def _default_loader(folder: Path) -> Retriever:
     from glossrec.retrieve import load_retriever
 
     return load_retriever(folder)
 
 
-def _version_number(name: str) -> int:
-    m = _VERSION_RE.match(name)
-    return int(m.group(1)) if m else -1
+def catalog_versions(folder: str | Path) -> Versions:
+    """The live catalog's versions: CATALOG names the current catalog-NNNNNN folder."""
+    return Versions(Path(folder), POINTER, "catalog-", json_pointer=False, what="catalog",
+                    hint="; create one with `glossrec index`")
 
 
 def is_live_catalog(folder: str | Path) -> bool:
@@ -134,16 +134,30 @@ class LiveCatalog:
     """
 
     def __init__(self, folder: Path, items: dict[str, ItemRecord], retriever: Retriever,
-                 formatter: Catalog, version: str, loader: RetrieverLoader) -> None:
+                 formatter: Catalog, version: str, loader: RetrieverLoader,
+                 journal_limit: int | None = None) -> None:
         self.folder = folder
         self._items = items
         self.retriever = retriever
         self.formatter = formatter
-        self.version = version
+        self.snapshot = version
+        """The version folder (catalog-NNNNNN) this state was loaded from."""
+        self.seq = 0
+        """Journal entries of that folder applied on top of it."""
+        self._offset = 0
+        """Bytes of its journal read so far."""
+        self.journal_limit = journal_limit
+        """Writes journaled before the next snapshot (compaction); None: one per 1,000 items,
+        so a write costs O(change) plus an amortised O(1,000 items) share of a snapshot."""
         self._loader = loader
         self._lock = threading.RLock()
         self._pos: dict[str, int] | None = None
-        self._check_consistent()
+        self._check_consistent(full=True)
+
+    @property
+    def version(self) -> str:
+        """The state's name: the snapshot, plus "+N" after N journaled writes."""
+        return self.snapshot if self.seq == 0 else f"{self.snapshot}+{self.seq:06d}"
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -174,7 +188,7 @@ class LiveCatalog:
         folder.mkdir(parents=True, exist_ok=True)
         cat = cls(folder, records, retriever, formatter, "", loader or _default_loader)
         with cat._file_lock():
-            cat.version = cat._write_version()
+            cat.snapshot = cat._write_version()
         return cat
 
     @classmethod
@@ -186,23 +200,18 @@ class LiveCatalog:
                           loader, indexed)
 
     @classmethod
-    def open(cls, folder: str | Path, loader: RetrieverLoader | None = None) -> LiveCatalog:
+    def open(cls, folder: str | Path, loader: RetrieverLoader | None = None,
+             journal_limit: int | None = None) -> LiveCatalog:
         folder = Path(folder)
         loader = loader or _default_loader
         items, retriever, formatter, version = cls._load_current(folder, loader)
-        return cls(folder, items, retriever, formatter, version, loader)
+        cat = cls(folder, items, retriever, formatter, version, loader, journal_limit)
+        cat._catch_up()
+        return cat
 
     @staticmethod
     def _read_pointer(folder: Path) -> str:
-        pointer = folder / POINTER
-        try:
-            name = pointer.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise DataError("no live catalog here (missing CATALOG pointer); create one with "
-                            "`glossrec index`", folder) from None
-        if not _VERSION_RE.match(name):
-            raise DataError(f"pointer names {name!r}, not a catalog version", pointer)
-        return name
+        return catalog_versions(folder).read_pointer()
 
     @classmethod
     def _load_current(cls, folder: Path, loader: RetrieverLoader
@@ -233,11 +242,81 @@ class LiveCatalog:
             raise DataError(f"{len(items)} items, meta.json says {meta.get('n_items')}", path)
         return items, loader(vdir / "retriever"), formatter
 
-    def _check_consistent(self) -> None:
+    def _check_consistent(self, full: bool = False) -> None:
+        """Index and items in step: the counts always, every id when `full` (on load; a write
+        checks only the count, so that it stays O(change))."""
         ids = self.retriever.ids
-        if len(ids) != len(self._items) or any(i not in self._items for i in ids):
+        if len(ids) != len(self._items) or (full and any(i not in self._items for i in ids)):
             raise DataError(f"retriever holds {len(ids)} items but the catalog {len(self._items)}"
                             " (index and items out of step)", self.folder)
+
+    # ---- the journal: writes between snapshots -------------------------------------------------
+
+    @property
+    def _journal(self) -> Path:
+        return self.folder / self.snapshot / JOURNAL
+
+    def _read_journal(self) -> tuple[list[dict[str, Any]], int]:
+        """Complete entries after the bytes already read, and the offset after the last one.
+
+        A last line without its newline, or not JSON, is a write that was cut off (kill -9
+        mid-append): never acknowledged, so it is ignored (and cut off by the next writer). A
+        bad line followed by good ones is corruption: a DataError naming it."""
+        path = self._journal
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], self._offset
+        entries: list[dict[str, Any]] = []
+        offset = self._offset
+        lines = data.split(b"\n")
+        for n, raw in enumerate(lines[:-1]):  # the part after the last newline is incomplete
+            try:
+                entry = json.loads(raw)
+                if not isinstance(entry, dict) or entry.get("seq") != self.seq + len(entries) + 1:
+                    raise ValueError("out of sequence")
+            except ValueError:
+                if n == len(lines) - 2 and not lines[-1]:
+                    break  # a cut-off last line
+                raise DataError(f"corrupt journal entry ({raw[:80]!r})", path) from None
+            entries.append(entry)
+            offset += len(raw) + 1
+        return entries, offset
+
+    def _apply_entry(self, entry: dict[str, Any]) -> None:
+        if entry["op"] == "add":
+            recs = [ItemRecord.from_json(o, self._journal) for o in entry["items"]]
+            self._apply_add({r.item_id: r for r in recs})
+        elif entry["op"] == "remove":
+            self._apply_remove(list(entry["ids"]))
+        else:
+            raise DataError(f"unknown journal op {entry['op']!r}", self._journal)
+
+    def _catch_up(self) -> bool:
+        """Apply journal entries other writers appended since this state was read."""
+        entries, offset = self._read_journal()
+        for entry in entries:
+            self._apply_entry(entry)
+            self.seq += 1
+        self._offset = offset
+        return bool(entries)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        """Append one entry (fsynced before the write returns); a cut-off tail is dropped first."""
+        with open(self._journal, "ab") as f:
+            if f.tell() > self._offset:
+                f.truncate(self._offset)
+            line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+            half = len(line) // 2
+            f.write(line[:half])
+            f.flush()
+            fault_point("journal")
+            f.write(line[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        self._offset += len(line)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -248,18 +327,25 @@ class LiveCatalog:
             yield self
 
     def refresh(self) -> bool:
-        """Reload when another process published a newer version; True if reloaded."""
+        """Catch up with writes of other processes: their journal entries, or a newer snapshot
+        (reloaded); True if anything changed."""
         try:
             name = self._read_pointer(self.folder)
         except DataError:
             return False
-        if name == self.version:
+        if name == self.snapshot and self._journal_size() <= self._offset:
             return False
         with self._lock:
-            if self._read_pointer(self.folder) == self.version:
-                return False
-            self._reload()
-            return True
+            if self._read_pointer(self.folder) != self.snapshot:
+                self._reload()
+                return True
+            return self._catch_up()
+
+    def _journal_size(self) -> int:
+        try:
+            return self._journal.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -318,11 +404,26 @@ class LiveCatalog:
         def apply() -> tuple[list[str], list[str], list[str]]:
             replaced = [i for i in new if i in self._items]
             added = [i for i in new if i not in self._items]
-            self.retriever.add(list(new), [self.text_of(r) for r in new.values()])
-            self._items.update(new)
+            self._apply_add(new)
             return added, replaced, []
 
-        return self._write(lambda: None, apply)
+        return self._write(lambda: None, apply,
+                           {"op": "add", "items": [r.to_json() for r in new.values()]})
+
+    def _apply_add(self, new: dict[str, ItemRecord]) -> None:
+        before = len(self.retriever.ids)
+        self.retriever.add(list(new), [self.text_of(r) for r in new.values()])
+        self._items.update(new)
+        if self._pos is not None:  # new items were appended: extend the map, O(change)
+            ids = self.retriever.ids
+            for p in range(before, len(ids)):
+                self._pos[ids[p]] = p
+
+    def _apply_remove(self, ids: list[str]) -> None:
+        self.retriever.remove(ids)
+        for i in ids:
+            del self._items[i]
+        self._pos = None  # positions after a removed item shift
 
     def remove(self, item_ids: Sequence[str]) -> WriteResult:
         """Remove items (all or none: unknown ids raise UnknownItemsError naming them)."""
@@ -338,25 +439,34 @@ class LiveCatalog:
                 raise DataError("cannot remove every item: a catalog needs at least one")
 
         def apply() -> tuple[list[str], list[str], list[str]]:
-            self.retriever.remove(ids)
-            for i in ids:
-                del self._items[i]
+            self._apply_remove(ids)
             return [], [], ids
 
-        return self._write(check, apply)
+        return self._write(check, apply, {"op": "remove", "ids": ids})
+
+    def _limit(self) -> int:
+        return self.journal_limit if self.journal_limit is not None else max(1, len(self._items) // 1000)
 
     def _write(self, check: Callable[[], None],
-               apply: Callable[[], tuple[list[str], list[str], list[str]]]) -> WriteResult:
+               apply: Callable[[], tuple[list[str], list[str], list[str]]],
+               entry: dict[str, Any]) -> WriteResult:
+        """Apply a change in memory and persist it before returning: as a journal entry
+        (O(change)), or, every `journal_limit` writes, as a new snapshot (compaction)."""
         with self._lock, self._file_lock():
-            # Another process may have published since we loaded: apply on top of its state.
-            if self._read_pointer(self.folder) != self.version:
+            # Another process may have written since we loaded: apply on top of its state.
+            if self._read_pointer(self.folder) != self.snapshot:
                 self._reload()
+            else:
+                self._catch_up()
             check()
             try:
                 added, replaced, removed = apply()
-                self._pos = None
                 self._check_consistent()
-                self.version = self._write_version()
+                if self.seq + 1 >= self._limit():
+                    self.snapshot, self.seq, self._offset = self._write_version(), 0, 0
+                else:
+                    self._append({"seq": self.seq + 1, **entry})
+                    self.seq += 1
             except BaseException:
                 # Roll the in-memory state back to what is on disk, then report the failure.
                 self._reload()
@@ -364,9 +474,11 @@ class LiveCatalog:
             return WriteResult(added, replaced, removed, self.version)
 
     def _reload(self) -> None:
-        self._items, self.retriever, self.formatter, self.version = self._load_current(
+        self._items, self.retriever, self.formatter, self.snapshot = self._load_current(
             self.folder, self._loader)
+        self.seq, self._offset = 0, 0
         self._pos = None
+        self._catch_up()
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -379,55 +491,27 @@ class LiveCatalog:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _write_version(self) -> str:
-        """Write the in-memory state as a new version and point CATALOG at it (hold the locks)."""
-        previous = self.version
-        self._sweep_tmp()
-        existing = [_version_number(p.name) for p in self.folder.iterdir()]
-        name = f"catalog-{max(existing + [0]) + 1:06d}"
-        tmp = self.folder / f"{_TMP_PREFIX}{name}-{os.getpid()}"
-        tmp.mkdir()
-        try:
-            self._write_files(tmp, name)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        fsync_path(tmp)
-        os.rename(tmp, self.folder / name)
-        fsync_path(self.folder)
-        _test_delay("publish")
-        with atomic_write(self.folder / POINTER) as f:
-            f.write(name + "\n")
-        fsync_path(self.folder)
-        self._prune({name, previous})
-        return name
+        """Publish the in-memory state as a new version (hold the locks); the version it
+        replaces stays for readers that opened it just before."""
+        return catalog_versions(self.folder).publish(self._write_files, keep_previous=True).name
 
-    def _write_files(self, tmp: Path, name: str) -> None:
+    def _write_files(self, tmp: Path) -> None:
         ids = list(self.retriever.ids)
         with atomic_write(tmp / "items.jsonl") as f:
             half = len(ids) // 2
             for n, iid in enumerate(ids):
                 if n == half:
                     f.flush()
-                    _test_delay("items")
+                    fault_point("items")
                 f.write(json.dumps(self._items[iid].to_json(), ensure_ascii=False) + "\n")
-        self.retriever.save(tmp / "retriever")
+        (tmp / "retriever").mkdir()
+        self.retriever.write(tmp / "retriever")
         write_json(tmp / "meta.json", {
-            "format": FORMAT, "version": name, "retriever": getattr(self.retriever, "kind", "?"),
+            "format": FORMAT, "version": Versions.version_name(tmp),
+            "retriever": getattr(self.retriever, "kind", "?"),
             "n_items": len(ids), "item_format": self.formatter.item_format,
             "title_words": self.formatter.title_words, "written_at": time.time(),
         })
-
-    def _sweep_tmp(self) -> None:
-        # Only writers create these, and we hold the writer lock: any left are from a crash.
-        for p in self.folder.glob(_TMP_PREFIX + "*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-    def _prune(self, keep: set[str]) -> None:
-        """Delete versions other than the new one and the one it replaced (also unpublished
-        folders a crash left between rename and pointer replace)."""
-        for p in self.folder.iterdir():
-            if _VERSION_RE.match(p.name) and p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
 
 
 def read_items_file(path: str | Path) -> list[ItemRecord]:
