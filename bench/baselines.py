@@ -68,6 +68,8 @@ def dataset_rows(name: str, runs: Path, data_root: Path = DATA, sets: dict[str, 
                 if not excl:
                     info["timing"][kind] = {"seconds": sec, "peak_rss_mb": rss}
             res[kind] = json.loads(RunDir(out).metrics.read_text())
+            if not excl and kind not in info["timing"]:  # trained by an earlier, killed run
+                info["timing"][kind] = {"seconds": res[kind]["timing_s"]["fit"], "peak_rss_mb": None}
         out = folder / "lis-bm25"
         if not RunDir(out).metrics.is_file():
             run_lis(cfg, out, ds)
