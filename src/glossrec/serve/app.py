@@ -161,9 +161,18 @@ async def _send_error(send: Send, status: int, error: str, detail: Any = None) -
 
 # ---- request / response models --------------------------------------------------------------
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256,
-                                          pattern=r"^[^\x00-\x1f]*[^\s\x00-\x1f][^\x00-\x1f]*$")]
-"""No control characters, and not only spaces (the catalog strips and refuses those)."""
+# The server's own rules, written as patterns every engine reads alike (pydantic's Rust regex,
+# Python's re, JSON Schema's ECMA regex): "whitespace" is exactly what Python's str.strip()
+# removes, listed literally, since each engine's \s means a different set.
+_WS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{_WS}]"
+"""Somewhere a character that is not whitespace."""
+CatalogId = Annotated[str, StringConstraints(
+    min_length=1, max_length=256, pattern=f"^[^{_WS}\\x00-\\x1f]([^\\x00-\\x1f]*[^{_WS}\\x00-\\x1f])?$")]
+"""An id a catalog accepts (glossrec.serve.store.ItemRecord): no control characters, no
+whitespace at either end."""
+HistoryId = Annotated[str, StringConstraints(min_length=1, pattern=NOT_BLANK)]
+"""An id to look up: anything not blank (an id the catalog does not hold is a 422 naming it)."""
 
 
 class ErrorOut(BaseModel):
@@ -216,14 +225,15 @@ class WriteOut(BaseModel):
 def _models(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """Request models with this service's limits baked in (so OpenAPI shows them)."""
     # At least one non-space character: a title of spaces is refused (the schema says so).
-    Title = Annotated[str, StringConstraints(min_length=1, max_length=s.max_title_chars, pattern=r"\S")]
+    Title = Annotated[str, StringConstraints(min_length=1, max_length=s.max_title_chars, pattern=NOT_BLANK)]
 
     class HistoryItem(BaseModel):
         """A catalog item id, or the title of an item the catalog does not know (or both)."""
 
-        model_config = ConfigDict(extra="forbid", json_schema_extra={
-            "anyOf": [{"required": ["item_id"]}, {"required": ["title"]}]})
-        item_id: ItemId | None = None
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+            {"required": ["item_id"], "properties": {"item_id": {"type": "string"}}},
+            {"required": ["title"], "properties": {"title": {"type": "string"}}}]})
+        item_id: HistoryId | None = None
         title: Title | None = None
 
         @model_validator(mode="after")
@@ -253,7 +263,7 @@ def _models(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel], type[Ba
 
     class ItemIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        item_id: ItemId
+        item_id: CatalogId
         title: Title
         attributes: dict[str, Any] = Field(default_factory=dict,
                                            description="Extra fields (e.g. brand) for item formats that use them.")
