@@ -362,3 +362,18 @@ def test_micro_batches_split_by_tokens_give_the_same_training(tiny_lm_dir: Path,
     split = train(helper.config(tiny_lm_dir, max_steps=2, max_batch_tokens=40), tmp_path / "b", data)
     assert [r["loss"] for r in split.history] == pytest.approx([r["loss"] for r in whole.history],
                                                                 rel=1e-5)
+
+
+def test_report_to_tensorboard_logs_every_step(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = helper.pairs(tok, 12)
+    res = train(helper.config(tiny_lm_dir, epochs=1, report_to=["tensorboard"]), tmp_path / "tb",
+                data[:10], data[10:])
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    logged = [r["loss"] for r in res.history if "loss" in r]
+    assert losses == pytest.approx(logged, rel=1e-6) and len(losses) == res.steps
+    assert [e.step for e in acc.Scalars("train/valid_loss")] == [r["step"] for r in res.history if "valid_loss" in r]

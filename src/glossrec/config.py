@@ -153,6 +153,11 @@ class TrainConfig(_Section):
     """Recompute activations in the backward pass: less memory (a SmolLM2 micro-batch of 4
     Beauty texts peaks at ~4 GB in fp32 without it), ~30% more compute. Always on with 4-bit
     QLoRA loading, as in the paper's Unsloth setup."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Experiment trackers that receive every logged step (loss, lr, tokens, validation loss)
+    from the main process: tensorboard (RUN_DIR/tensorboard), mlflow (MLFLOW_TRACKING_URI, else
+    RUN_DIR/mlruns), wandb (its own settings; WANDB_MODE=offline works without a network).
+    Each is imported only when named (extra: glossrec[tracking])."""
 
     @field_validator("optim")
     @classmethod

@@ -289,6 +289,60 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- experiment tracking ----------------------------------------------------------------------
+
+
+class _Trackers:
+    """train.report_to: each history record, once, to tensorboard / mlflow / wandb."""
+
+    def __init__(self, names: Sequence[str], run_dir: Path, cfg: RunConfig) -> None:
+        from glossrec.errors import import_optional
+
+        self.sent = 0
+        self.sinks: list[Callable[[dict[str, float], int], None]] = []
+        self.closers: list[Callable[[], Any]] = []
+        for name in names:
+            if name == "tensorboard":
+                import_optional("tensorboard", "tracking", 'train.report_to = ["tensorboard"]')
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+                def tb(values: dict[str, float], step: int, w: Any = writer) -> None:
+                    for k, v in values.items():
+                        w.add_scalar(f"train/{k}", v, step)
+                    w.flush()
+
+                self.sinks.append(tb)
+                self.closers.append(writer.close)
+            elif name == "mlflow":
+                mlflow = import_optional("mlflow", "tracking", 'train.report_to = ["mlflow"]')
+                if not os.environ.get("MLFLOW_TRACKING_URI"):
+                    mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
+                mlflow.start_run(run_name=run_dir.name)
+                mlflow.log_params({"model": cfg.model.name, "method": cfg.train.method,
+                                   "learning_rate": cfg.train.learning_rate, "loss": cfg.train.loss})
+                self.sinks.append(lambda values, step: mlflow.log_metrics(values, step=step))
+                self.closers.append(mlflow.end_run)
+            elif name == "wandb":
+                wandb = import_optional("wandb", "tracking", 'train.report_to = ["wandb"]')
+                wandb.init(dir=str(run_dir), name=run_dir.name, config=cfg.model_dump(mode="json"))
+                self.sinks.append(lambda values, step: wandb.log(values, step=step))
+                self.closers.append(wandb.finish)
+
+    def log(self, history: Sequence[dict[str, Any]]) -> None:
+        for rec in history[self.sent:]:
+            values = {k: float(v) for k, v in rec.items()
+                      if k not in ("step", "best") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for sink in self.sinks:
+                sink(values, int(rec["step"]))
+        self.sent = len(history)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
 # --- data parallelism -------------------------------------------------------------------------
 
 
@@ -504,6 +558,7 @@ class _Run:
     params: list[Any] = field(default_factory=list)
     """The trainable parameters (what the optimizer steps and gradient clipping sees)."""
     group: _Group = field(default_factory=_Group)
+    trackers: _Trackers | None = None
 
     @property
     def ckpt_root(self) -> Path:
@@ -573,8 +628,12 @@ class _Run:
         self.write_log()
 
     def write_log(self) -> None:
-        if self.group.main:
-            write_jsonl(self.run_dir / "train_log.jsonl", self.state.history)
+        """train_log.jsonl (the whole history), and the new records to the trackers."""
+        if not self.group.main:
+            return
+        write_jsonl(self.run_dir / "train_log.jsonl", self.state.history)
+        if self.trackers is not None:
+            self.trackers.log(self.state.history)
 
     def evaluate(self, valid: Sequence[Encoded], pad_id: int) -> bool:
         """Validate, keep the best adapter; True when early stopping says stop."""
@@ -752,6 +811,9 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
                _use_bf16(t, device), state, params, procs)
     resumed_from = _resume_latest(run, total)
+    if t.report_to and procs.main:  # a resumed run sends only the steps after its checkpoint
+        run.trackers = _Trackers(t.report_to, run_dir, cfg)
+        run.trackers.sent = len(run.state.history)
 
     # --- the loop: one optimizer step per group of grad_accum micro-batches
     s = run.state
@@ -793,6 +855,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                 break
     bar.close()
     s.finished = True  # also when resuming a run that had already finished its steps
+    if run.trackers is not None:
+        run.trackers.close()
 
     # --- the result: the best weights, in RUN_DIR/adapter and in the returned model
     adapter = RunDir(run_dir).adapter
