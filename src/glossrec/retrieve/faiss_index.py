@@ -67,7 +67,7 @@ class FaissRetriever(DenseRetriever):
 
     def __init__(self, encoder: str = EMBEDDED_ENCODER, e5_prefixes: bool = False,
                  batch_size: int = 256, device: str | None = None, index_type: IndexType = "flat",
-                 hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+                 hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 256,
                  nlist: int | None = None, nprobe: int = 32) -> None:
         import_faiss()  # fail at configuration time, not at the first search
         super().__init__(encoder, e5_prefixes, batch_size, device)
@@ -98,8 +98,9 @@ class FaissRetriever(DenseRetriever):
         self._note_norms(new)
 
     def _note_norms(self, rows: np.ndarray) -> None:
-        if len(rows):
-            self._max_norm = max(self._max_norm, float(np.linalg.norm(rows.astype(np.float64), axis=1).max()))
+        for s in range(0, len(rows), 65536):  # in blocks: a float64 copy of 1M rows is 3 GB
+            block = rows[s:s + 65536].astype(np.float64)
+            self._max_norm = max(self._max_norm, float(np.sqrt((block * block).sum(axis=1)).max()))
         # Twice the bound on |FAISS's float32 score - our score| per unit query norm.
         self._slack = (int(self._emb.shape[1]) + 2) * 2.0 ** -23 * self._max_norm
 
