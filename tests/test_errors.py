@@ -17,6 +17,7 @@ def test_missing_package_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     assert str(e.value) == ('retrieve.bm25_stemmer needs PyStemmer, which is not installed: '
                             'pip install "glossrec[stemmer]" (or pip install PyStemmer)')
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # imported earlier in this process
     with pytest.raises(ConfigError, match=r'pip install "glossrec\[report\]"'):
         import_optional("matplotlib.pyplot", "report", "report.png")
 
