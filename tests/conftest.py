@@ -113,3 +113,16 @@ def write_tiny_dataset(folder: Path, titles: Mapping[str, str],
     with gzip.open(folder / "sequences.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps({"user_id": u, "items": list(s)}) + "\n" for u, s in sequences.items())
     return folder
+
+
+def toy_dataset(n_users: int = 200, seed: int = 0, n_items: int = 50, max_len: int = 12):
+    """A random in-memory Dataset: users buy up to max_len distinct items of n_items, so a
+    sequence names each position by its item (what the split-leakage tests rely on)."""
+    import numpy as np
+
+    from glossrec.data import Catalog, Dataset
+
+    rng = np.random.default_rng(seed)
+    cat = Catalog([f"i{j}" for j in range(n_items)], [f"item {j}" for j in range(n_items)])
+    seqs = [rng.choice(n_items, size=rng.integers(1, max_len), replace=False) for _ in range(n_users)]
+    return Dataset("toy", cat, [f"u{u:04d}" for u in range(n_users)], seqs)

@@ -5,21 +5,19 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from glossrec.config import SplitConfig
-from glossrec.data import Catalog, Dataset, load_dataset
+from glossrec.data import Dataset, load_dataset
 from glossrec.splits import make_splits, sample_users, validation_users
+
+from .conftest import toy_dataset
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "amazon2014"
 
 
 def _toy(n_users: int = 200, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    cat = Catalog([f"i{j}" for j in range(50)], [f"item {j}" for j in range(50)])
-    seqs = [rng.choice(50, size=rng.integers(1, 12), replace=False) for _ in range(n_users)]
-    return Dataset("toy", cat, [f"u{u:04d}" for u in range(n_users)], seqs)
+    return toy_dataset(n_users, seed)
 
 
 def test_reference_validation_rule() -> None:

@@ -8,15 +8,14 @@ from glossrec.baselines import KINDS, load_model, new_model, train_sequences
 from glossrec.baselines.base import rank_histories
 from glossrec.baselines.neighbours import Popularity
 from glossrec.config import RunConfig, SplitConfig
-from glossrec.data import Catalog, Dataset
+from glossrec.data import Dataset
 from glossrec.splits import make_splits
+
+from ..conftest import toy_dataset
 
 
 def _toy(n_users: int = 400, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    cat = Catalog([f"i{j}" for j in range(60)], [f"item {j}" for j in range(60)])
-    seqs = [rng.choice(60, size=rng.integers(1, 14), replace=False) for _ in range(n_users)]
-    return Dataset("toy", cat, [f"u{u:04d}" for u in range(n_users)], seqs)
+    return toy_dataset(n_users, seed, n_items=60, max_len=14)
 
 
 def test_no_validation_or_test_target_reaches_training() -> None:
