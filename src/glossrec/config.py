@@ -317,19 +317,32 @@ class HybridConfig(_Section):
 
 
 class RunConfig(_Section):
+    """The whole configuration: one section per stage, each a TOML table of the same name."""
+
     data: DataConfig = DataConfig()
+    """The dataset folder and how an item becomes text."""
     split: SplitConfig = SplitConfig()
+    """Leave-last-out splits and the validation users."""
     prompt: PromptConfig = PromptConfig()
+    """The prompt template and its token budget."""
     model: ModelConfig = ModelConfig()
+    """The causal LM (hub name, folder, GGUF, embedded) and trained weights to use."""
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
+    """The fine-tuning loop: optimiser, schedule, loss, checkpoints, trackers."""
     generate: GenerateConfig = GenerateConfig()
+    """Beam search, catalog grounding, backends and workers."""
     retrieve: RetrieveConfig = RetrieveConfig()
+    """BM25 / dense / FAISS retrieval and the fusion of texts into items."""
     evaluate: EvalConfig = EvalConfig()
+    """Which users are scored, cutoffs and segments."""
     sasrec: SASRecConfig = SASRecConfig()
+    """The SASRec-CE baseline."""
     itemknn: ItemKNNConfig = ItemKNNConfig()
     hybrid: HybridConfig = HybridConfig()
+    """The weighted-rrf hybrid of text and ID-model lists."""
     out: Path | None = None
+    """The run directory."""
 
     def updated(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with some keys of some sections changed, validated:

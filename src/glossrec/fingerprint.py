@@ -68,7 +68,7 @@ def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, A
                    grounded_score=g.grounded_score)
     return {
         "model": cfg.model.name,
-        "adapter": None if adapter is None else {"path": str(adapter), "sha256": files_sha256(adapter)},
+        "weights": None if adapter is None else {"path": str(adapter), "sha256": files_sha256(adapter)},
         "generate": gen,
         "prompt": {"template": cfg.prompt.template, "max_length": cfg.prompt.max_length,
                    "item_format": cfg.data.item_format, "title_words": cfg.data.title_words},

@@ -64,7 +64,7 @@ def test_cli_generates_resumes_and_guards_settings(run_dir: Path, tiny_lm_dir: P
     assert len(rows) == 3 and len({r["user_id"] for r in rows}) == 3
     assert all(len(r["texts"]) == 5 for r in rows)
     meta = json.loads((run_dir / "generations.meta.json").read_text())
-    assert meta["split"] == "test" and meta["adapter"]["sha256"]
+    assert meta["split"] == "test" and meta["weights"]["sha256"]
 
     # Everything done: a rerun must not even load the model.
     import glossrec.generate.stage as g

@@ -7,21 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from glossrec.cli.app import JsonOutOpt, SetOpt, app, print_json, show_progress_logs
-from glossrec.cli.retrieval import (ConfigOpt, DataOpt, ExclOpt, OutOpt, RetrieverOpt, UsersOpt,
-                                    eval_config, print_result)
+from glossrec.cli.app import JsonOutOpt, app, print_json, show_progress_logs
+from glossrec.cli.retrieval import EvalOptions, eval_options, print_result
 
 
 @app.command()
+@eval_options("data", "users", "exclude_history")
 def baseline(
     kind: Annotated[str, typer.Argument(help="sasrec (SASRec-CE), itemknn or pop (popularity).")],
-    out: OutOpt,
-    data: DataOpt = None,
-    users: UsersOpt = None,
-    exclude_history: ExclOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOutOpt = False,
+    opts: EvalOptions,
 ) -> None:
     """Train an ID-based baseline on the split's training sequences and score it like GLoSS.
 
@@ -36,8 +30,7 @@ def baseline(
     if kind not in KINDS:
         raise ConfigError(f"unknown baseline {kind!r}; choose one of {', '.join(KINDS)}")
     show_progress_logs()
-    ev = run_baseline(eval_config(config, set_, data, users=users, exclude=exclude_history), kind, out)
-    print_result(kind, ev, out, json_out)
+    print_result(kind, run_baseline(opts.run_config(), kind, opts.out), opts.out, opts.json_out)
 
 
 @app.command()
@@ -71,18 +64,12 @@ def compare(
 
 
 @app.command()
+@eval_options("data", "retriever", "users", "exclude_history")
 def hybrid(
-    out: OutOpt,
+    opts: EvalOptions,
     model: Annotated[Optional[list[Path]], typer.Option("--model", help="A `glossrec baseline` run whose model is fused (repeatable).")] = None,
     gen_valid: Annotated[Optional[Path], typer.Option("--generations-valid", help="Generated texts of the validation users (for tuning the weights).")] = None,
     gen_test: Annotated[Optional[Path], typer.Option("--generations", help="Generated texts of the evaluated users (the LM's path).")] = None,
-    data: DataOpt = None,
-    retriever: RetrieverOpt = None,
-    users: UsersOpt = None,
-    exclude_history: ExclOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOutOpt = False,
 ) -> None:
     """Fuse Last-Item Search, generated texts and ID-based models per user (weighted rrf,
     weights tuned on validation users; hybrid.weights fixes them)."""
@@ -90,6 +77,5 @@ def hybrid(
 
     show_progress_logs()
     gens = {k: v for k, v in (("valid", gen_valid), ("test", gen_test)) if v is not None}
-    cfg = eval_config(config, set_, data, retriever, users=users, exclude=exclude_history)
-    ev = run_hybrid(cfg, model or [], out, gens)
-    print_result("hybrid", ev, out, json_out)
+    ev = run_hybrid(opts.run_config(), model or [], opts.out, gens)
+    print_result("hybrid", ev, opts.out, opts.json_out)
