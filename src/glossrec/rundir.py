@@ -44,6 +44,18 @@ REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 
 
+class _Inside:
+    """A read-only attribute of a RunDir: the path of one name inside it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Path:
+        if obj is None:  # accessed on the class: the name itself is what there is to show
+            return Path(self.name)
+        return obj.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory: the paths of its layout, and its config read and written atomically.
@@ -62,60 +74,28 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
-    # ---- the layout ---------------------------------------------------------------------------
+    # ---- the layout: each a path inside the run directory --------------------------------------
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def manifest(self) -> Path:
-        return self.path / MANIFEST_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def adapter(self) -> Path:
-        """Where training leaves the final weights (a LoRA adapter, or a full model)."""
-        return self.path / ADAPTER_DIR
-
-    @property
-    def train_log(self) -> Path:
-        return self.path / TRAIN_LOG_FILE
+    config = _Inside(CONFIG_FILE)
+    manifest = _Inside(MANIFEST_FILE)
+    checkpoints = _Inside(CHECKPOINTS_DIR)
+    adapter = _Inside(ADAPTER_DIR)
+    """Where training leaves the final weights (a LoRA adapter, or a full model)."""
+    train_log = _Inside(TRAIN_LOG_FILE)
+    index = _Inside(INDEX_DIR)
+    """The live catalog served by `glossrec serve --run`."""
+    baseline = _Inside(BASELINE_DIR)
+    """A trained ID-based model (SASRec, item-kNN, popularity)."""
+    metrics = _Inside(METRICS_FILE)
+    rankings = _Inside(RANKINGS_FILE)
+    report_md = _Inside(REPORT_MD)
+    report_png = _Inside(REPORT_PNG)
 
     def generations(self, split: str = "test") -> Path:
         """A split's generated texts: test -> generations.jsonl, valid -> generations.valid.jsonl."""
         if split not in GENERATIONS:
             raise ConfigError(f"split must be one of {', '.join(GENERATIONS)}, got {split!r}")
         return self.path / GENERATIONS[split]
-
-    @property
-    def index(self) -> Path:
-        """The live catalog served by `glossrec serve --run`."""
-        return self.path / INDEX_DIR
-
-    @property
-    def baseline(self) -> Path:
-        """A trained ID-based model (SASRec, item-kNN, popularity)."""
-        return self.path / BASELINE_DIR
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def rankings(self) -> Path:
-        return self.path / RANKINGS_FILE
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / REPORT_MD
-
-    @property
-    def report_png(self) -> Path:
-        return self.path / REPORT_PNG
 
     def lis(self, retriever: str) -> RunDir:
         """The LIS baseline scored beside a full run, on the same users."""
