@@ -126,3 +126,17 @@ def toy_dataset(n_users: int = 200, seed: int = 0, n_items: int = 50, max_len: i
     cat = Catalog([f"i{j}" for j in range(n_items)], [f"item {j}" for j in range(n_items)])
     seqs = [rng.choice(n_items, size=rng.integers(1, max_len), replace=False) for _ in range(n_users)]
     return Dataset("toy", cat, [f"u{u:04d}" for u in range(n_users)], seqs)
+
+
+def wait_for_checkpoint(proc, run: Path, timeout: float, tail: int = 3000) -> None:
+    """Wait until training in `proc` has written a checkpoint under `run` (the moment a kill
+    test kills it); fails if the process exits first or nothing appears in time."""
+    import time
+
+    from glossrec.train import latest_checkpoint
+
+    deadline = time.time() + timeout
+    while latest_checkpoint(run) is None:
+        assert proc.poll() is None, proc.stderr.read().decode()[-tail:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)

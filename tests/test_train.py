@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ from glossrec.models import load_model
 from glossrec.prompts import PromptPair
 from glossrec.train import (IGNORE, Encoded, collate, encode_pairs, latest_checkpoint, subset,
                             train, train_from_config)
+
+from .conftest import wait_for_checkpoint
 
 HELPER_PATH = Path(__file__).parent / "train_helper.py"
 _spec = importlib.util.spec_from_file_location("glossrec_train_helper", HELPER_PATH)
@@ -136,11 +137,7 @@ def test_kill_and_resume_continues_exactly(tiny_lm_dir: Path, tok, tmp_path: Pat
     proc = subprocess.Popen([sys.executable, str(HELPER_PATH), str(tiny_lm_dir), str(run), "1.0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 150
-        while latest_checkpoint(run) is None:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
+        wait_for_checkpoint(proc, run, 150, tail=2000)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

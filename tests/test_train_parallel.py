@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from glossrec.train import latest_checkpoint
+
+from .conftest import wait_for_checkpoint
 
 HELPER_PATH = Path(__file__).parent / "train_helper.py"
 _spec = importlib.util.spec_from_file_location("glossrec_train_helper_p", HELPER_PATH)
@@ -69,11 +70,7 @@ def test_killing_one_worker_then_resuming(tiny_lm_dir: Path, tmp_path: Path) -> 
     run = tmp_path / "killed"
     proc = _torchrun(tiny_lm_dir, run, 1.0, 2)
     try:
-        deadline = time.time() + 200
-        while latest_checkpoint(run) is None:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
+        wait_for_checkpoint(proc, run, 200)
         workers = _children(proc.pid)
         assert len(workers) == 2
         os.kill(workers[-1], signal.SIGKILL)  # one worker dies; torchrun stops the other

@@ -50,13 +50,6 @@ class Lists:
     def one_per_user(cls, name: str, rows: np.ndarray) -> Lists:
         return cls(name, np.asarray(rows, dtype=np.int64), np.arange(len(rows) + 1))
 
-    def subset(self, users: np.ndarray) -> Lists:
-        """The lists of the given users (indices), in that order."""
-        counts = np.diff(self.offsets)[users]
-        take = np.concatenate([np.arange(self.offsets[u], self.offsets[u + 1]) for u in users]) \
-            if len(users) else np.zeros(0, dtype=np.int64)
-        return Lists(self.name, self.rows[take], np.concatenate([[0], np.cumsum(counts)]))
-
 
 def lis_lists(retriever: Retriever, last_texts: Sequence[str], depth: int,
               exclude: Sequence[np.ndarray] | None) -> Lists:

@@ -226,8 +226,9 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
     from glossrec.generate import read_generations
     from glossrec.hybrid import Lists, fuse_lists, lis_lists, load_id_model, model_lists, text_lists, tune
 
-    ds = ds or load_data(cfg)
-    splits = make_splits(ds, cfg.split)
+    prep = prepare(cfg, ds)
+    ds, splits, examples = prep.dataset, prep.splits, prep.examples
+    assert splits is not None
     models = [Path(m).resolve() for m in (models if models is not None else cfg.hybrid.models)]
     cfg = cfg.updated(hybrid={"models": models})
     hc = cfg.hybrid
@@ -270,7 +271,6 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
         extra["tuned"] = {"valid_users": len(valid), "valid_ndcg@10": tuned.valid_ndcg10,
                           "seconds": round(time.perf_counter() - t0, 1), "tried": tuned.tried}
         log(f"hybrid: weights {weights}, rrf_k {rrf_k} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
-    examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg), cfg.evaluate.user_seed)
     t0 = time.perf_counter()
     ranked, scores = fuse_lists(lists(examples, cfg.evaluate.split), weights,
                                 max(cfg.evaluate.cutoffs), rrf_k)

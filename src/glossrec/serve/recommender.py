@@ -483,15 +483,10 @@ class Recommender:
 
 def _hybrid_models(cfg: RunConfig) -> list[tuple[Any, list[str]]]:
     """The ID-based models a hybrid run's config names (hybrid.models), with their item ids."""
-    if not cfg.hybrid.models:
-        return []
-    from glossrec.baselines import load_item_ids, load_model
+    from glossrec.baselines import load_item_ids
+    from glossrec.hybrid import load_id_model
 
-    out = []
-    for run in cfg.hybrid.models:
-        folder = RunDir(run).baseline
-        out.append((load_model(folder), load_item_ids(folder)))
-    return out
+    return [(load_id_model(run), load_item_ids(RunDir(run).baseline)) for run in cfg.hybrid.models]
 
 
 # ---- run directories -------------------------------------------------------------------------
