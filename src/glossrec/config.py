@@ -42,6 +42,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    """The dataset folder and how an item becomes text."""
+
     path: Path | None = None
     """Dataset folder with items.jsonl[.gz] and sequences.jsonl[.gz]."""
     title_words: int = Field(25, ge=1)
@@ -52,6 +54,8 @@ class DataConfig(_Section):
 
 
 class SplitConfig(_Section):
+    """Leave-last-out splits and the validation users."""
+
     valid_fraction: float = Field(0.05, gt=0, lt=1)
     seed: int = 42
     min_length: int = Field(3, ge=3)
@@ -60,6 +64,8 @@ class SplitConfig(_Section):
 
 
 class PromptConfig(_Section):
+    """The prompt template and its token budget."""
+
     template: str = PAPER_TEMPLATE
     max_length: int = Field(1024, ge=32)
     """Token budget of a training text; prompts are cut from the LEFT, whole items first."""
@@ -80,6 +86,8 @@ class PromptConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The causal LM (hub name, folder, GGUF, embedded) and trained weights to use."""
+
     name: str = EMBEDDED_LLM
     """A hub name (meta-llama/Llama-3.2-1B), a local directory, or "embedded:smollm2"."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -95,6 +103,8 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
+    """The LoRA adapter (paper: rank 16, alpha 16, dropout 0, on every projection)."""
+
     r: int = Field(16, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -104,6 +114,8 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The fine-tuning loop: optimiser, schedule, loss, checkpoints, trackers."""
+
     learning_rate: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(300, ge=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -169,6 +181,8 @@ class TrainConfig(_Section):
 
 
 class GenerateConfig(_Section):
+    """Beam search, catalog grounding, backends and workers."""
+
     num_beams: int = Field(5, ge=1)
     num_return: int = Field(5, ge=1)
     max_new_tokens: int = Field(50, ge=1)
@@ -217,6 +231,8 @@ class GenerateConfig(_Section):
 
 
 class RetrieveConfig(_Section):
+    """BM25 / dense / FAISS retrieval and the fusion of texts into items."""
+
     retriever: Literal["dense", "bm25"] = "dense"
     encoder: str = EMBEDDED_ENCODER
     """Sentence-transformers name or path; the paper used intfloat/e5-small-v2 (hub)."""
@@ -257,6 +273,8 @@ class RetrieveConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Which users are scored, cutoffs and segments."""
+
     split: Literal["test", "valid"] = "test"
     cutoffs: list[int] = [5, 10, 20]
     users: int | None = Field(None, ge=1)
@@ -294,6 +312,9 @@ class SASRecConfig(_Section):
 
 
 class ItemKNNConfig(_Section):
+    """Item-kNN: cosine item-item neighbours summed over the history
+    (glossrec.baselines.neighbours)."""
+
     neighbours: int = Field(100, ge=1)
     """Most similar items kept per item."""
 
@@ -316,31 +337,27 @@ class HybridConfig(_Section):
     config records them, so `glossrec serve --run HYBRID_RUN` serves the same fusion)."""
 
 
-class RunConfig(_Section):
-    """The whole configuration: one section per stage, each a TOML table of the same name."""
+class _Stages(_Section):
+    """GLoSS's stages in data-flow order, one section each."""
 
     data: DataConfig = DataConfig()
-    """The dataset folder and how an item becomes text."""
     split: SplitConfig = SplitConfig()
-    """Leave-last-out splits and the validation users."""
     prompt: PromptConfig = PromptConfig()
-    """The prompt template and its token budget."""
     model: ModelConfig = ModelConfig()
-    """The causal LM (hub name, folder, GGUF, embedded) and trained weights to use."""
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
-    """The fine-tuning loop: optimiser, schedule, loss, checkpoints, trackers."""
     generate: GenerateConfig = GenerateConfig()
-    """Beam search, catalog grounding, backends and workers."""
     retrieve: RetrieveConfig = RetrieveConfig()
-    """BM25 / dense / FAISS retrieval and the fusion of texts into items."""
     evaluate: EvalConfig = EvalConfig()
-    """Which users are scored, cutoffs and segments."""
+
+
+class RunConfig(_Stages):
+    """The whole configuration: GLoSS's stages, then the models it is compared with and their
+    fusion, each section a TOML table of the same name; and the run directory."""
+
     sasrec: SASRecConfig = SASRecConfig()
-    """The SASRec-CE baseline."""
     itemknn: ItemKNNConfig = ItemKNNConfig()
     hybrid: HybridConfig = HybridConfig()
-    """The weighted-rrf hybrid of text and ID-model lists."""
     out: Path | None = None
     """The run directory."""
 
