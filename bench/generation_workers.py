@@ -1,9 +1,10 @@
-"""CPU generation: N worker processes (cores split between them) vs one process on all cores.
+"""CPU generation: N Ray replicas (glossrec.generate.distributed, cores split between them) vs
+one process on all cores.
 
 Runs the real stage (`glossrec.generate.generate_examples`, paper beams) for the same test users
 of a run directory, once per worker count, and reports users/s, the speed-up over one process
-and whether the texts are identical. Wall time includes loading the model (once per worker),
-as a user pays it. A 135M model decodes overhead-bound on a CPU (small matmuls, many kernel
+and whether the texts are identical. Wall time includes starting a local Ray and loading the
+model (once per replica), as a user pays it. A 135M model decodes overhead-bound on a CPU (small matmuls, many kernel
 launches per token), so processes are expected to scale better than threads.
 
 Run from the repo root, after training (the adapter makes beams end at EOS, as in the bench):

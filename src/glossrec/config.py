@@ -194,11 +194,18 @@ class GenerateConfig(_Section):
     GPUs or CPUs with AVX512-BF16/AMX."""
     max_users: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=1)
-    """CPU data parallelism (hf backend): N processes, each with its share of the cores and of
-    the users, merged into one generations file; texts are unchanged. Measured on 2 cores
-    (bench/generation_workers.py, fine-tuned SmolLM2-135M): 2 workers x 1 thread ran 1.10x as
-    fast as 1 process x 2 threads, so 1 stays the default; more cores should gain more. Ignored
-    on a GPU."""
+    """Model replicas generating at once. 1: in this process. N > 1: N Ray actors fed blocks of
+    users by Ray Data (glossrec.generate.distributed; extra [ray]), each loading the model once,
+    on a local Ray started for the job or on the cluster named by RAY_ADDRESS. Texts are the
+    same as with 1 (tested). The hand-written process pool this replaces ran 2 x 1 thread 1.10x as
+    fast as 1 x 2 threads on 2 cores (bench/generation_workers.py), so 1 stays the default."""
+    block_users: int = Field(64, ge=1)
+    """Users per Ray Data block (workers > 1): each finished block is written to its own part
+    file, so a killed job loses at most the blocks in flight."""
+    worker_cpus: int | None = Field(None, ge=1)
+    """Cores (torch threads) per replica; None: the cluster's CPUs / workers, at most one node's."""
+    worker_gpus: float | None = Field(None, ge=0)
+    """GPUs per replica; None: 1 for the vllm backend or when this machine sees CUDA, else 0."""
     stop_at_newline: bool = False
     """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline, as
     at EOS (only the first line is kept anyway), so beams are scored on their first line alone.

@@ -128,7 +128,7 @@ def read_json(path: Path) -> Any:
 
 # ---- folders ---------------------------------------------------------------------------------
 
-FAULT_ENV = "GLOSSREC_TEST_CATALOG_WRITE_DELAY"
+FAULT_ENV = "GLOSSREC_TEST_FAULT_DELAY"
 """``POINT:SECONDS``: a writer sleeps at that fault point (crash tests kill it there)."""
 
 

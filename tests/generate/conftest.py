@@ -7,6 +7,7 @@ Re-drawing its matrices with std 0.3 gives varied, prompt-dependent texts with c
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from glossrec.config import PAPER_TEMPLATE
+from glossrec.config import (
+    PAPER_TEMPLATE, DataConfig, EvalConfig, GenerateConfig, ModelConfig, RunConfig, config_to_toml,
+)
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +71,34 @@ def prompts() -> list[str]:
 @pytest.fixture()
 def prompt_maker() -> Any:
     return make_prompts
+
+
+# ---- a run directory over a 10-item, 40-user dataset (generate CLI and Ray tests) ---------------
+
+TITLES = ["Red Lipstick", "Blue Gloss", "Shampoo 12 oz", "Hair Gel", "Face Mask", "Sunscreen SPF 30",
+          "Nail Polish", "Mascara Black", "Comb Set", "Soap Bar"]
+
+
+def _dataset(root: Path) -> Path:
+    d = root / "data"
+    d.mkdir()
+    with open(d / "items.jsonl", "w") as f:
+        for i, t in enumerate(TITLES):
+            f.write(json.dumps({"item_id": f"i{i}", "title": t}) + "\n")
+    with open(d / "sequences.jsonl", "w") as f:
+        for u in range(40):
+            items = [f"i{(u + j) % 10}" for j in range(3 + u % 3)]
+            f.write(json.dumps({"user_id": f"user{u}", "items": items}) + "\n")
+    return d
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path, tiny_lm_dir: Path) -> Path:
+    cfg = RunConfig(data=DataConfig(path=_dataset(tmp_path)),
+                    model=ModelConfig(name=str(tiny_lm_dir), load_in_4bit=False),
+                    generate=GenerateConfig(max_new_tokens=6, batch_size=4),
+                    evaluate=EvalConfig(users=4))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(config_to_toml(cfg))
+    return run

@@ -7,37 +7,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from glossrec.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, RunConfig, config_to_toml
+from glossrec.config import ModelConfig
 from glossrec.errors import ConfigError
-
-TITLES = ["Red Lipstick", "Blue Gloss", "Shampoo 12 oz", "Hair Gel", "Face Mask", "Sunscreen SPF 30",
-          "Nail Polish", "Mascara Black", "Comb Set", "Soap Bar"]
-
-
-def _dataset(root: Path) -> Path:
-    d = root / "data"
-    d.mkdir()
-    with open(d / "items.jsonl", "w") as f:
-        for i, t in enumerate(TITLES):
-            f.write(json.dumps({"item_id": f"i{i}", "title": t}) + "\n")
-    with open(d / "sequences.jsonl", "w") as f:
-        for u in range(40):
-            items = [f"i{(u + j) % 10}" for j in range(3 + u % 3)]
-            f.write(json.dumps({"user_id": f"user{u}", "items": items}) + "\n")
-    return d
-
-
-@pytest.fixture()
-def run_dir(tmp_path: Path, tiny_lm_dir: Path) -> Path:
-    cfg = RunConfig(data=DataConfig(path=_dataset(tmp_path)),
-                    model=ModelConfig(name=str(tiny_lm_dir), load_in_4bit=False),
-                    generate=GenerateConfig(max_new_tokens=6, batch_size=4),
-                    evaluate=EvalConfig(users=4))
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.toml").write_text(config_to_toml(cfg))
-    return run
-
 
 def _add_adapter(run: Path, tiny_lm_dir: Path) -> None:
     from glossrec.config import LoraConfig
@@ -100,35 +71,3 @@ def test_not_a_run_dir(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="not a run directory"):
         generate_run(tmp_path)
-
-
-def test_parallel_workers_match_one_process_and_resume_their_part_files(run_dir: Path) -> None:
-    from glossrec.cli.generate import generate_run
-
-    one = _rows(generate_run(run_dir, users=4, batch_size=1, show_progress=False))
-    out = generate_run(run_dir, users=4, batch_size=1, workers=2, overwrite=True,
-                       show_progress=False)
-    assert _rows(out) == one  # same texts, same order, one file
-    assert not list(run_dir.glob("generations.jsonl.part*"))
-
-    # A killed parallel run: user A in the main file, user B finished by a worker whose part
-    # file also ends in a torn line. Both are kept as they are; only the other two are made.
-    a, b = one[0], one[1]
-    fake_b = {"user_id": b["user_id"], "texts": ["kept from the part file"] * 5}
-    out.write_text(json.dumps(a) + "\n")
-    (run_dir / "generations.jsonl.part1").write_text(json.dumps(fake_b) + "\n" + '{"user_id": "x')
-    rows = _rows(generate_run(run_dir, users=4, batch_size=1, workers=2, show_progress=False))
-    assert [r["user_id"] for r in rows] == [r["user_id"] for r in one]
-    assert rows[1] == fake_b and rows[0] == a and rows[2:] == one[2:]
-    assert not list(run_dir.glob("generations.jsonl.part*"))
-
-
-def test_workers_refused_for_vllm(run_dir: Path) -> None:
-    from glossrec.cli.generate import generate_run
-
-    text = (run_dir / "config.toml").read_text()
-    gen = text.index("[generate]")
-    text = text[:gen] + text[gen:].replace('backend = "hf"', 'backend = "vllm"', 1)
-    (run_dir / "config.toml").write_text(text)
-    with pytest.raises(ConfigError, match="hf backend"):
-        generate_run(run_dir, users=2, workers=2, show_progress=False)

@@ -37,14 +37,14 @@ app = typer.Typer(
 )
 
 THIRD_PARTY = ("transformers", "huggingface_hub", "sentence_transformers", "peft", "accelerate",
-               "torch", "bm25s", "faiss", "urllib3", "httpx", "filelock")
+               "torch", "bm25s", "faiss", "urllib3", "httpx", "filelock", "ray")
 """Loggers (and warning-issuing modules) of libraries glossrec drives."""
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # hub downloads, and transformers' bars ("Loading weights")
     "TRANSFORMERS_VERBOSITY": "error",  # read when transformers is first imported
     "HF_HUB_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    # Child processes (generate --workers) do not inherit the filters set below, only this.
+    # Child processes (Ray's actors, train --processes) do not inherit the filters set below.
     "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
 }
 

@@ -67,7 +67,7 @@ def generate(
     users: Annotated[Optional[int], typer.Option("--users", min=1, help="A reproducible random sample of N users (evaluate.user_seed).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prompts per beam-search batch (default: generate.batch_size).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="CPU: N processes sharing the cores and the users (default: generate.workers).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="N model replicas on Ray (local, or the cluster in RAY_ADDRESS), fed blocks of users; needs glossrec[ray] (default: generate.workers).")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Beam-search next-item texts for a split's users into RUN/generations.jsonl (resumable)."""

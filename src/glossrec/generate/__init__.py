@@ -14,7 +14,7 @@ passed along as ``exclude`` so they are not generated again.
 Modules: :mod:`~glossrec.generate.base` (the protocol, post-processing, the backend factory),
 :mod:`~glossrec.generate.store` (the resumable generations file),
 :mod:`~glossrec.generate.stage` (a split's examples -> a generations file, with its settings
-fingerprint), :mod:`~glossrec.generate.workers` (CPU worker processes),
+fingerprint), :mod:`~glossrec.generate.distributed` (Ray Data over blocks of users),
 :mod:`~glossrec.generate.hf`, :mod:`~glossrec.generate.vllm` and
 :mod:`~glossrec.generate.constrain` (the backends and grounding).
 """
@@ -30,7 +30,6 @@ from glossrec.generate.stage import generate_examples, generation_fingerprint, m
 from glossrec.generate.store import (  # noqa: F401 (private helpers: tests reach for them here)
     _absorb_parts, _part_files, _scan, generate_to_file, read_generations,
 )
-from glossrec.generate.workers import _die_with_parent  # noqa: F401
 
 __all__ = [
     "Generator", "postprocess", "encode_prompts", "make_generator", "generate_to_file",

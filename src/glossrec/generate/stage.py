@@ -1,9 +1,10 @@
 """The generation stage: a split's examples in, a resumable generations file out.
 
 :func:`generate_examples` builds the paper's test prompts, loads the model only if some user is
-still missing, and writes with :func:`~glossrec.generate.store.generate_to_file` (or over
-worker processes, :mod:`glossrec.generate.workers`). Next to the file, ``*.meta.json`` holds
-its :func:`generation_fingerprint`: a file made under other settings is never resumed.
+still missing, and writes with :func:`~glossrec.generate.store.generate_to_file` (or, with
+``generate.workers`` > 1, over Ray: :mod:`glossrec.generate.distributed`). Next to the file,
+``*.meta.json`` holds its :func:`generation_fingerprint`: a file made under other settings is
+never resumed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from glossrec.errors import ConfigError
 from glossrec.fingerprint import differences, stage_inputs
 from glossrec.generate.base import Exclusions, Generator, make_generator
 from glossrec.generate.store import _absorb_parts, _part_files, generate_to_file
-from glossrec.generate.workers import _effective_workers, _generate_parallel
 from glossrec.io import read_json, write_json
 
 if TYPE_CHECKING:
@@ -69,15 +69,15 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     if overwrite:
         for part in _part_files(out_path):
             part.unlink()
-    done = _absorb_parts(out_path)  # with what workers of a killed parallel run had finished
+    done = _absorb_parts(out_path)  # with the blocks a killed distributed run had finished
     if all(ex.user_id in done for ex in examples):
         generate_to_file(_Nothing(), [(ex.user_id, "") for ex in examples], out_path, 1,
                          show_progress=False)  # only puts the file in order
         return out_path
-    workers = _effective_workers(cfg) if generator is None else 1
+    distributed = generator is None and cfg.generate.workers > 1
     grounded = cfg.generate.constrain == "catalog"
     texts = catalog.texts() if grounded and generator is None else None
-    if generator is None and workers == 1:
+    if generator is None and not distributed:
         generator = make_generator(cfg, adapter_dir, texts)
     tok = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
     if tok is None:
@@ -90,9 +90,11 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     items = [(ex.user_id, prompts.get(ex.user_id, "")) for ex in examples]
     # Grounded: each user's history positions (the generator applies constrain_exclude_history).
     exclude = {ex.user_id: list(ex.history) for ex in pending} if grounded else None
-    if workers > 1:
-        _generate_parallel(cfg, adapter_dir, [it for it in items if it[0] not in done], out_path,
-                           workers, show_progress, texts, exclude)
+    if distributed:
+        from glossrec.generate.distributed import generate_on_ray
+
+        generate_on_ray(cfg, adapter_dir, [it for it in items if it[0] not in done], out_path,
+                        show_progress, texts, exclude)
         generator = _Nothing()  # every user is in the file now; the call below only orders it
     assert generator is not None
     return generate_to_file(generator, items, out_path, cfg.generate.batch_size, show_progress,

@@ -2,8 +2,10 @@
 
 Format: ``{"user_id": str, "texts": [str, ...]}`` per line. :func:`generate_to_file` flushes
 and fsyncs each batch, so a killed run loses at most the batch in flight; on restart a torn last
-line is cut off and users already in the file are skipped. Parallel workers each write a part
-file (``<file>.part<i>``) in the same format, merged into the main file by :func:`_absorb_parts`.
+line is cut off and users already in the file are skipped. Distributed generation
+(:mod:`glossrec.generate.distributed`) writes each finished block of users to a part file
+(``<file>.part-<digest>``) in the same format, merged into the main file by
+:func:`_absorb_parts`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from glossrec.generate.base import Generator
 from glossrec.io import atomic_write
 from glossrec.progress import bars_on
 
-__all__ = ["generate_to_file", "read_generations"]
+__all__ = ["generate_batches", "generate_to_file", "read_generations", "write_part"]
 
 
 @dataclass
@@ -73,9 +75,26 @@ def _repair(path: Path) -> dict[str, list[str]]:
     return existing.done
 
 
-def _batches(items: Sequence[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+def generate_batches(generator: Generator, items: Sequence[tuple[str, str]], batch_size: int,
+                     exclude: Mapping[str, Sequence[int]] | None = None,
+                     ) -> Iterator[list[tuple[str, list[str]]]]:
+    """(user_id, texts) per batch of `batch_size` (user_id, prompt) pairs, in the given order.
+
+    `exclude`: user_id -> catalog positions that user's grounded generation must not write.
+    The one loop over a generator: the generations file and the Ray replicas both use it.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        prompts = [p for _, p in batch]
+        if exclude is None:
+            texts = generator.generate(prompts)
+        else:
+            texts = generator.generate(prompts, [exclude.get(uid, ()) for uid, _ in batch])
+        if len(texts) != len(batch):
+            raise RuntimeError(f"generator returned {len(texts)} results for {len(batch)} prompts")
+        yield [(uid, t) for (uid, _), t in zip(batch, texts)]
 
 
 def _line(user_id: str, texts: list[str]) -> str:
@@ -84,7 +103,6 @@ def _line(user_id: str, texts: list[str]) -> str:
 
 def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_path: Path,
                      batch_size: int, show_progress: bool = True,
-                     on_batch: Callable[[int], None] | None = None,
                      exclude: Mapping[str, Sequence[int]] | None = None) -> Path:
     """Generate for (user_id, prompt) pairs, appending one JSON line per user as it goes.
 
@@ -97,7 +115,7 @@ def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_pat
     depend on where a run was interrupted.
     """
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise ValueError("batch_size must be >= 1")  # before the file is touched
     out_path = Path(out_path)
     ids = [uid for uid, _ in items]
     if len(set(ids)) != len(ids):
@@ -115,23 +133,13 @@ def generate_to_file(generator: Generator, items: list[tuple[str, str]], out_pat
                desc="generate", disable=not bars_on(show_progress), file=sys.stderr, dynamic_ncols=True)
     try:
         with open(out_path, "a", encoding="utf-8") as f:
-            for batch in _batches(pending, batch_size):
-                prompts = [p for _, p in batch]
-                if exclude is None:
-                    texts = generator.generate(prompts)
-                else:
-                    texts = generator.generate(prompts,
-                                               [exclude.get(uid, ()) for uid, _ in batch])
-                if len(texts) != len(batch):
-                    raise RuntimeError(f"generator returned {len(texts)} results for {len(batch)} prompts")
-                for (uid, _), t in zip(batch, texts):
+            for rows in generate_batches(generator, pending, batch_size, exclude):
+                for uid, t in rows:
                     f.write(_line(uid, t))
                     done[uid] = t
                 f.flush()
                 os.fsync(f.fileno())
-                bar.update(len(batch))
-                if on_batch is not None:
-                    on_batch(len(batch))
+                bar.update(len(rows))
     finally:
         bar.close()
     _reorder(out_path, ids, done)
@@ -158,7 +166,23 @@ def read_generations(path: Path) -> dict[str, list[str]]:
     return _scan(path).done
 
 
-# --- part files of parallel workers ---------------------------------------------------------
+# --- part files of distributed generation ---------------------------------------------------
+
+
+def write_part(out_path: Path, rows: Sequence[tuple[str, list[str]]]) -> Path:
+    """One finished block of users as a part file beside `out_path`, all or nothing.
+
+    Named by a digest of its users, so a block generated twice (a retried task) writes the
+    same file; a rerun absorbs every part before it decides who is missing.
+    """
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(uid for uid, _ in rows).encode()).hexdigest()[:16]
+    part = Path(f"{out_path}.part-{digest}")
+    with atomic_write(part) as f:
+        for uid, texts in rows:
+            f.write(_line(uid, texts))
+    return part
 
 
 def _part_files(out_path: Path) -> list[Path]:
