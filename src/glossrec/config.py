@@ -197,8 +197,9 @@ class GenerateConfig(_Section):
     """Model replicas generating at once. 1: in this process. N > 1: N Ray actors fed blocks of
     users by Ray Data (glossrec.generate.distributed; extra [ray]), each loading the model once,
     on a local Ray started for the job or on the cluster named by RAY_ADDRESS. Texts are the
-    same as with 1 (tested). The hand-written process pool this replaces ran 2 x 1 thread 1.10x as
-    fast as 1 x 2 threads on 2 cores (bench/generation_workers.py), so 1 stays the default."""
+    same as with 1 (tested). Measured on 2 cores (bench/generation_workers.py, 32 users): 2
+    replicas x 1 thread ran 1.08x as fast as 1 process x 2 threads, Ray's start included, so 1
+    stays the default."""
     block_users: int = Field(64, ge=1)
     """Users per Ray Data block (workers > 1): each finished block is written to its own part
     file, so a killed job loses at most the blocks in flight."""
