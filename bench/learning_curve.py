@@ -50,15 +50,21 @@ def _train_to(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
             "train_seconds": round(max(h.get("seconds", 0.0) for h in res.history), 1)}
 
 
-def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: Any) -> dict[str, Any]:
-    """Train to `steps`, generate for the validation users, score (history excluded and kept)."""
+def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: Any,
+          label: str | None = None) -> dict[str, Any]:
+    """Train to `steps`, generate for the validation users, score (history excluded and kept).
+    With a `label` (a decoding variant): no training, the point's adapter as it was saved."""
     from glossrec.generate import generate_examples, read_generations
     from glossrec.pipeline import run_retrieve
 
     folder = run_dir / "curve" / f"step-{steps:06d}"
     info: dict[str, Any] = {"steps": steps, "examples_seen": 0}
     adapter = None
-    if steps > 0:
+    if steps > 0 and label is not None:
+        adapter = folder / "adapter"
+        meta = json.loads((adapter / "glossrec_train.json").read_text())
+        info["examples_seen"] = meta["examples_seen_total"]
+    elif steps > 0:
         info.update(_train_to(cfg, run_dir, steps))
         adapter = folder / "adapter"
         if not adapter.is_dir():
@@ -67,7 +73,7 @@ def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: A
             shutil.copytree(run_dir / "adapter", tmp)
             tmp.rename(adapter)
     t0 = time.perf_counter()
-    gens_path = folder / "generations.jsonl"
+    gens_path = folder / (f"generations-{label}.jsonl" if label else "generations.jsonl")
     generate_examples(cfg, examples, ds.catalog, adapter, gens_path)
     info["generate_s_per_user"] = round((time.perf_counter() - t0) / len(examples), 3)
     gens = read_generations(gens_path)
@@ -109,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=int, nargs="+", default=[0, 50, 100, 200])
     p.add_argument("--valid-users", type=int, default=200)
     p.add_argument("--json", type=Path, default=RESULTS / "learning_curve.json")
+    p.add_argument("--variant", metavar="LABEL", help="score a decoding variant at points already "
+                   "trained (with --decode), into the JSON's variants[LABEL]")
+    p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="generate.* settings of the variant, e.g. grounded_score=pmi")
     args = p.parse_args(argv)
 
     from glossrec.config import load_config
@@ -122,11 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     lis = {("history_excluded" if excl else "history_kept"):
            _scores(run_lis(cfg.updated(retrieve={"exclude_history": excl}), None, ds, index))
            for excl in (True, False)}
-    done: dict[int, dict[str, Any]] = {}
-    if args.json.exists():
-        old = json.loads(args.json.read_text())
-        if old.get("config") == str(args.config):
-            done = {q["steps"]: q for q in old.get("points", [])}
+    old = json.loads(args.json.read_text()) if args.json.exists() else {}
+    if old.get("config") != str(args.config):
+        old = {}
+    variants: dict[str, Any] = old.get("variants", {})
+    if args.variant:
+        decode = dict(kv.split("=", 1) for kv in args.decode)
+        vcfg = cfg.updated(generate=decode)
+        rows = {q["steps"]: q for q in variants.get(args.variant, {}).get("points", [])}
+        for steps in sorted(set(args.points)):
+            if steps not in rows:
+                rows[steps] = point(vcfg, args.run, steps, ds, examples, index, args.variant)
+                print(json.dumps(rows[steps]), flush=True)
+        variants[args.variant] = {"generate": decode, "load_avg_1m_before": before["load_avg_1m"],
+                                  "points": [rows[k] for k in sorted(rows)]}
+        write_results(args.json, {**{k: v for k, v in old.items()
+                                     if k not in ("date", "code", "machine")},
+                                  "variants": variants}, before)
+        return 0
+    done: dict[int, dict[str, Any]] = {q["steps"]: q for q in old.get("points", [])}
     points = []
     for steps in sorted(set(args.points)):
         if steps not in done:
@@ -135,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         points.append(done[steps])
         write_results(args.json, {"config": str(args.config), "run": str(args.run),
                                   "valid_users": len(examples), "lis_bm25": lis,
-                                  "points": points}, before)
+                                  "points": points, "variants": variants}, before)
     plot(args.json.with_suffix(".png"), points, lis)
     print(f"\n{len(examples)} validation users; load average {before['load_avg_1m']} before")
     print("| examples seen | valid loss | R@5 excl [95% CI] | N@5 excl | R@5 kept | N@5 kept | s/user |")
