@@ -113,6 +113,11 @@ def write_results(path: Path, payload: dict[str, Any], machine_before: dict[str,
               "code": code_version(),
               "machine": {**machine_before, "load_avg_1m_after": after["load_avg_1m"]},
               **payload}
+    return save_json(path, record)
+
+
+def save_json(path: Path, record: dict[str, Any]) -> Path:
+    """Write a results JSON atomically (a killed bench never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, RESULTS, machine, write_results  # noqa: E402
+from _common import ROOT, RESULTS, code_version, machine, save_json, write_results  # noqa: E402
 
 
 def _scores(ev: Any) -> dict[str, float]:
@@ -144,11 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             if steps not in rows:
                 rows[steps] = point(vcfg, args.run, steps, ds, examples, index, args.variant)
                 print(json.dumps(rows[steps]), flush=True)
-        variants[args.variant] = {"generate": decode, "load_avg_1m_before": before["load_avg_1m"],
+        # The variant's own provenance; the curve's (date, code, machine) stay as measured.
+        variants[args.variant] = {"generate": decode, "code": code_version(), "machine": before,
                                   "points": [rows[k] for k in sorted(rows)]}
-        write_results(args.json, {**{k: v for k, v in old.items()
-                                     if k not in ("date", "code", "machine")},
-                                  "variants": variants}, before)
+        save_json(args.json, {**old, "variants": variants})
         return 0
     done: dict[int, dict[str, Any]] = {q["steps"]: q for q in old.get("points", [])}
     points = []

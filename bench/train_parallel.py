@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,8 +40,12 @@ def arm(config: Path, processes: int, steps: int, folder: Path) -> dict[str, Any
     if processes > 1:
         cmd += ["--processes", str(processes)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    # wait4: this arm's own usage (its largest process), not the max over every arm so far
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"arm with {processes} processes failed: {cmd}")
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps_log = [r for r in log if "loss" in r and "step" in r]
     timed = steps_log[1:]
@@ -51,7 +55,7 @@ def arm(config: Path, processes: int, steps: int, folder: Path) -> dict[str, Any
             "examples": examples, "seconds": round(seconds, 2),
             "examples_per_s": examples / seconds, "wall_s": round(wall, 1),
             "losses": [round(r["loss"], 5) for r in steps_log],
-            "peak_rss_mb_largest_process": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "peak_rss_mb_largest_process": usage.ru_maxrss / 1024}
 
 
 def main(argv: list[str] | None = None) -> int:
