@@ -50,10 +50,19 @@ def _train_to(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
             "train_seconds": round(max(h.get("seconds", 0.0) for h in res.history), 1)}
 
 
+def generations_name(decode: dict[str, str]) -> str:
+    """The point's generations file for these generate.* settings: variants that differ only in
+    retrieval share one generation (the file's fingerprint is checked when it is reused)."""
+    if not decode:
+        return "generations.jsonl"
+    return "generations-" + "-".join(f"{k}-{v}" for k, v in sorted(decode.items())) + ".jsonl"
+
+
 def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: Any,
-          label: str | None = None) -> dict[str, Any]:
+          label: str | None = None, decode: dict[str, str] | None = None) -> dict[str, Any]:
     """Train to `steps`, generate for the validation users, score (history excluded and kept).
-    With a `label` (a decoding variant): no training, the point's adapter as it was saved."""
+    With a `label` (a variant): no training, the point's adapter as it was saved, and the
+    generations of its `decode` settings."""
     from glossrec.generate import generate_examples, read_generations
     from glossrec.pipeline import run_retrieve
 
@@ -73,7 +82,7 @@ def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: A
             shutil.copytree(run_dir / "adapter", tmp)
             tmp.rename(adapter)
     t0 = time.perf_counter()
-    gens_path = folder / (f"generations-{label}.jsonl" if label else "generations.jsonl")
+    gens_path = folder / generations_name(decode or {})
     generate_examples(cfg, examples, ds.catalog, adapter, gens_path)
     info["generate_s_per_user"] = round((time.perf_counter() - t0) / len(examples), 3)
     gens = read_generations(gens_path)
@@ -119,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                    "trained (with --decode), into the JSON's variants[LABEL]")
     p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
                    help="generate.* settings of the variant, e.g. grounded_score=pmi")
+    p.add_argument("--retrieve", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="retrieve.* settings of the variant, e.g. ranking=rrf (reuses the "
+                   "generations of the same --decode)")
     args = p.parse_args(argv)
 
     from glossrec.config import load_config
@@ -138,15 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     variants: dict[str, Any] = old.get("variants", {})
     if args.variant:
         decode = dict(kv.split("=", 1) for kv in args.decode)
-        vcfg = cfg.updated(generate=decode)
+        rsettings = dict(kv.split("=", 1) for kv in args.retrieve)
+        vcfg = cfg.updated(generate=decode, retrieve=rsettings)
         rows = {q["steps"]: q for q in variants.get(args.variant, {}).get("points", [])}
         for steps in sorted(set(args.points)):
             if steps not in rows:
-                rows[steps] = point(vcfg, args.run, steps, ds, examples, index, args.variant)
+                rows[steps] = point(vcfg, args.run, steps, ds, examples, index, args.variant, decode)
                 print(json.dumps(rows[steps]), flush=True)
         # The variant's own provenance; the curve's (date, code, machine) stay as measured.
-        variants[args.variant] = {"generate": decode, "code": code_version(), "machine": before,
-                                  "points": [rows[k] for k in sorted(rows)]}
+        variants[args.variant] = {"generate": decode, "retrieve": rsettings, "code": code_version(),
+                                  "machine": before, "points": [rows[k] for k in sorted(rows)]}
         save_json(args.json, {**old, "variants": variants})
         return 0
     done: dict[int, dict[str, Any]] = {q["steps"]: q for q in old.get("points", [])}
