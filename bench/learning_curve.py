@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "smollm2-beauty.toml")
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "smollm2-beauty")
     p.add_argument("--points", type=int, nargs="+", default=[0, 50, 100, 200])
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config overrides of a recipe arm, e.g. train.loss=full (give it its own "
+                   "--run and --json)")
     p.add_argument("--valid-users", type=int, default=200)
     p.add_argument("--json", type=Path, default=RESULTS / "learning_curve.json")
     p.add_argument("--variant", metavar="LABEL", help="score a decoding variant at points already "
@@ -137,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     from glossrec.pipeline import build_index, load_data, prepare, run_lis
 
     before = machine()
-    cfg = load_config(args.config, {"evaluate.split": "valid", "evaluate.users": args.valid_users})
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    cfg = load_config(args.config, {**overrides, "evaluate.split": "valid",
+                                    "evaluate.users": args.valid_users})
     ds = load_data(cfg)
     examples = prepare(cfg, ds).examples
     index = build_index(cfg, ds)
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             done[steps] = point(cfg, args.run, steps, ds, examples, index)
             print(json.dumps(done[steps]), flush=True)
         points.append(done[steps])
-        write_results(args.json, {"config": str(args.config), "run": str(args.run),
+        write_results(args.json, {"config": str(args.config), "overrides": overrides, "run": str(args.run),
                                   "valid_users": len(examples), "lis_bm25": lis,
                                   "points": points, "variants": variants}, before)
     plot(args.json.with_suffix(".png"), points, lis)

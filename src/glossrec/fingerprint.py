@@ -66,6 +66,8 @@ def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, A
     if g.constrain != "none":  # only then: free-text files made before these settings still resume
         gen.update(constrain=g.constrain, constrain_exclude_history=g.constrain_exclude_history,
                    grounded_score=g.grounded_score)
+        if g.prior_weight:  # only when set: grounded files made before it still resume
+            gen["prior_weight"] = g.prior_weight
     return {
         "model": cfg.model.name,
         "weights": None if adapter is None else {"path": str(adapter), "sha256": files_sha256(adapter)},

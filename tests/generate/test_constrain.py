@@ -218,6 +218,47 @@ def test_length_and_pmi_reorder_the_beams_as_defined(peaky_lm: tuple[Any, Any],
     assert reordered > 0   # the prior really changes some order
 
 
+def test_prior_weight_search_ranks_the_catalog_by_its_pmi_score(peaky_lm: tuple[Any, Any],
+                                                                 texts: list[str]) -> None:
+    """With as many beams as items the search is exhaustive: its order must be the catalog
+    sorted by [log p(item | prompt) - w log p(item | empty history)] / tokens."""
+    model, tok = peaky_lm
+    small = texts[:6]
+    trie = CatalogTrie.from_texts(tok, small)
+    prompts, _ = random_users(texts, 4, seed=7)
+    empty = tok(PAPER_TEMPLATE.format(history="", target=""))["input_ids"]
+    w = 1.0
+    gen = grounded(model, tok, trie, num_beams=6, num_return=6, prior_weight=w)
+    got = gen.generate(prompts)
+    plain = grounded(model, tok, trie, num_beams=6, num_return=6).generate(prompts)
+    prior = {t: _direct_logprob(model, empty, list(trie.tokens(i))) for i, t in enumerate(small)}
+    for p, g in zip(prompts, got):
+        ids = tok(p)["input_ids"]
+        score = {t: (_direct_logprob(model, ids, list(trie.tokens(i))) - w * prior[t])
+                 / len(trie.tokens(i)) for i, t in enumerate(small)}
+        assert g == sorted(small, key=lambda t: -score[t])
+    assert got != plain   # the prior changes the search
+
+    # Priors are per trie node, computed once: the same prompts again run no prior pass.
+    known = dict(gen._node_prior)
+    calls: list[int] = []
+    real = gen._prior_next
+    gen._prior_next = lambda prefixes: calls.append(len(prefixes)) or real(prefixes)  # type: ignore[method-assign]
+    assert gen.generate(prompts) == got and not calls and gen._node_prior == known
+    # A live add gives an existing node a new branch: that node's prior is computed again.
+    trie.add(99, small[0] + " gel")
+    out = gen.generate(prompts)
+    assert calls and all(t in small or t == small[0] + " gel" for row in out for t in row)
+    fork = trie.walk(trie.tokens(0)[:-1])
+    assert fork is not None and set(trie.branches(fork)) <= set(gen._node_prior[fork])
+
+
+def test_prior_weight_needs_grounding() -> None:
+    with pytest.raises(ValueError, match="prior_weight"):
+        GenerateConfig(prior_weight=1.0)
+    assert GenerateConfig(constrain="catalog", prior_weight=0.5).prior_weight == 0.5
+
+
 def test_config_errors_and_vllm_refuses(peaky_lm: tuple[Any, Any], tiny_lm_dir: Path) -> None:
     from glossrec.config import ModelConfig, RunConfig
     from glossrec.generate import make_generator

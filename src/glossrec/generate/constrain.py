@@ -168,6 +168,10 @@ class CatalogTrie:
             node = child
         return node
 
+    def branches(self, node: int) -> list[int]:
+        """Every token leaving `node`, live or not (a node id always spells the same prefix)."""
+        return list(self._children[node])
+
     def allowed(self, node: int, excl: Exclusion = _NONE) -> list[int]:
         """Tokens that keep at least one non-excluded item below (never empty for a live node)."""
         return [tok for tok, child in self._children[node].items() if self._live(child, excl)]

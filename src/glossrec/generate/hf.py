@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from glossrec.config import PAPER_TEMPLATE, GenerateConfig
 from glossrec.errors import ConfigError
@@ -36,6 +37,9 @@ from glossrec.generate.base import encode_prompts, postprocess
 from glossrec.generate.constrain import CatalogTrie
 
 log = logging.getLogger(__name__)
+
+_PRIOR_ROWS = 64
+"""Trie nodes whose prior is computed per forward pass (one next-token row each)."""
 
 _SCORE_ROWS = 8
 """Returned items scored per forward pass: bounds the (rows x item tokens x vocab) logits
@@ -82,6 +86,9 @@ class HFGenerator:
                              else _empty_prompt(PAPER_TEMPLATE))
         self._prior: dict[str, float] = {}
         """log p(item text | prior_prompt): it does not depend on the user."""
+        self._node_prior: dict[int, dict[int, float]] = {}
+        """Trie node -> {token: log p(token | prior_prompt, the node's prefix)} (prior_weight)."""
+        self._prior_kv: Any = None
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no EOS token: generation could not stop")
@@ -166,6 +173,8 @@ class HFGenerator:
         if self.trie is not None:
             exclusions = [self.trie.exclusion(e) for e in exclude] if exclude is not None else None
             kwargs["prefix_allowed_tokens_fn"] = self.trie.prefix_fn(width, exclusions)
+            if self.cfg.prior_weight > 0:
+                kwargs["logits_processor"] = LogitsProcessorList([_PriorGuidance(self, width)])
         kept = None
         with torch.inference_mode(), autocast:
             if self.share_prefill and width > 1:
@@ -295,6 +304,52 @@ class HFGenerator:
             self._prior.update((t, lp) for t, (lp, _) in zip(missing, scored))
         return [self._prior[t] for t in texts]
 
+    def node_priors(self, nodes: Sequence[int], prefixes: Sequence[Sequence[int]]
+                    ) -> list[dict[int, float]]:
+        """{token: log p(token | prior_prompt + prefix)} over each trie node's branches, where
+        prefixes[i] spells nodes[i]; computed once per node (one left-padded forward pass for
+        all the nodes not known yet) and again only when the node has gained a branch."""
+        assert self.trie is not None
+        todo = [(n, list(p)) for n, p in zip(nodes, prefixes)
+                if not set(self.trie.branches(n)) <= self._node_prior.get(n, {}).keys()]
+        todo = list({n: p for n, p in todo}.items())
+        for start in range(0, len(todo), _PRIOR_ROWS):
+            part = todo[start:start + _PRIOR_ROWS]
+            logp = self._prior_next([p for _, p in part])
+            for (node, _), row in zip(part, logp):
+                toks = self.trie.branches(node)
+                self._node_prior[node] = dict(zip(toks, row[toks].tolist()))
+        return [self._node_prior.get(n, {}) for n in nodes]
+
+    def _prior_next(self, prefixes: list[list[int]]) -> torch.Tensor:
+        """log p(next token | prior_prompt + prefix) per prefix, [n, vocab] in fp32. Prefixes
+        are left-padded after the prompt so every row ends at the last position."""
+        prompt = self.encode([self.prior_prompt])[0]
+        if self._prior_kv is None:  # once: the prompt's KV, or False to run it every time
+            ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+            kv = (self._prefill(ids, torch.ones_like(ids))
+                  if self.share_prefill and len(prompt) > 1 else None)
+            self._prior_kv = False if kv is None else kv
+        n, width = len(prefixes), 1 + max(len(p) for p in prefixes)
+        cont = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
+        cmask = torch.zeros_like(cont)
+        for i, p in enumerate(prefixes):
+            seq = [prompt[-1], *p]
+            cont[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            cmask[i, width - len(seq):] = 1
+        head = torch.tensor([prompt[:-1]] * n, dtype=torch.long, device=self.device)
+        full = torch.cat([torch.ones_like(head), cmask], dim=1)
+        pos = (full.cumsum(-1) - 1).clamp(min=0)
+        if self._prior_kv is not False:
+            cache = copy.deepcopy(self._prior_kv)
+            cache.batch_repeat_interleave(n)
+            out = self.model(input_ids=cont, attention_mask=full, position_ids=pos[:, -width:],
+                             cache=cache, use_cache=True, logits_to_keep=1)
+        else:
+            out = self.model(input_ids=torch.cat([head, cont], dim=1), attention_mask=full,
+                             position_ids=pos, use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1].float().log_softmax(-1)
+
     def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
         """KV cache of all but the last prompt token, one row per prompt (the caller repeats it
         for each beam; generate then runs only the last prompt token per beam). None when the
@@ -309,6 +364,35 @@ class HFGenerator:
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None
         return cache
+
+
+class _PriorGuidance(LogitsProcessor):
+    """Grounded beams with generate.prior_weight = w: every token a beam may take scores
+    log p(token | prompt) - w log p(token | prior prompt, the same item prefix), so a finished
+    beam's score is sum_t [log p(y_t | history, y_<t) - w log p(y_t | no history, y_<t)] over
+    its tokens (divided by their number, length_penalty 1.0, as plain beams). The prior of a
+    token depends only on the trie node the beam is at, so it is computed once per node
+    (HFGenerator.node_priors) and shared by every beam and user that reaches it."""
+
+    def __init__(self, gen: HFGenerator, width: int) -> None:
+        self.gen, self.width = gen, width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        assert self.gen.trie is not None
+        rows, nodes, prefixes = [], [], []
+        for r, prefix in enumerate(input_ids[:, self.width:].tolist()):
+            node = self.gen.trie.walk(prefix)
+            if node is not None:  # a dead beam (-inf) needs no prior
+                rows.append(r)
+                nodes.append(node)
+                prefixes.append(prefix)
+        w = self.gen.cfg.prior_weight
+        for r, prior in zip(rows, self.gen.node_priors(nodes, prefixes)):
+            if prior:  # past an item's EOS there is nothing to score
+                toks = torch.tensor(list(prior), dtype=torch.long, device=scores.device)
+                vals = torch.tensor(list(prior.values()), dtype=scores.dtype, device=scores.device)
+                scores[r, toks] -= w * vals  # a disallowed token stays -inf
+        return scores
 
 
 def _empty_prompt(template: str) -> str:
