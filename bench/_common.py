@@ -133,3 +133,13 @@ def print_columns(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) 
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
         if j == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def print_markdown(header: list[str], rows: list[list[str]], align: str = "") -> None:
+    """A markdown table, ready for the README: `align` has one letter per column, "l" for a
+    left-aligned one (the rest are right-aligned numbers)."""
+    align = align.ljust(len(header), "r")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" if a == "l" else "---:" for a in align) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")

@@ -7,7 +7,9 @@ RSS and warm caches are not shared:
 
 - ``free``: the paper, free text (then BM25 top-1 per text);
 - ``grounded``: ``generate.constrain = "catalog"``, history excluded, beam order;
-- ``grounded-pmi`` / ``grounded-length``: the same beams re-ranked by one teacher-forced pass.
+- ``grounded-pmi`` / ``grounded-length``: the same beams re-ranked by one teacher-forced pass;
+- ``grounded-prior``: the search itself scores tokens against the empty-history prior
+  (``generate.prior_weight = 1.0``; priors computed per trie node as the search reaches it).
 
 Per arm: generation s/user and CPU s/user, load time (model, and for grounded arms the trie),
 peak RSS during generation and RSS after loading, the effective max_new_tokens, and quality on
@@ -40,6 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "grounded": {"constrain": "catalog", "grounded_score": "beam"},
     "grounded-pmi": {"constrain": "catalog", "grounded_score": "pmi"},
     "grounded-length": {"constrain": "catalog", "grounded_score": "length"},
+    "grounded-prior": {"constrain": "catalog", "grounded_score": "beam", "prior_weight": 1.0},
 }
 log = logging.getLogger("bench.grounded")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, RESULTS, machine, write_results  # noqa: E402
+from _common import ROOT, RESULTS, machine, print_markdown, write_results  # noqa: E402
 
 
 def conditions(examples: list, catalog: Any, tokenizer: Any, prompt_cfg: Any) -> dict[str, list]:
@@ -94,11 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.json, {"config": str(args.config), "run": str(args.run),
                               "valid_users": len(examples), "bf16": bf16, "points": rows}, before)
     print(f"\n{len(examples)} validation users; load average {before['load_avg_1m']} before")
-    print("| examples seen | own history | another user's | none | history information |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['examples_seen']:,} | {r['own']:.3f} | {r['shuffled']:.3f} | {r['empty']:.3f} "
-              f"| {r['history_information']:+.3f} |")
+    print_markdown(["examples seen", "own history", "another user's", "none", "history information"],
+                   [[f"{r['examples_seen']:,}", f"{r['own']:.3f}", f"{r['shuffled']:.3f}",
+                     f"{r['empty']:.3f}", f"{r['history_information']:+.3f}"] for r in rows])
     return 0
 
 

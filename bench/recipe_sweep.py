@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, RESULTS, machine, peak_rss_mb, reset_peak_rss, write_results  # noqa: E402
+from _common import ROOT, RESULTS, machine, peak_rss_mb, print_markdown, reset_peak_rss, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "amazon2014" / "beauty"
 ARMS: dict[str, dict[str, Any]] = {
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     write_results(args.json, {"steps": args.steps, "valid_examples": args.valid, "arms": rows},
                   before)
     print(f"\nload average {before['load_avg_1m']} before; {before['cpu']}, {before['cores']} cores")
-    print("| arm | examples | valid loss (target) | train loss (last 5) | train s | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['arm']} | {r['examples']} | {r['valid_loss']:.4f} | "
-              f"{r['train_loss_last5']:.4f} | {r['train_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
+    print_markdown(["arm", "examples", "valid loss (target)", "train loss (last 5)", "train s",
+                    "peak RSS MB"],
+                   [[r["arm"], str(r["examples"]), f"{r['valid_loss']:.4f}",
+                     f"{r['train_loss_last5']:.4f}", f"{r['train_seconds']:.0f}",
+                     f"{r['peak_rss_mb']:.0f}"] for r in rows], "l")
     return 0
 
 
