@@ -95,7 +95,10 @@ def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: A
     return info
 
 
-def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any]) -> None:
+def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any],
+         variants: dict[str, Any] | None = None) -> None:
+    """The curve (history excluded and kept), each decoding variant scored at two or more
+    points (history excluded), and LIS-BM25's level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +111,12 @@ def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any]) -> None:
             ax.plot(xs, [p[key][metric] for p in points], style, label=f"GLoSS-135M, {key.replace('_', ' ')}")
             ax.axhline(lis[key][metric], color="gray", ls=":" if key == "history_kept" else "-",
                        lw=1, label=f"LIS-BM25, {key.replace('_', ' ')}")
+        for label, v in (variants or {}).items():
+            vp = v["points"]
+            if len(vp) >= 2:
+                ax.plot([max(q["examples_seen"], 1) for q in vp],
+                        [q["history_excluded"][metric] for q in vp], "^-",
+                        label=f"GLoSS-135M, {label}, history excluded")
         ax.set_xscale("symlog", linthresh=100)
         ax.set_xlabel("training examples seen")
         ax.set_title(f"validation {metric} ({points[0]['history_excluded']['users']} users)")
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results(args.json, {"config": str(args.config), "overrides": overrides, "run": str(args.run),
                                   "valid_users": len(examples), "lis_bm25": lis,
                                   "points": points, "variants": variants}, before)
-    plot(args.json.with_suffix(".png"), points, lis)
+    plot(args.json.with_suffix(".png"), points, lis, variants)
     print(f"\n{len(examples)} validation users; load average {before['load_avg_1m']} before")
     print("| examples seen | valid loss | R@5 excl [95% CI] | N@5 excl | R@5 kept | N@5 kept | s/user |")
     print("|---:|---:|---|---:|---:|---:|---:|")
