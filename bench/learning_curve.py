@@ -108,7 +108,7 @@ def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any],
     xs = [max(p["examples_seen"], 1) for p in points]
     for ax, metric in zip(axes, ("recall@5", "ndcg@5")):
         for key, style in (("history_excluded", "o-"), ("history_kept", "s--")):
-            ax.plot(xs, [p[key][metric] for p in points], style, label=f"GLoSS-135M, {key.replace('_', ' ')}")
+            ax.plot(xs, [p[key][metric] for p in points], style, label=f"GLoSS-135M (plain beams), {key.replace('_', ' ')}")
             ax.axhline(lis[key][metric], color="gray", ls=":" if key == "history_kept" else "-",
                        lw=1, label=f"LIS-BM25, {key.replace('_', ' ')}")
         for label, v in (variants or {}).items():
@@ -116,7 +116,7 @@ def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any],
             if len(vp) >= 2:
                 ax.plot([max(q["examples_seen"], 1) for q in vp],
                         [q["history_excluded"][metric] for q in vp], "^-",
-                        label=f"GLoSS-135M, {label}, history excluded")
+                        label=f"GLoSS-135M ({label}), history excluded")
         ax.set_xscale("symlog", linthresh=100)
         ax.set_xlabel("training examples seen")
         ax.set_title(f"validation {metric} ({points[0]['history_excluded']['users']} users)")
