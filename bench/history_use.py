@@ -60,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=RESULTS / "history_use.json")
     args = p.parse_args(argv)
 
-    import torch
-
     from glossrec.config import load_config
     from glossrec.models import load_model, load_tokenizer
     from glossrec.pipeline import load_data, prepare
@@ -81,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{adapter}: no saved adapter for point {steps} (run bench/learning_curve.py)")
         model, _ = load_model(cfg.model, adapter, device="cpu")
         t0 = time.perf_counter()
-        with torch.no_grad():
-            loss = {name: evaluate_loss(model, enc, tok.pad_token_id, 8, "cpu", bf16)
-                    for name, enc in data.items()}
+        loss = {name: evaluate_loss(model, enc, tok.pad_token_id, 8, "cpu", bf16)
+                for name, enc in data.items()}
         examples_seen = 0 if adapter is None else json.loads(
             (adapter / "glossrec_train.json").read_text())["examples_seen_total"]
         rows.append({"steps": steps, "examples_seen": examples_seen, **loss,

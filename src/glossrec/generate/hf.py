@@ -88,7 +88,9 @@ class HFGenerator:
         """log p(item text | prior_prompt): it does not depend on the user."""
         self._node_prior: dict[int, dict[int, float]] = {}
         """Trie node -> {token: log p(token | prior_prompt, the node's prefix)} (prior_weight)."""
+        self._prior_ids: list[int] | None = None
         self._prior_kv: Any = None
+        """prior_prompt's ids and KV (all but its last token), made at the first prior pass."""
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no EOS token: generation could not stop")
@@ -274,14 +276,7 @@ class HFGenerator:
         for i, toks in enumerate(items):
             cont[i, 1:1 + len(toks)] = torch.tensor(list(toks), dtype=torch.long)
             cmask[i, 1:1 + len(toks)] = 1
-        full = torch.cat([mask[:, :-1], cmask], dim=1)
-        pos = (full.cumsum(-1) - 1).clamp(min=0)
-        if cache is not None:
-            out = self.model(input_ids=cont, attention_mask=full, position_ids=pos[:, -width:],
-                             cache=cache, use_cache=True, logits_to_keep=width)
-        else:
-            out = self.model(input_ids=torch.cat([ids[:, :-1], cont], dim=1), attention_mask=full,
-                             position_ids=pos, use_cache=False, logits_to_keep=width)
+        out = self._forward_after(ids[:, :-1], mask[:, :-1], cont, cmask, cache, keep=width)
         # One row at a time: a log_softmax of the whole chunk would double its logits' memory.
         logits, target = out.logits[:, :-1], cont[:, 1:, None]
         scores = []
@@ -324,12 +319,12 @@ class HFGenerator:
     def _prior_next(self, prefixes: list[list[int]]) -> torch.Tensor:
         """log p(next token | prior_prompt + prefix) per prefix, [n, vocab] in fp32. Prefixes
         are left-padded after the prompt so every row ends at the last position."""
-        prompt = self.encode([self.prior_prompt])[0]
-        if self._prior_kv is None:  # once: the prompt's KV, or False to run it every time
-            ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-            kv = (self._prefill(ids, torch.ones_like(ids))
-                  if self.share_prefill and len(prompt) > 1 else None)
-            self._prior_kv = False if kv is None else kv
+        if self._prior_ids is None:  # once: the prompt's ids and KV (None: run it every time)
+            self._prior_ids = self.encode([self.prior_prompt])[0]
+            ids = torch.tensor([self._prior_ids], dtype=torch.long, device=self.device)
+            self._prior_kv = (self._prefill(ids, torch.ones_like(ids))
+                              if self.share_prefill and len(self._prior_ids) > 1 else None)
+        prompt = self._prior_ids
         n, width = len(prefixes), 1 + max(len(p) for p in prefixes)
         cont = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
         cmask = torch.zeros_like(cont)
@@ -338,17 +333,25 @@ class HFGenerator:
             cont[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             cmask[i, width - len(seq):] = 1
         head = torch.tensor([prompt[:-1]] * n, dtype=torch.long, device=self.device)
-        full = torch.cat([torch.ones_like(head), cmask], dim=1)
-        pos = (full.cumsum(-1) - 1).clamp(min=0)
-        if self._prior_kv is not False:
+        cache = None
+        if self._prior_kv is not None:
             cache = copy.deepcopy(self._prior_kv)
             cache.batch_repeat_interleave(n)
-            out = self.model(input_ids=cont, attention_mask=full, position_ids=pos[:, -width:],
-                             cache=cache, use_cache=True, logits_to_keep=1)
-        else:
-            out = self.model(input_ids=torch.cat([head, cont], dim=1), attention_mask=full,
-                             position_ids=pos, use_cache=False, logits_to_keep=1)
+        out = self._forward_after(head, torch.ones_like(head), cont, cmask, cache, keep=1)
         return out.logits[:, -1].float().log_softmax(-1)
+
+    def _forward_after(self, head: torch.Tensor, head_mask: torch.Tensor, cont: torch.Tensor,
+                       cmask: torch.Tensor, cache: Any, keep: int) -> Any:
+        """The model on `cont` after `head` (a prompt without its last token): from `cache`,
+        the head's KV (consumed), or running the head again when it is None. Position ids
+        come from the joint mask, so padding on either side is skipped."""
+        full = torch.cat([head_mask, cmask], dim=1)
+        pos = (full.cumsum(-1) - 1).clamp(min=0)
+        if cache is not None:
+            return self.model(input_ids=cont, attention_mask=full, position_ids=pos[:, -cont.shape[1]:],
+                              cache=cache, use_cache=True, logits_to_keep=keep)
+        return self.model(input_ids=torch.cat([head, cont], dim=1), attention_mask=full,
+                          position_ids=pos, use_cache=False, logits_to_keep=keep)
 
     def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
         """KV cache of all but the last prompt token, one row per prompt (the caller repeats it
