@@ -50,6 +50,19 @@ def _train_to(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
             "train_seconds": round(max(h.get("seconds", 0.0) for h in res.history), 1)}
 
 
+def train_point(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
+    """Train to `steps` and keep the adapter as the point's ``curve/step-N/adapter``."""
+    info = _train_to(cfg, run_dir, steps)
+    folder = run_dir / "curve" / f"step-{steps:06d}"
+    adapter = folder / "adapter"
+    if not adapter.is_dir():
+        tmp = folder / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(run_dir / "adapter", tmp)
+        tmp.rename(adapter)
+    return info
+
+
 def generations_name(decode: dict[str, str]) -> str:
     """The point's generations file for these generate.* settings: variants that differ only in
     retrieval share one generation (the file's fingerprint is checked when it is reused)."""
@@ -74,13 +87,8 @@ def point(cfg: Any, run_dir: Path, steps: int, ds: Any, examples: list, index: A
         meta = json.loads((adapter / "glossrec_train.json").read_text())
         info["examples_seen"] = meta["examples_seen_total"]
     elif steps > 0:
-        info.update(_train_to(cfg, run_dir, steps))
+        info.update(train_point(cfg, run_dir, steps))
         adapter = folder / "adapter"
-        if not adapter.is_dir():
-            tmp = folder / ".adapter.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(run_dir / "adapter", tmp)
-            tmp.rename(adapter)
     t0 = time.perf_counter()
     gens_path = folder / generations_name(decode or {})
     generate_examples(cfg, examples, ds.catalog, adapter, gens_path)
@@ -143,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrieve", nargs="*", default=[], metavar="KEY=VALUE",
                    help="retrieve.* settings of the variant, e.g. ranking=rrf (reuses the "
                    "generations of the same --decode)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train to each point and keep its adapter, scoring nothing (score the "
+                   "points later with --variant); frees the CPU for training on long stretches")
     args = p.parse_args(argv)
 
     from glossrec.config import load_config
@@ -152,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     cfg = load_config(args.config, {**overrides, "evaluate.split": "valid",
                                     "evaluate.users": args.valid_users})
+    if args.train_only:
+        for steps in sorted(set(args.points) - {0}):
+            print(json.dumps({"steps": steps, **train_point(cfg, args.run, steps)}), flush=True)
+        return 0
     ds = load_data(cfg)
     examples = prepare(cfg, ds).examples
     index = build_index(cfg, ds)
