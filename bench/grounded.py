@@ -9,7 +9,7 @@ RSS and warm caches are not shared:
 - ``grounded``: ``generate.constrain = "catalog"``, history excluded, beam order;
 - ``grounded-pmi`` / ``grounded-length``: the same beams re-ranked by one teacher-forced pass;
 - ``grounded-prior``: the search itself scores tokens against the empty-history prior
-  (``generate.prior_weight = 1.0``; priors computed per trie node as the search reaches it).
+  (``generate.prior_weight = 1.0``; the prior's KV cache is extended one token per step).
 
 Per arm: generation s/user and CPU s/user, load time (model, and for grounded arms the trie),
 peak RSS during generation and RSS after loading, the effective max_new_tokens, and quality on

@@ -86,11 +86,11 @@ class HFGenerator:
                              else _empty_prompt(PAPER_TEMPLATE))
         self._prior: dict[str, float] = {}
         """log p(item text | prior_prompt): it does not depend on the user."""
-        self._node_prior: dict[int, dict[int, float]] = {}
-        """Trie node -> {token: log p(token | prior_prompt, the node's prefix)} (prior_weight)."""
         self._prior_ids: list[int] | None = None
         self._prior_kv: Any = None
         """prior_prompt's ids and KV (all but its last token), made at the first prior pass."""
+        self._prior_root: tuple[Any, torch.Tensor] | None = None
+        """KV of the whole prior_prompt and log p(first item token | it) (prior_weight)."""
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no EOS token: generation could not stop")
@@ -299,32 +299,51 @@ class HFGenerator:
             self._prior.update((t, lp) for t, (lp, _) in zip(missing, scored))
         return [self._prior[t] for t in texts]
 
-    def node_priors(self, nodes: Sequence[int], prefixes: Sequence[Sequence[int]]
-                    ) -> list[dict[int, float]]:
-        """{token: log p(token | prior_prompt + prefix)} over each trie node's branches, where
-        prefixes[i] spells nodes[i]; computed once per node (one left-padded forward pass for
-        all the nodes not known yet) and again only when the node has gained a branch."""
-        assert self.trie is not None
-        todo = [(n, list(p)) for n, p in zip(nodes, prefixes)
-                if not set(self.trie.branches(n)) <= self._node_prior.get(n, {}).keys()]
-        todo = list({n: p for n, p in todo}.items())
-        for start in range(0, len(todo), _PRIOR_ROWS):
-            part = todo[start:start + _PRIOR_ROWS]
-            logp = self._prior_next([p for _, p in part])
-            for (node, _), row in zip(part, logp):
-                toks = self.trie.branches(node)
-                self._node_prior[node] = dict(zip(toks, row[toks].tolist()))
-        return [self._node_prior.get(n, {}) for n in nodes]
+    def prior_root(self) -> tuple[Any, torch.Tensor] | None:
+        """(KV cache of the whole prior_prompt, log p(next token | it) [vocab]): where every
+        PMI-guided search starts, made once (the model does not change). None when the model's
+        cache cannot be reused: each search step then runs its prefixes in full."""
+        ids = self._prior_prompt_ids()
+        if self._prior_root is None and self._prior_kv is not None:
+            n = len(ids)
+            cache = copy.deepcopy(self._prior_kv)
+            out = self.model(input_ids=torch.tensor([ids[-1:]], device=self.device),
+                             attention_mask=torch.ones((1, n), dtype=torch.long, device=self.device),
+                             position_ids=torch.tensor([[n - 1]], device=self.device),
+                             cache=cache, use_cache=True, logits_to_keep=1)
+            self._prior_root = (cache, out.logits[:, -1].float().log_softmax(-1))
+        return self._prior_root
 
-    def _prior_next(self, prefixes: list[list[int]]) -> torch.Tensor:
-        """log p(next token | prior_prompt + prefix) per prefix, [n, vocab] in fp32. Prefixes
-        are left-padded after the prompt so every row ends at the last position."""
-        if self._prior_ids is None:  # once: the prompt's ids and KV (None: run it every time)
+    def prior_extend(self, cache: Any, parents: Sequence[int], tokens: Sequence[int]
+                     ) -> torch.Tensor:
+        """One step of the prior: `cache` holds prior_prompt + one equal-length prefix per row;
+        keep rows `parents` (a row may repeat), append `tokens` (one per kept row), and return
+        log p(next token | prior_prompt, prefix + token) [len(tokens), vocab]. The cache is
+        updated in place, so a search runs one token per node, not the whole prefix again."""
+        rows = torch.tensor(list(parents), dtype=torch.long, device=self.device)
+        cache.batch_select_indices(rows)
+        n, past = len(tokens), cache.get_seq_length()
+        out = self.model(input_ids=torch.tensor([[t] for t in tokens], device=self.device),
+                         attention_mask=torch.ones((n, past + 1), dtype=torch.long,
+                                                   device=self.device),
+                         position_ids=torch.full((n, 1), past, device=self.device),
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float().log_softmax(-1)
+
+    def _prior_prompt_ids(self) -> list[int]:
+        """prior_prompt's ids; its KV (all but the last token; None: run it every time) is
+        made with them, once."""
+        if self._prior_ids is None:
             self._prior_ids = self.encode([self.prior_prompt])[0]
             ids = torch.tensor([self._prior_ids], dtype=torch.long, device=self.device)
             self._prior_kv = (self._prefill(ids, torch.ones_like(ids))
                               if self.share_prefill and len(self._prior_ids) > 1 else None)
-        prompt = self._prior_ids
+        return self._prior_ids
+
+    def _prior_next(self, prefixes: list[list[int]]) -> torch.Tensor:
+        """log p(next token | prior_prompt + prefix) per prefix, [n, vocab] in fp32. Prefixes
+        are left-padded after the prompt so every row ends at the last position."""
+        prompt = self._prior_prompt_ids()
         n, width = len(prefixes), 1 + max(len(p) for p in prefixes)
         cont = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
         cmask = torch.zeros_like(cont)
@@ -373,28 +392,60 @@ class _PriorGuidance(LogitsProcessor):
     """Grounded beams with generate.prior_weight = w: every token a beam may take scores
     log p(token | prompt) - w log p(token | prior prompt, the same item prefix), so a finished
     beam's score is sum_t [log p(y_t | history, y_<t) - w log p(y_t | no history, y_<t)] over
-    its tokens (divided by their number, length_penalty 1.0, as plain beams). The prior of a
-    token depends only on the trie node the beam is at, so it is computed once per node
-    (HFGenerator.node_priors) and shared by every beam and user that reaches it."""
+    its tokens (divided by their number, length_penalty 1.0, as plain beams).
+
+    The prior depends only on the item prefix. One instance serves one search: it keeps the
+    prior's KV cache for the prefixes the beams are at, one row per distinct prefix, and
+    extends it by one token per step (HFGenerator.prior_extend), starting from the prompt's
+    cached KV (HFGenerator.prior_root). A prefix whose parent was not kept (a model without a
+    reusable cache) is run in full instead."""
 
     def __init__(self, gen: HFGenerator, width: int) -> None:
         self.gen, self.width = gen, width
+        self.cache: Any = None
+        self.rows: dict[tuple[int, ...], int] = {}
+        """Prefix -> its row in `cache` (the prefixes of the last step)."""
+
+    def _priors(self, prefixes: list[tuple[int, ...]]) -> torch.Tensor:
+        """log p(next | prior prompt + prefix) per prefix [n, vocab]; keeps the new rows."""
+        gen = self.gen
+        if self.cache is None and not self.rows:
+            root = gen.prior_root()
+            if root is not None:
+                self.cache, self.rows = copy.deepcopy(root[0]), {(): 0}
+                if prefixes == [()]:
+                    return root[1]
+        known = [p for p in prefixes if p and p[:-1] in self.rows]
+        out: dict[tuple[int, ...], torch.Tensor] = {}
+        if known:
+            logp = gen.prior_extend(self.cache, [self.rows[p[:-1]] for p in known],
+                                    [p[-1] for p in known])
+            out.update(zip(known, logp))
+        self.rows = {p: i for i, p in enumerate(known)}
+        rest = [p for p in prefixes if p not in out]
+        for start in range(0, len(rest), _PRIOR_ROWS):
+            part = rest[start:start + _PRIOR_ROWS]
+            out.update(zip(part, gen._prior_next([list(p) for p in part])))
+        return torch.stack([out[p] for p in prefixes])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        assert self.gen.trie is not None
-        rows, nodes, prefixes = [], [], []
+        trie = self.gen.trie
+        assert trie is not None
+        beams: dict[tuple[int, ...], list[int]] = {}
         for r, prefix in enumerate(input_ids[:, self.width:].tolist()):
-            node = self.gen.trie.walk(prefix)
-            if node is not None:  # a dead beam (-inf) needs no prior
-                rows.append(r)
-                nodes.append(node)
-                prefixes.append(prefix)
-        w = self.gen.cfg.prior_weight
-        for r, prior in zip(rows, self.gen.node_priors(nodes, prefixes)):
-            if prior:  # past an item's EOS there is nothing to score
-                toks = torch.tensor(list(prior), dtype=torch.long, device=scores.device)
-                vals = torch.tensor(list(prior.values()), dtype=scores.dtype, device=scores.device)
-                scores[r, toks] -= w * vals  # a disallowed token stays -inf
+            node = trie.walk(prefix)
+            # A dead beam (-inf) and a finished one (past its EOS: no branch) need no prior.
+            if node is not None and trie.branches(node):
+                beams.setdefault(tuple(prefix), []).append(r)
+        if not beams:
+            return scores
+        prefixes = list(beams)
+        prior = self._priors(prefixes).to(scores.dtype).clamp(min=-1e4)
+        rows = torch.tensor([r for p in prefixes for r in beams[p]], device=scores.device)
+        which = torch.tensor([i for i, p in enumerate(prefixes) for _ in beams[p]],
+                             device=scores.device)
+        # Over the whole vocabulary: a disallowed token stays -inf (the clamp keeps it from NaN).
+        scores[rows] -= self.gen.cfg.prior_weight * prior[which]
         return scores
 
 
