@@ -15,11 +15,12 @@ from glossrec.serve.store import ItemRecord, LiveCatalog
 from .conftest import TITLES, FakeGenerator, WordRetriever
 
 
-@pytest.fixture()
-def grounded_cfg(tiny_model_config: ModelConfig) -> RunConfig:
+@pytest.fixture(params=[0.0, 1.0], ids=["beams", "pmi-guided"])
+def grounded_cfg(tiny_model_config: ModelConfig, request: pytest.FixtureRequest) -> RunConfig:
+    """Plain grounded beams, and PMI-guided search (its prior follows the live trie too)."""
     return RunConfig(model=tiny_model_config,
                      generate=GenerateConfig(num_beams=3, num_return=3, max_new_tokens=4,
-                                             constrain="catalog"))
+                                             constrain="catalog", prior_weight=request.param))
 
 
 @pytest.fixture()
