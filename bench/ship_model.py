@@ -7,7 +7,8 @@ README.md that names the command reproducing it. Nothing else of the run (checkp
 optimizer state, generations) is copied.
 
   .venv/bin/python bench/ship_model.py --run runs/smollm2-beauty --name smollm2-beauty \
-      --config configs/smollm2-beauty.toml
+      --config configs/smollm2-beauty.toml [--adapter RUN/curve/step-N/adapter] \
+      [--decode prior_weight=1.0]
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ LIMIT_MB = 25
 WEIGHTS = ("adapter_model.safetensors", "adapter_config.json", "glossrec_train.json")
 
 
-def recipe_toml(config: Path) -> str:
-    """The config as resolved, minus what belongs to one machine (data path, run folder)."""
+def recipe_toml(config: Path, decode: dict[str, str] | None = None) -> str:
+    """The config as resolved, minus what belongs to one machine (data path, run folder), with
+    `decode` (generate.* settings chosen on validation users) as the model's serving default."""
     from glossrec.config import config_to_toml, load_config
 
-    cfg = load_config(config)
+    cfg = load_config(config, {f"generate.{k}": v for k, v in (decode or {}).items()})
     cfg = cfg.model_copy(update={"out": None, "data": cfg.data.model_copy(update={"path": None})})
     return config_to_toml(cfg)
 
@@ -40,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--command", default=None, help="the command that reproduces the run")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="the adapter to ship (default RUN/adapter), e.g. RUN/curve/step-N/adapter")
+    p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="generate.* settings it is served with, as chosen on validation users "
+                   "(e.g. prior_weight=1.0)")
     args = p.parse_args(argv)
-    adapter = args.run / "adapter"
+    adapter = args.adapter or args.run / "adapter"
+    decode = dict(kv.split("=", 1) for kv in args.decode)
     size = (adapter / "adapter_model.safetensors").stat().st_size / 2**20
     if size > LIMIT_MB:
         print(f"{adapter}: {size:.1f} MB, over the {LIMIT_MB} MB a shipped model may have",
@@ -53,15 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp.mkdir(parents=True)
     for name in WEIGHTS:
         shutil.copy2(adapter / name, tmp / name)
-    shutil.copy2(args.run / "train_log.jsonl", tmp / "train_log.jsonl")
-    (tmp / "config.toml").write_text(recipe_toml(args.config))
+    (tmp / "config.toml").write_text(recipe_toml(args.config, decode))
     info = json.loads((adapter / "glossrec_train.json").read_text())
-    log = [json.loads(x) for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
+    # The run's log up to the shipped adapter's step (the run may have gone on).
+    lines = [x for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
+    lines = [x for x in lines if json.loads(x).get("step", 0) <= info["steps"]]
+    (tmp / "train_log.jsonl").write_text("".join(x + "\n" for x in lines))
+    log = [json.loads(x) for x in lines]
     seconds = max((r.get("seconds", 0.0) for r in log), default=0.0)
     valid = [(r["step"], r["valid_loss"]) for r in log if "valid_loss" in r]
     command = args.command or (f".venv/bin/python bench/learning_curve.py --config {args.config} "
                                f"--run {args.run} --points 0 ... {info['steps']}")
     m = machine()
+    decode_note = (", served with " + ", ".join(f"generate.{k} = {v}" for k, v in decode.items())
+                   + " as chosen on validation users" if decode else "")
     (tmp / "README.md").write_text(f"""# Shipped model: {args.name}
 
 A LoRA adapter (r {json.loads((adapter / 'adapter_config.json').read_text())['r']}) for
@@ -72,7 +85,8 @@ A LoRA adapter (r {json.loads((adapter / 'adapter_config.json').read_text())['r'
 - Training time: {info['train_seconds_total'] / 60:.1f} min in all ({seconds / 60:.1f} min in
   this run, on {m['cpu']}, {m['cores']} cores, CPU only).
 - Validation loss (target tokens, 128 validation users) by step: {', '.join(f'{s}: {v:.3f}' for s, v in valid)}.
-- Recipe: `config.toml` here (copied from `{args.config}`); loss curve: `train_log.jsonl`.
+- Recipe: `config.toml` here (copied from `{args.config}`{decode_note}); loss curve:
+  `train_log.jsonl`.
 - Reproduce (resumable; raise the last point to train longer):
 
   ```bash
