@@ -15,6 +15,9 @@ writes bench/results/generative_cpu.json. Training and generation resume after a
 bench can run in the background and be restarted.
 
     .venv/bin/python bench/generative_cpu.py [--config configs/bench-cpu-beauty.toml] [--max-steps N] [--users N]
+    # a shipped model under its own config.toml (recipe + the decoding it is served with), no
+    # training; adds GLoSS - LIS paired differences (users resampled) per history rule:
+    .venv/bin/python bench/generative_cpu.py --model smollm2-beauty
     # target-only loss probe (20 steps, 200 users):
     .venv/bin/python bench/generative_cpu.py --config configs/bench-cpu-beauty-target.toml \
         --newline-users 0 --json bench/results/generative_cpu_target.json
@@ -26,6 +29,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,9 +99,47 @@ def _fmt(r: dict) -> str:
             f"{r['ndcg@5']:.4f} [{r['ndcg@5_ci95'][0]:.4f},{r['ndcg@5_ci95'][1]:.4f}]")
 
 
+def paired_rows(variants: dict, kinds: tuple[str, ...] = ("bm25", "dense")) -> list[dict]:
+    """GLoSS - LIS per user, same retriever and history rule: the mean difference and its
+    paired bootstrap 95% CI (users resampled, both runs' values kept together). "beats" holds
+    when the CI lies above 0."""
+    out = []
+    for kind in kinds:
+        for excl in (False, True):
+            tag = " +excl" if excl else ""
+            g, lis = variants[f"GLoSS-135M {kind}{tag}"], variants[f"LIS {kind}{tag}"]
+            assert list(g.user_ids) == list(lis.user_ids), "paired rows need the same users"
+            row = {"retriever": kind, "history": "excluded" if excl else "kept"}
+            for m in ("recall@5", "ndcg@5"):
+                diff = g.per_user[m] - lis.per_user[m]
+                lo, hi = bootstrap_ci(diff)
+                row[m] = {"gloss": float(g.per_user[m].mean()), "lis": float(lis.per_user[m].mean()),
+                          "diff": float(diff.mean()), "diff_ci95": [lo, hi], "beats": lo > 0}
+            out.append(row)
+    return out
+
+
+def shipped_config_for(name: str, data: Path, overrides: dict) -> Any:
+    """The shipped model's own config.toml (its recipe and serving decoding) on `data`, with
+    model.weights = name: `glossrec run` then generates with it and trains nothing."""
+    from glossrec.errors import ConfigError
+    from glossrec.models import shipped_config
+
+    path = shipped_config(name)
+    if path is None:
+        raise ConfigError(f"{name!r} is not a shipped model (no config.toml)")
+    return load_config(path, {"data.path": str(data), "model.weights": name, **overrides})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "bench-cpu-beauty.toml"))
+    ap.add_argument("--model", default=None, help="a shipped model's name: evaluate it under its "
+                    "own config (no training); run folder runs/bench-shipped-NAME unless --out")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/amazon2014/beauty",
+                    help="the dataset of --model")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config overrides, e.g. generate.workers=2")
     ap.add_argument("--out", default=None)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--users", type=int, default=None)
@@ -107,7 +149,15 @@ def main() -> None:
     args = ap.parse_args()
     before = machine()
 
-    cfg = load_config(args.config, {"train.max_steps": args.max_steps, "evaluate.users": args.users})
+    overrides = {"train.max_steps": args.max_steps, "evaluate.users": args.users,
+                 **dict(kv.split("=", 1) for kv in args.set)}
+    if args.model:
+        cfg = shipped_config_for(args.model, args.data, overrides)
+        args.out = args.out or str(ROOT / "runs" / f"bench-shipped-{args.model}")
+        args.config = f"shipped:{args.model}"
+        args.newline_users = 0  # grounded beams end at an item's EOS: no newline to stop at
+    else:
+        cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
     run(cfg, args.out, score=False)
     run_dir = Path(args.out or cfg.out).resolve()
@@ -159,6 +209,13 @@ def main() -> None:
         "first_loss": round(hist[0]["loss"], 4) if hist else None,
         "last5_mean_loss": round(sum(h["loss"] for h in hist[-5:]) / len(hist[-5:]), 4) if hist else None,
         "valid_loss": valid}
+    if args.model:  # no training in this run: the shipped model's own record
+        from glossrec.models import resolve_weights
+
+        info = read_json(resolve_weights(args.model) / "glossrec_train.json")
+        train_summary = {"shipped": args.model, "steps": info["steps"],
+                         "examples_seen": info["examples_seen_total"],
+                         "seconds": info["train_seconds_total"]}
     print(f"\nBeauty, {n_users} fixed random test users (seed {cfg.evaluate.user_seed}); "
           f"training: {train_summary}")
     print("generated texts: " + ", ".join(f"{k} {v}" for k, v in diagnostics.items()))
@@ -167,6 +224,13 @@ def main() -> None:
     for r in rows:
         seg = "  ".join(f"{r[s]['recall@5']:.4f}/{r[s]['ndcg@5']:.4f}" for s in SEGMENTS)
         print(f"{r['run']:34} {_fmt(r)}   {seg}")
+    paired = paired_rows(variants)
+    print("\nGLoSS - LIS, same users, retriever and history rule (paired bootstrap 95% CI):")
+    for r in paired:
+        print(f"  {r['retriever']:5} history {r['history']:8} " + "  ".join(
+            f"{m} {r[m]['gloss']:.4f} - {r[m]['lis']:.4f} = {r[m]['diff']:+.4f} "
+            f"[{r[m]['diff_ci95'][0]:+.4f},{r[m]['diff_ci95'][1]:+.4f}]"
+            f"{' beats' if r[m]['beats'] else ''}" for m in ("recall@5", "ndcg@5")))
     probe_rows, nl_diag = [], None
     if newline:
         keep = set(newline)
@@ -185,6 +249,7 @@ def main() -> None:
                                  "diagnostics": diagnostics,
                                  "generate": manifest["stages"].get("generate", {}),
                                  "wall_s": round(time.perf_counter() - t0, 1), "rows": rows,
+                                 "paired": paired,
                                  "newline_probe": {"rows": probe_rows, "diagnostics": nl_diag}},
                   before)
     print(f"wrote {args.json}")
