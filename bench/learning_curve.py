@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         variants[args.variant] = {"generate": decode, "retrieve": rsettings, "code": code_version(),
                                   "machine": before, "points": [rows[k] for k in sorted(rows)]}
         save_json(args.json, {**old, "variants": variants})
+        if old.get("points"):
+            plot(args.json.with_suffix(".png"), old["points"], old["lis_bm25"], variants)
         return 0
     done: dict[int, dict[str, Any]] = {q["steps"]: q for q in old.get("points", [])}
     points = []
