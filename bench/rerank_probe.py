@@ -1,0 +1,99 @@
+"""Probe, validation users only: can the fine-tuned LM order Last-Item Search's candidates
+better than BM25 does?
+
+LIS-BM25's top N items (history excluded) for each of the curve's 200 validation users are
+scored by the LM with one teacher-forced pass each: log p(item | prompt) and the empty-history
+prior log p(item | no history). Every ordering comes from that one pass: per-token or summed
+PMI at prior weights 0..1, alone or fused (RRF, k = 60) with LIS's own rank. R@5 of each
+against LIS's R@5 on the same users; LIS's R@N is the ceiling of any re-ranking.
+
+  .venv/bin/python bench/rerank_probe.py --adapter runs/smollm2-beauty/curve/step-000750/adapter \
+      --candidates 20
+Writes bench/results/rerank_probe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, RESULTS, machine, write_results  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "smollm2-beauty.toml")
+    p.add_argument("--adapter", type=Path, required=True)
+    p.add_argument("--candidates", type=int, default=20)
+    p.add_argument("--valid-users", type=int, default=200)
+    p.add_argument("--json", type=Path, default=RESULTS / "rerank_probe.json")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from glossrec.config import load_config
+    from glossrec.generate.base import make_generator
+    from glossrec.pipeline import build_index, load_data, prepare, run_lis
+    from glossrec.prompts import test_prompts
+
+    before = machine()
+    n = args.candidates
+    cfg = load_config(args.config, {"evaluate.split": "valid", "evaluate.users": args.valid_users,
+                                    "evaluate.cutoffs": [5, n]})
+    ds = load_data(cfg)
+    ex = prepare(cfg, ds).examples
+    lis = run_lis(cfg, None, ds, build_index(cfg, ds))
+    cands = lis.ranked[:, :n]
+    t0 = time.perf_counter()
+    gen = make_generator(cfg, args.adapter, ds.catalog.texts())
+    prompts = dict(test_prompts(ex, ds.catalog, gen.tokenizer, cfg.prompt,
+                                reserve=cfg.generate.max_new_tokens))
+    lp, ntok, prior = (np.full((len(ex), n), -1e9), np.ones((len(ex), n)), np.zeros((len(ex), n)))
+    with torch.inference_mode():
+        for s in range(0, len(ex), 4):
+            part = range(s, min(s + 4, len(ex)))
+            enc = gen.encode([prompts[ex[u].user_id] for u in part])
+            width = max(len(x) for x in enc)
+            ids = torch.full((len(enc), width), gen.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, x in enumerate(enc):
+                ids[r, width - len(x):] = torch.tensor(x)
+                mask[r, width - len(x):] = 1
+            slots = [(u, j) for u in part for j in range(n) if cands[u, j] >= 0]
+            pairs = [(u - s, list(gen.trie.tokens(int(cands[u, j])))) for u, j in slots]
+            scored = gen.item_logprobs(ids, mask, pairs, gen._prefill(ids, mask))
+            priors = gen.prior_logprobs([ds.catalog.text(int(cands[u, j])) for u, j in slots])
+            for (u, j), (value, count), pr in zip(slots, scored, priors):
+                lp[u, j], ntok[u, j], prior[u, j] = value, count, pr
+    seconds = time.perf_counter() - t0
+    target = np.array([e.target for e in ex])
+
+    def r5(order: np.ndarray) -> float:
+        return float(np.mean([target[u] in cands[u, order[u, :5]] for u in range(len(ex))]))
+
+    rows = {"LIS-BM25 (its own order)": r5(np.tile(np.arange(n), (len(ex), 1)))}
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        per_tok = (lp - w * prior) / ntok
+        rows[f"LM, prior weight {w}, per token"] = r5(np.argsort(-per_tok, axis=1, kind="stable"))
+        rows[f"LM, prior weight {w}, summed"] = r5(np.argsort(-(lp - w * prior), axis=1, kind="stable"))
+        lm_rank = np.argsort(np.argsort(-per_tok, axis=1, kind="stable"), axis=1)
+        fused = 1 / (60 + lm_rank) + 1 / (60 + np.arange(n))[None, :]
+        rows[f"LM per token (w {w}) + LIS rank, RRF"] = r5(np.argsort(-fused, axis=1, kind="stable"))
+    ceiling = float(np.mean([target[u] in cands[u] for u in range(len(ex))]))
+    print(f"{len(ex)} validation users, LIS-BM25 top {n} (R@{n} = {ceiling:.3f}), "
+          f"{seconds / len(ex):.2f} s/user; load average {before['load_avg_1m']} before")
+    for name, value in rows.items():
+        print(f"| {name} | {value:.3f} |")
+    write_results(args.json, {"adapter": str(args.adapter), "candidates": n, "users": len(ex),
+                              "lis_recall_at_n": ceiling, "s_per_user": seconds / len(ex),
+                              "recall@5": rows}, before)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
