@@ -51,8 +51,13 @@ def _train_to(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
 
 
 def train_point(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
-    """Train to `steps` and keep the adapter as the point's ``curve/step-N/adapter``."""
+    """Train to `steps` and keep the adapter as the point's ``curve/step-N/adapter``. A run
+    that stopped early (train.patience) before `steps` is an error: its adapter is not step N."""
     info = _train_to(cfg, run_dir, steps)
+    if info["steps"] < steps:
+        raise SystemExit(f"{run_dir}: training stopped at step {info['steps']} before point "
+                         f"{steps} (early stopping: train.patience validations without a better "
+                         "validation loss); the point is not made")
     folder = run_dir / "curve" / f"step-{steps:06d}"
     adapter = folder / "adapter"
     if not adapter.is_dir():
