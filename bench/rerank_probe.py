@@ -57,13 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for s in range(0, len(ex), 4):
             part = range(s, min(s + 4, len(ex)))
-            enc = gen.encode([prompts[ex[u].user_id] for u in part])
-            width = max(len(x) for x in enc)
-            ids = torch.full((len(enc), width), gen.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, x in enumerate(enc):
-                ids[r, width - len(x):] = torch.tensor(x)
-                mask[r, width - len(x):] = 1
+            ids, mask = gen.pad_left(gen.encode([prompts[ex[u].user_id] for u in part]))
             slots = [(u, j) for u in part for j in range(n) if cands[u, j] >= 0]
             pairs = [(u - s, list(gen.trie.tokens(int(cands[u, j])))) for u, j in slots]
             scored = gen.item_logprobs(ids, mask, pairs, gen._prefill(ids, mask))

@@ -313,7 +313,6 @@ def _dataset(root: Path, n_items: int = 12, n_users: int = 16) -> Path:
 
 def test_pipeline_workers_give_the_same_grounded_texts(tmp_path: Path, tiny_lm_dir: Path) -> None:
     """PMI-guided search and PMI re-ranking, in one process and in two workers."""
-    score, prior_weight = "pmi", 1.0
     from glossrec.config import DataConfig, EvalConfig, ModelConfig, RunConfig
     from glossrec.data import load_dataset
     from glossrec.generate import generate_examples, generation_fingerprint, read_generations
@@ -322,7 +321,7 @@ def test_pipeline_workers_give_the_same_grounded_texts(tmp_path: Path, tiny_lm_d
     cfg = RunConfig(data=DataConfig(path=_dataset(tmp_path)),
                     model=ModelConfig(name=str(tiny_lm_dir), load_in_4bit=False),
                     generate=GenerateConfig(max_new_tokens=4, batch_size=2, constrain="catalog",
-                                            grounded_score=score, prior_weight=prior_weight),
+                                            grounded_score="pmi", prior_weight=1.0),
                     evaluate=EvalConfig(users=6))
     ds = load_dataset(cfg.data.path)
     examples = sample_users(make_splits(ds, cfg.split).get("test"), 6, 0)
@@ -339,8 +338,8 @@ def test_pipeline_workers_give_the_same_grounded_texts(tmp_path: Path, tiny_lm_d
         assert texts and set(texts) <= catalog
         assert not set(texts) & {ds.catalog.text(i) for i in ex.history}
     meta = json.loads((tmp_path / "one.meta.json").read_text())
-    assert meta["generate"]["constrain"] == "catalog" and meta["generate"]["grounded_score"] == score
-    assert meta["generate"].get("prior_weight", 0.0) == prior_weight
+    assert meta["generate"]["constrain"] == "catalog" and meta["generate"]["grounded_score"] == "pmi"
+    assert meta["generate"]["prior_weight"] == 1.0
     # Free-text fingerprints are as before (their files made earlier still resume).
     assert "constrain" not in generation_fingerprint(RunConfig(), None)["generate"]
     # Free text into the grounded file would mix two kinds of output: refused.

@@ -39,7 +39,8 @@ from glossrec.generate.constrain import CatalogTrie
 log = logging.getLogger(__name__)
 
 _PRIOR_ROWS = 64
-"""Trie nodes whose prior is computed per forward pass (one next-token row each)."""
+"""Prefixes whose prior is run in full per forward pass (one next-token row each), when the
+model's cache cannot be extended."""
 
 _SCORE_ROWS = 8
 """Returned items scored per forward pass: bounds the (rows x item tokens x vocab) logits
@@ -156,16 +157,23 @@ class HFGenerator:
             raise ValueError(f"{len(exclude)} exclusion lists for {len(prompts)} prompts")
         return exclude if self.cfg.constrain_exclude_history else None
 
-    def generate_ids(self, batch: list[list[int]],
-                     exclude: Sequence[Sequence[int]] | None = None) -> list[list[str]]:
-        """One left-padded batch of token-id prompts -> num_return post-processed texts each
-        (grounded: up to num_return catalog texts, `exclude` as in :meth:`generate`)."""
+    def pad_left(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-id prompts -> (input_ids, attention_mask), left-padded to the longest, on CPU:
+        every prompt ends at the last position, where generation and scoring continue."""
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            input_ids[row, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
             mask[row, width - len(ids):] = 1
+        return input_ids, mask
+
+    def generate_ids(self, batch: list[list[int]],
+                     exclude: Sequence[Sequence[int]] | None = None) -> list[list[str]]:
+        """One left-padded batch of token-id prompts -> num_return post-processed texts each
+        (grounded: up to num_return catalog texts, `exclude` as in :meth:`generate`)."""
+        input_ids, mask = self.pad_left(batch)
+        width = input_ids.shape[1]
         autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
                     if self.cfg.bf16 else nullcontext())
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
@@ -305,13 +313,8 @@ class HFGenerator:
         cache cannot be reused: each search step then runs its prefixes in full."""
         ids = self._prior_prompt_ids()
         if self._prior_root is None and self._prior_kv is not None:
-            n = len(ids)
-            cache = copy.deepcopy(self._prior_kv)
-            out = self.model(input_ids=torch.tensor([ids[-1:]], device=self.device),
-                             attention_mask=torch.ones((1, n), dtype=torch.long, device=self.device),
-                             position_ids=torch.tensor([[n - 1]], device=self.device),
-                             cache=cache, use_cache=True, logits_to_keep=1)
-            self._prior_root = (cache, out.logits[:, -1].float().log_softmax(-1))
+            cache = copy.deepcopy(self._prior_kv)  # the prompt but its last token, extended by it
+            self._prior_root = (cache, self.prior_extend(cache, [0], ids[-1:]))
         return self._prior_root
 
     def prior_extend(self, cache: Any, parents: Sequence[int], tokens: Sequence[int]
