@@ -374,3 +374,21 @@ def test_report_to_tensorboard_logs_every_step(tiny_lm_dir: Path, tok, tmp_path:
     logged = [r["loss"] for r in res.history if "loss" in r]
     assert losses == pytest.approx(logged, rel=1e-6) and len(losses) == res.steps
     assert [e.step for e in acc.Scalars("train/valid_loss")] == [r["step"] for r in res.history if "valid_loss" in r]
+
+
+def test_start_examples_continues_the_data_order(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    # A run continued from an adapter with start_examples = the examples that adapter saw takes
+    # the batch the one long run would have taken next: same weights, same batch, same loss.
+    data = helper.pairs(tok, 16)
+    kw = dict(warmup_steps=0, schedule="constant", learning_rate=1e-3)
+    whole = train(helper.config(tiny_lm_dir, max_steps=3, **kw), tmp_path / "whole", data)
+    first = train(helper.config(tiny_lm_dir, max_steps=2, **kw), tmp_path / "first", data)
+    cont = train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir),
+                               start_examples=8, **kw), tmp_path / "cont", data)
+    replay = train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir),
+                                 **kw), tmp_path / "replay", data)
+    assert cont.history[0]["loss"] == pytest.approx(whole.history[2]["loss"], rel=1e-5)
+    assert replay.history[0]["loss"] != pytest.approx(whole.history[2]["loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="start_examples"):
+        train(helper.config(tiny_lm_dir, max_steps=1, start_examples=16, **kw),
+              tmp_path / "past", data)

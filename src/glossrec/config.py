@@ -133,6 +133,10 @@ class TrainConfig(_Section):
     """Start from these trained weights instead of a fresh adapter: a LoRA adapter folder (same
     [lora] shape) or the name of a shipped model (see glossrec.models.SHIPPED). Lets a long
     training continue over several runs."""
+    start_examples: int = Field(0, ge=0)
+    """Begin the first epoch this many examples into its shuffled order (rounded down to whole
+    micro-batches). A run continued from init_adapter with the same seed then sees the examples
+    that adapter has not seen, rather than replaying the ones it was trained on."""
     max_batch_tokens: int | None = Field(1024, ge=32)
     """Memory bound: a micro-batch whose padded size exceeds this many tokens is run in parts
     (same gradient: a step's loss is a token mean). None: never split. Measured on full Beauty

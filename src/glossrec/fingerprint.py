@@ -55,7 +55,9 @@ def _train_inputs(cfg: RunConfig, n_train: int | None = None, n_valid: int | Non
             "learning_rate": t.learning_rate, "n_train": n_train, "n_valid": n_valid,
             "method": t.method, "init_adapter": t.init_adapter, "schedule": t.schedule,
             "group_by_length": t.group_by_length,
-            "max_history_items": cfg.prompt.max_history_items}
+            "max_history_items": cfg.prompt.max_history_items,
+            # only when set: runs trained before the setting existed still resume
+            **({"start_examples": t.start_examples} if t.start_examples else {})}
 
 
 def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, Any]:

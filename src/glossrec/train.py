@@ -730,6 +730,14 @@ def _total_steps(t: TrainConfig, n_train: int) -> int:
     return total
 
 
+def _start_batch(t: TrainConfig, n_train: int) -> int:
+    """The first epoch's starting micro-batch for train.start_examples."""
+    if t.start_examples >= n_train:
+        raise ConfigError(f"train.start_examples ({t.start_examples}) must be below the "
+                          f"{n_train} training examples of an epoch")
+    return t.start_examples // t.batch_size
+
+
 def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
     """Accumulate the micro-batches' gradients, clip, step: the log record of one step.
 
@@ -811,6 +819,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
                _use_bf16(t, device), state, params, procs)
     resumed_from = _resume_latest(run, total)
+    if resumed_from is None:
+        run.state.batch_in_epoch = _start_batch(t, len(train_data))
     if t.report_to and procs.main:  # a resumed run sends only the steps after its checkpoint
         run.trackers = _Trackers(t.report_to, run_dir, cfg)
         run.trackers.sent = len(run.state.history)
