@@ -36,12 +36,27 @@ def recipe_toml(config: Path, decode: dict[str, str] | None = None) -> str:
     return config_to_toml(cfg)
 
 
+def earlier_log(init_adapter: str | None) -> list[dict]:
+    """The training log records of the runs behind train.init_adapter (a shipped model or an
+    adapter folder), each with its "run" number; [] for a run that started from scratch."""
+    if not init_adapter:
+        return []
+    from glossrec.models import resolve_weights
+
+    path = resolve_weights(init_adapter) / "train_log.jsonl"
+    if not path.is_file():
+        return []
+    return [{"run": 0, **json.loads(x)} for x in path.read_text().splitlines() if x]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--command", default=None, help="the command that reproduces the run")
+    p.add_argument("--command", action="append", default=None,
+                   help="the command that reproduces the run (repeat it for a run continued "
+                   "from train.init_adapter: the earlier runs' commands first)")
     p.add_argument("--adapter", type=Path, default=None,
                    help="the adapter to ship (default RUN/adapter), e.g. RUN/curve/step-N/adapter")
     p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
@@ -63,15 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(adapter / name, tmp / name)
     (tmp / "config.toml").write_text(recipe_toml(args.config, decode))
     info = json.loads((adapter / "glossrec_train.json").read_text())
-    # The run's log up to the shipped adapter's step (the run may have gone on).
+    # The run's log up to the shipped adapter's step (the run may have gone on), after the logs
+    # of the runs its train.init_adapter came from: each record names its run (0 = the first).
+    earlier = earlier_log(info.get("init_adapter"))
+    this_run = 1 + max((r["run"] for r in earlier), default=-1)
     lines = [x for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
-    lines = [x for x in lines if json.loads(x).get("step", 0) <= info["steps"]]
-    (tmp / "train_log.jsonl").write_text("".join(x + "\n" for x in lines))
-    log = [json.loads(x) for x in lines]
+    log = [{"run": this_run, **r} for r in map(json.loads, lines) if r.get("step", 0) <= info["steps"]]
+    (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier + log))
     seconds = max((r.get("seconds", 0.0) for r in log), default=0.0)
-    valid = [(r["step"], r["valid_loss"]) for r in log if "valid_loss" in r]
-    command = args.command or (f".venv/bin/python bench/learning_curve.py --config {args.config} "
-                               f"--run {args.run} --points 0 ... {info['steps']}")
+    valid = "; ".join(
+        f"run {k}: " + ", ".join(f"{r['step']}: {r['valid_loss']:.3f}" for r in earlier + log
+                                 if r["run"] == k and "valid_loss" in r)
+        for k in range(this_run + 1))
+    commands = args.command or [f".venv/bin/python bench/learning_curve.py --config "
+                                f"{args.config} --run {args.run} --points 0 ... {info['steps']}"]
+    command = "\n  ".join(commands)
     m = machine()
     decode_note = (", served with " + ", ".join(f"generate.{k} = {v}" for k, v in decode.items())
                    + " as chosen on validation users" if decode else "")
@@ -84,10 +105,10 @@ A LoRA adapter (r {json.loads((adapter / 'adapter_config.json').read_text())['r'
   (this run: {info['examples_seen']:,}); best validation step: {info['best_step']}.
 - Training time: {info['train_seconds_total'] / 60:.1f} min in all ({seconds / 60:.1f} min in
   this run, on {m['cpu']}, {m['cores']} cores, CPU only).
-- Validation loss (target tokens, 128 validation users) by step: {', '.join(f'{s}: {v:.3f}' for s, v in valid)}.
+- Validation loss (target tokens, 128 validation users) by step: {valid}.
 - Recipe: `config.toml` here (copied from `{args.config}`{decode_note}); loss curve:
   `train_log.jsonl`.
-- Reproduce (resumable; raise the last point to train longer):
+- Reproduce (resumable; one command per run, in order):
 
   ```bash
   {command}
