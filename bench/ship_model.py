@@ -36,16 +36,27 @@ def recipe_toml(config: Path, decode: dict[str, str] | None = None) -> str:
     return config_to_toml(cfg)
 
 
-def earlier_log(init_adapter: str | None) -> list[dict]:
+def earlier_log(info: dict) -> list[dict]:
     """The training log records of the runs behind train.init_adapter (a shipped model or an
-    adapter folder), each with its "run" number; [] for a run that started from scratch."""
-    if not init_adapter:
+    adapter folder), each with its "run" number; [] for a run that started from scratch.
+
+    A shipped name may since hold another model (this one, shipped before under the same name):
+    its examples must be those this run started from, or the lineage would be wrong."""
+    if not info.get("init_adapter"):
         return []
     from glossrec.models import resolve_weights
 
-    path = resolve_weights(init_adapter) / "train_log.jsonl"
+    folder = resolve_weights(info["init_adapter"])
+    path = folder / "train_log.jsonl"
     if not path.is_file():
+        print(f"{folder} has no train_log.jsonl: the shipped log holds this run only",
+              file=sys.stderr)
         return []
+    start = json.loads((folder / "glossrec_train.json").read_text())["examples_seen_total"]
+    if start != info["examples_seen_total"] - info["examples_seen"]:
+        raise SystemExit(f"{folder}: holds a model trained on {start:,} examples, not the "
+                         f"{info['examples_seen_total'] - info['examples_seen']:,} this run "
+                         "started from (shipped over since?): its log is not this run's past")
     return [{"run": 0, **json.loads(x)} for x in path.read_text().splitlines() if x]
 
 
@@ -70,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{adapter}: {size:.1f} MB, over the {LIMIT_MB} MB a shipped model may have",
               file=sys.stderr)
         return 2
+    info = json.loads((adapter / "glossrec_train.json").read_text())
+    # The run's log up to the shipped adapter's step (the run may have gone on), after the logs
+    # of the runs its train.init_adapter came from: each record names its run (0 = the first).
+    earlier = earlier_log(info)
     dest = ROOT / "src" / "glossrec" / "shipped" / args.name
     tmp = dest.with_name(f".{args.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -77,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in WEIGHTS:
         shutil.copy2(adapter / name, tmp / name)
     (tmp / "config.toml").write_text(recipe_toml(args.config, decode))
-    info = json.loads((adapter / "glossrec_train.json").read_text())
-    # The run's log up to the shipped adapter's step (the run may have gone on), after the logs
-    # of the runs its train.init_adapter came from: each record names its run (0 = the first).
-    earlier = earlier_log(info.get("init_adapter"))
     this_run = 1 + max((r["run"] for r in earlier), default=-1)
     lines = [x for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
     log = [{"run": this_run, **r} for r in map(json.loads, lines) if r.get("step", 0) <= info["steps"]]
