@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
                    help="generate.* settings it is served with, as chosen on validation users "
                    "(e.g. prior_weight=1.0)")
+    p.add_argument("--paused-s", type=float, default=0.0,
+                   help="seconds this run's process was stopped (SIGSTOP) while other work ran: "
+                   "the log's wall clock includes them, the training time stated does not")
     args = p.parse_args(argv)
     adapter = args.adapter or args.run / "adapter"
     decode = dict(kv.split("=", 1) for kv in args.decode)
@@ -96,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [x for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
     log = [{"run": this_run, **r} for r in map(json.loads, lines) if r.get("step", 0) <= info["steps"]]
     (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier + log))
-    seconds = max((r.get("seconds", 0.0) for r in log), default=0.0)
+    seconds = max((r.get("seconds", 0.0) for r in log), default=0.0) - args.paused_s
+    total = info["train_seconds_total"] - args.paused_s
+    paused = (f"; the log's clock also counts {args.paused_s / 60:.1f} min the run was paused"
+              if args.paused_s else "")
     valid = "; ".join(
         f"run {k}: " + ", ".join(f"{r['step']}: {r['valid_loss']:.3f}" for r in earlier + log
                                  if r["run"] == k and "valid_loss" in r)
@@ -114,8 +120,8 @@ A LoRA adapter (r {json.loads((adapter / 'adapter_config.json').read_text())['r'
 
 - Optimizer steps: {info['steps']}; training examples seen: {info['examples_seen_total']:,}
   (this run: {info['examples_seen']:,}); best validation step: {info['best_step']}.
-- Training time: {info['train_seconds_total'] / 60:.1f} min in all ({seconds / 60:.1f} min in
-  this run, on {m['cpu']}, {m['cores']} cores, CPU only).
+- Training time: {total / 60:.1f} min in all ({seconds / 60:.1f} min in
+  this run, on {m['cpu']}, {m['cores']} cores, CPU only{paused}).
 - Validation loss (target tokens, 128 validation users) by step: {valid}.
 - Recipe: `config.toml` here (copied from `{args.config}`{decode_note}); loss curve:
   `train_log.jsonl`.
