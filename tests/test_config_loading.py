@@ -32,11 +32,16 @@ def test_file_then_overrides_and_roundtrip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("body,needle", [
     ("[train]\nlearning_rat = 1\n", "train.learning_rat"),
-    ("[train]\nbatch_size = 0\n", "train.batch_size"),
     ("[retrieve]\nretriever = 'sparse'\n", "retrieve.retriever"),
     ("[generate]\nnum_beams = 2\nnum_return = 5\n", "num_return"),
-    ("[prompt]\ntemplate = 'no fields'\n", "prompt.template"),
     ("not toml = = 1", "not valid TOML"),
+    # the training settings' messages say what is wrong, in pydantic's words
+    ("[train]\nbatch_sise = 4\n", "train.batch_sise: Extra inputs are not permitted"),
+    ("[train]\nbatch_size = 0\n", "train.batch_size: Input should be greater than or equal to 1"),
+    ("[train]\noptim = \"sgd\"\n", "train.optim: Value error, unknown optimizer 'sgd'"),
+    ("[train]\nloss = \"prompt\"\n", "train.loss: Input should be 'full' or 'target'"),
+    ("[lora]\nr = 0\n", "lora.r: Input should be greater than or equal to 1"),
+    ("[prompt]\ntemplate = \"no fields\"\n", "prompt.template: Value error, template must contain"),
 ])
 def test_errors_name_the_file_and_key(tmp_path: Path, body: str, needle: str) -> None:
     p = tmp_path / "bad.toml"
