@@ -139,6 +139,19 @@ def plot(path: Path, points: list[dict[str, Any]], lis: dict[str, Any],
     plt.close(fig)
 
 
+def with_continued(variants: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
+    """`variants` plus one series per decoding variant of the runs continued from this curve's
+    adapters (their results JSONs, e.g. the decay stretches): another lineage of weights, so
+    drawn apart, in order of examples seen."""
+    out = dict(variants)
+    for path in paths:
+        for label, v in json.loads(path.read_text()).get("variants", {}).items():
+            series = out.setdefault(f"{label}, continued runs", {"points": []})
+            series["points"] = sorted(series["points"] + v["points"],
+                                      key=lambda q: q["examples_seen"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "smollm2-beauty.toml")
@@ -159,7 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-only", action="store_true",
                    help="train to each point and keep its adapter, scoring nothing (score the "
                    "points later with --variant); frees the CPU for training on long stretches")
+    p.add_argument("--continued", nargs="*", type=Path, default=[], metavar="JSON",
+                   help="results of runs continued from this curve's adapters (e.g. "
+                   "bench/results/learning_curve_decay.json), drawn as one more series")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the plot from --json (and --continued); run nothing")
     args = p.parse_args(argv)
+    if args.plot_only:
+        old = json.loads(args.json.read_text())
+        plot(args.json.with_suffix(".png"), old["points"], old["lis_bm25"],
+             with_continued(old.get("variants", {}), args.continued))
+        return 0
 
     from glossrec.config import load_config
     from glossrec.pipeline import build_index, load_data, prepare, run_lis
@@ -196,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "machine": before, "points": [rows[k] for k in sorted(rows)]}
         save_json(args.json, {**old, "variants": variants})
         if old.get("points"):
-            plot(args.json.with_suffix(".png"), old["points"], old["lis_bm25"], variants)
+            plot(args.json.with_suffix(".png"), old["points"], old["lis_bm25"],
+                 with_continued(variants, args.continued))
         return 0
     done: dict[int, dict[str, Any]] = {q["steps"]: q for q in old.get("points", [])}
     points = []
@@ -208,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results(args.json, {"config": str(args.config), "overrides": overrides, "run": str(args.run),
                                   "valid_users": len(examples), "lis_bm25": lis,
                                   "points": points, "variants": variants}, before)
-    plot(args.json.with_suffix(".png"), points, lis, variants)
+    plot(args.json.with_suffix(".png"), points, lis, with_continued(variants, args.continued))
     print(f"\n{len(examples)} validation users; load average {before['load_avg_1m']} before")
     print("| examples seen | valid loss | R@5 excl [95% CI] | N@5 excl | R@5 kept | N@5 kept | s/user |")
     print("|---:|---:|---|---:|---:|---:|---:|")
