@@ -94,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp.mkdir(parents=True)
     for name in WEIGHTS:
         shutil.copy2(adapter / name, tmp / name)
+    if args.paused_s:
+        # A run continued from this model adds its time to train_seconds_total: keep the pause
+        # out of it, and say how much was taken out.
+        info = {**info, "train_seconds": round(info["train_seconds"] - args.paused_s, 1),
+                "train_seconds_total": round(info["train_seconds_total"] - args.paused_s, 1),
+                "paused_seconds_excluded": args.paused_s}
+        (tmp / "glossrec_train.json").write_text(json.dumps(info, indent=1) + "\n")
     (tmp / "config.toml").write_text(recipe_toml(args.config, decode))
     this_run = 1 + max((r["run"] for r in earlier), default=-1)
     lines = [x for x in (args.run / "train_log.jsonl").read_text().splitlines() if x]
     log = [{"run": this_run, **r} for r in map(json.loads, lines) if r.get("step", 0) <= info["steps"]]
     (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier + log))
     seconds = max((r.get("seconds", 0.0) for r in log), default=0.0) - args.paused_s
-    total = info["train_seconds_total"] - args.paused_s
+    total = info["train_seconds_total"]
     paused = (f"; the log's clock also counts {args.paused_s / 60:.1f} min the run was paused"
               if args.paused_s else "")
     valid = "; ".join(
