@@ -24,6 +24,8 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,10 @@ class _Counters:
         self.seen: set[tuple[int, ...]] = set()
         self.batch_seen: set[tuple[int, ...]] = set()
 
-    def install(self) -> None:
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Count while inside; the class gets its own methods back after (a second arm must
+        not count into the first arm's counters)."""
         from glossrec.generate import hf
 
         cls, counters = hf._PriorGuidance, self
@@ -70,6 +75,10 @@ class _Counters:
             return out
 
         cls.__init__, cls.__call__, cls._priors = _init, _call, _priors
+        try:
+            yield
+        finally:
+            cls.__init__, cls.__call__, cls._priors = init, call, priors
 
 
 def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -98,10 +107,10 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
                            reserve=cfg.generate.max_new_tokens)
     exclude = [list(ex.history) for ex in prep.examples]
     counters = _Counters()
-    counters.install()
-    t0, c0 = time.perf_counter(), time.process_time()
-    texts = gen.generate([p for _, p in prompts], exclude)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    with counters.installed():
+        t0, c0 = time.perf_counter(), time.process_time()
+        texts = gen.generate([p for _, p in prompts], exclude)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     lengths = [len(t) for t in gen.trie.encode([t for row in texts for t in row])]
     s = counters.stats
     return {"arm": arm, "users": len(prompts), "s_per_user": wall / len(prompts),
