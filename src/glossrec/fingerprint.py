@@ -67,7 +67,7 @@ def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, A
                            "bf16": g.bf16, "stop_at_newline": g.stop_at_newline}
     if g.constrain != "none":  # only then: free-text files made before these settings still resume
         gen.update(constrain=g.constrain, constrain_exclude_history=g.constrain_exclude_history,
-                   grounded_score=g.grounded_score)
+                   grounded_score=g.grounded_score, grounded_search=g.grounded_search)
         if g.prior_weight:  # only when set: grounded files made before it still resume
             gen["prior_weight"] = g.prior_weight
     return {

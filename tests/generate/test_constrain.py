@@ -102,7 +102,8 @@ def test_every_text_is_a_catalog_item_never_from_the_history(peaky_lm: tuple[Any
                                                               texts: list[str]) -> None:
     model, tok = peaky_lm
     trie = CatalogTrie.from_texts(tok, texts)
-    gen = grounded(model, tok, trie, batch_size=8)
+    # transformers' loop: the one that calls the prefix function
+    gen = grounded(model, tok, trie, batch_size=8, grounded_search="transformers")
     assert gen.generation_kwargs()["max_new_tokens"] >= trie.max_tokens
     calls: list[list[int]] = []
     dead: list[list[int]] = []

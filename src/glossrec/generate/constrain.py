@@ -172,6 +172,10 @@ class CatalogTrie:
         """Every token leaving `node`, live or not (a node id always spells the same prefix)."""
         return list(self._children[node])
 
+    def child(self, node: int, token: int) -> int:
+        """The node `token` leads to from `node` (KeyError when it is no branch)."""
+        return self._children[node][token]
+
     def allowed(self, node: int, excl: Exclusion = _NONE) -> list[int]:
         """Tokens that keep at least one non-excluded item below (never empty for a live node)."""
         return [tok for tok, child in self._children[node].items() if self._live(child, excl)]

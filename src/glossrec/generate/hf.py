@@ -35,6 +35,7 @@ from glossrec.config import PAPER_TEMPLATE, GenerateConfig
 from glossrec.errors import ConfigError
 from glossrec.generate.base import encode_prompts, postprocess
 from glossrec.generate.constrain import CatalogTrie
+from glossrec.generate.search import grounded_beam_search
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,18 @@ class HFGenerator:
         kwargs = self.generation_kwargs()
         grounded = self.trie is not None
         rescore = grounded and self.cfg.grounded_score != "beam"
+        exclusions = None
         if self.trie is not None:
             exclusions = [self.trie.exclusion(e) for e in exclude] if exclude is not None else None
             kwargs["prefix_allowed_tokens_fn"] = self.trie.prefix_fn(width, exclusions)
             if self.cfg.prior_weight > 0:
                 kwargs["logits_processor"] = LogitsProcessorList([_PriorGuidance(self, width)])
+        if grounded and self.share_prefill and self.cfg.grounded_search == "glossrec":
+            with torch.inference_mode(), autocast:
+                found = grounded_beam_search(self, batch, exclusions, keep_prompt_cache=rescore)
+                if found is not None:
+                    return self._grounded(found.tokens, found.input_ids, found.mask, found.cache,
+                                          exclude)
         kept = None
         with torch.inference_mode(), autocast:
             if self.share_prefill and width > 1:
@@ -199,24 +207,27 @@ class HFGenerator:
             # Only the new tokens: the prompt is `width` tokens for every row (left padding).
             new = out[:, width:].cpu()
             if grounded:
-                return self._grounded(new, input_ids, mask, kept, exclude)
+                k = self.cfg.num_return
+                rows = [new[r * k:(r + 1) * k].tolist() for r in range(len(batch))]
+                return self._grounded(rows, input_ids, mask, kept, exclude)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         k = self.cfg.num_return
         return [[postprocess(t) for t in texts[r * k:(r + 1) * k]] for r in range(len(batch))]
 
     # ---- grounded search ----------------------------------------------------------------------
 
-    def _grounded(self, new: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
-                  cache: Any, exclude: Sequence[Sequence[int]] | None) -> list[list[str]]:
-        """Catalog texts of the distinct complete items among each prompt's returned beams,
-        re-ranked by cfg.grounded_score. Dead beams (no complete item) are dropped."""
+    def _grounded(self, rows: Sequence[Sequence[Sequence[int]]], input_ids: torch.Tensor,
+                  mask: torch.Tensor, cache: Any, exclude: Sequence[Sequence[int]] | None
+                  ) -> list[list[str]]:
+        """Catalog texts of the distinct complete items among each prompt's returned beams
+        (`rows[r]`: their new tokens), re-ranked by cfg.grounded_score. Dead beams (no complete
+        item) are dropped."""
         assert self.trie is not None
-        k = self.cfg.num_return
         keys: list[list[int]] = []
         for r in range(input_ids.shape[0]):
             excluded = set(exclude[r]) if exclude is not None else set()
             found: list[int] = []
-            for row in new[r * k:(r + 1) * k].tolist():
+            for row in rows[r]:
                 key = self.trie.resolve(row, excluded)
                 if key is not None and key not in found:
                     found.append(key)
