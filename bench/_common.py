@@ -126,8 +126,9 @@ def save_json(path: Path, record: dict[str, Any]) -> Path:
 
 
 def print_columns(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> None:
-    """A right-aligned text table: cols are (header, key in each row, format)."""
-    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in rows]
+    """A right-aligned text table: cols are (header, key in each row, format); None prints "-"."""
+    table = [[h for h, _, _ in cols]] + [["-" if r[k] is None else f.format(r[k])
+                                          for _, k, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for j, row in enumerate(table):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))

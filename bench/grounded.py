@@ -10,6 +10,9 @@ RSS and warm caches are not shared:
 - ``grounded-pmi`` / ``grounded-length``: the same beams re-ranked by one teacher-forced pass;
 - ``grounded-prior``: the search itself scores tokens against the empty-history prior
   (``generate.prior_weight = 1.0``; the prior's KV cache is extended one token per step).
+- ``grounded-tf`` / ``grounded-prior-tf``: ``grounded`` / ``grounded-prior`` run in
+  transformers' generate loop (``generate.grounded_search = "transformers"``) instead of
+  glossrec's; the table gives the share of users whose lists the two loops agree on.
 
 Per arm: generation s/user and CPU s/user, load time (model, and for grounded arms the trie),
 peak RSS during generation and RSS after loading, the effective max_new_tokens, and quality on
@@ -43,7 +46,15 @@ ARMS: dict[str, dict[str, Any]] = {
     "grounded-pmi": {"constrain": "catalog", "grounded_score": "pmi"},
     "grounded-length": {"constrain": "catalog", "grounded_score": "length"},
     "grounded-prior": {"constrain": "catalog", "grounded_score": "beam", "prior_weight": 1.0},
+    # The same searches in transformers' generate loop (the grounded arms above run glossrec's)
+    "grounded-tf": {"constrain": "catalog", "grounded_score": "beam",
+                    "grounded_search": "transformers"},
+    "grounded-prior-tf": {"constrain": "catalog", "grounded_score": "beam", "prior_weight": 1.0,
+                          "grounded_search": "transformers"},
 }
+SAME_SEARCH = {"grounded": "grounded-tf", "grounded-prior": "grounded-prior-tf"}
+"""Arm -> the arm running its search in transformers' loop: the share of users given the same
+list by both is reported."""
 log = logging.getLogger("bench.grounded")
 
 
@@ -156,7 +167,11 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
     rows = []
     for arm, r in results.items():
         n = r["users"]
+        other = results.get(SAME_SEARCH.get(arm, ""))
+        same = (None if other is None else
+                sum(t == other["texts"].get(u) for u, t in r["texts"].items()) / n)
         rows.append({"arm": arm, **ARMS[arm], "users": n, "s_per_user": r["wall_s"] / n,
+                     "same_lists_as_tf": same,
                      "cpu_s_per_user": r["cpu_s"] / n, "load_s": r["load_s"],
                      "peak_rss_mb": r["peak_rss_mb"], "loaded_rss_mb": r["loaded_rss_mb"],
                      "max_new_tokens": r["max_new_tokens"], "trie": r["trie"], **qual[arm]})
@@ -178,7 +193,8 @@ def print_table(summary: dict[str, Any]) -> None:
             ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("loaded MB", "loaded_rss_mb", "{:.0f}"),
             ("new tok", "max_new_tokens", "{}"), ("R@5", "recall@5", "{:.4f}"),
             ("N@5", "ndcg@5", "{:.4f}"), ("target in texts", "target_text_in_texts", "{:.3f}"),
-            ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}")]
+            ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}"),
+            ("same lists as -tf", "same_lists_as_tf", "{:.3f}")]
     print_columns(summary["rows"], cols)
     print(f"\n{summary['users']} users, {summary['threads']} thread(s), batch {summary['batch_size']}, "
           f"load average before/after {summary['loadavg_before_after']} on {summary['cpus']} CPUs, "

@@ -29,8 +29,8 @@ candidate list with -1e9-scored copies (the padding beams of the first step, bea
 ended). They can fill an empty finished slot with a copy of an item, or with an item whose EOS
 came at rank num_beams or lower; here those slots stay empty. tests/generate/test_search.py
 checks that the two give the same hypotheses in the same order whenever every prompt has
-2 x num_beams live candidates at every step, and bench/grounded_search.py compares them on real
-users.
+2 x num_beams live candidates at every step, and bench/grounded.py (arms grounded-prior and
+grounded-prior-tf) compares them on real users.
 """
 
 from __future__ import annotations
