@@ -244,8 +244,10 @@ class GenerateConfig(_Section):
     """The loop that runs grounded search. "transformers": model.generate with the trie as a
     prefix_allowed_tokens_fn and the prior as a logits processor (a second forward pass).
     "glossrec": glossrec.generate.search, the same search forwarding only live beams, with
-    the prior's rows in the beams' pass (README, "Decoding cost"); it falls back to
-    "transformers" for a model whose KV cache cannot be reused."""
+    the prior's rows in the beams' pass; it falls back to "transformers" for a model whose KV
+    cache cannot be reused. Measured (bench/grounded.py, 24 Beauty validation users, the
+    shipped adapter, 2 AVX2 cores): the same lists for 24 of 24 users, PMI-guided search
+    1.50x as fast (1.65 against 2.48 s/user), plain grounded beams 1.29x."""
 
     @field_validator("prior_weight")
     @classmethod
