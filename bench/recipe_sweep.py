@@ -29,7 +29,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "lora-1e-3-h5": {"train.learning_rate": 1e-3, "prompt.max_history_items": 5},
     "lora-3e-3-h5": {"train.learning_rate": 3e-3, "prompt.max_history_items": 5},
     "lora-1e-3-h20": {"train.learning_rate": 1e-3, "prompt.max_history_items": 20},
+    "lora-3e-3-h20": {"train.learning_rate": 3e-3, "prompt.max_history_items": 20},
     "full-5e-5-h5": {"train.learning_rate": 5e-5, "train.method": "full",
+                     "prompt.max_history_items": 5},
+    "full-2e-4-h5": {"train.learning_rate": 2e-4, "train.method": "full",
                      "prompt.max_history_items": 5},
 }
 
