@@ -34,6 +34,8 @@ ARMS: dict[str, dict[str, Any]] = {
                      "prompt.max_history_items": 5},
     "full-2e-4-h5": {"train.learning_rate": 2e-4, "train.method": "full",
                      "prompt.max_history_items": 5},
+    "full-5e-4-h5": {"train.learning_rate": 5e-4, "train.method": "full",
+                     "prompt.max_history_items": 5},
 }
 
 
