@@ -126,6 +126,10 @@ class TrainConfig(_Section):
     seed: int = 3407
     loss: Literal["full", "target"] = "full"
     """Paper: causal-LM loss over the whole text. "target": only the next-item tokens + EOS."""
+    valid_loss: Literal["train", "target"] = "train"
+    """What the validation loss (early stopping, best weights) averages over. "train": the
+    training loss's tokens (the paper). "target": the next item's tokens + EOS only, a figure
+    that runs trained with different losses or templates can be compared by."""
     method: Literal["lora", "full"] = "lora"
     """Paper: LoRA adapters ([lora]). "full": every weight is trained (small models, ~0.5B at
     most on a CPU); the run's adapter/ folder then holds a whole model."""

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from glossrec.config import RunConfig
+from glossrec.config import PAPER_TEMPLATE, RunConfig
 
 Stage = Literal["train", "generate"]
 
@@ -57,7 +57,9 @@ def _train_inputs(cfg: RunConfig, n_train: int | None = None, n_valid: int | Non
             "group_by_length": t.group_by_length,
             "max_history_items": cfg.prompt.max_history_items,
             # only when set: runs trained before the setting existed still resume
-            **({"start_examples": t.start_examples} if t.start_examples else {})}
+            **({"start_examples": t.start_examples} if t.start_examples else {}),
+            **({"valid_loss": t.valid_loss} if t.valid_loss != "train" else {}),
+            **({"template": cfg.prompt.template} if cfg.prompt.template != PAPER_TEMPLATE else {})}
 
 
 def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, Any]:
