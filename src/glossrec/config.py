@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -38,41 +39,50 @@ EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in a TOML file must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Attribute docstrings become the fields' descriptions (docs/config.md is made from them).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              use_attribute_docstrings=True)
 
 
 class DataConfig(_Section):
     """The dataset folder and how an item becomes text."""
 
     path: Path | None = None
-    """Dataset folder with items.jsonl[.gz] and sequences.jsonl[.gz]."""
+    """Dataset folder with items.jsonl[.gz] and sequences.jsonl[.gz] (docs/data-format.md)."""
     title_words: int = Field(25, ge=1)
-    """Reference preprocessing caps titles at their first 25 words."""
+    """Titles are cut to their first N words, as the reference preprocessing does."""
     item_format: str = "Title: {title}"
-    """How one item is written in prompts and indexed for retrieval. Other attributes of the
-    items file may be named, e.g. "Title: {title} | Brand: {brand}"."""
+    """How one item is written in prompts and indexed for retrieval.
+
+    Other attributes of the items file may be named, e.g. "Title: {title} | Brand: {brand}"."""
 
 
 class SplitConfig(_Section):
     """Leave-last-out splits and the validation users."""
 
     valid_fraction: float = Field(0.05, gt=0, lt=1)
+    """Share of users held out for validation (their second-to-last item is the target)."""
     seed: int = 42
+    """Seed of the validation users' draw (the reference code's)."""
     min_length: int = Field(3, ge=3)
+    """Users with fewer items are dropped (a history, a validation and a test item)."""
     every_prefix: bool = False
-    """Paper: one training example per user. True emits every prefix (length >= 1) as well."""
+    """Train on every prefix of a user's sequence, not only the paper's one example per user."""
 
 
 class PromptConfig(_Section):
     """The prompt template and its token budget."""
 
     template: str = PAPER_TEMPLATE
+    """The training and generation text, with {history} and {target}; the paper's by default.
+
+    Must end with {target}: generation continues there."""
     max_length: int = Field(1024, ge=32)
-    """Token budget of a training text; prompts are cut from the LEFT, whole items first."""
+    """Token budget of a training text; prompts are cut from the left, whole items first."""
     max_history_items: int | None = Field(None, ge=1)
-    """Keep only the newest N history items (then the token budget applies). None = the paper:
-    every item that fits. Shorter prompts train and generate faster on a CPU
-    (bench/train_speed.py)."""
+    """Keep only the newest N history items (then the token budget applies); none: every item.
+
+    Shorter prompts train and generate faster on a CPU (docs/results.md, "Training speed")."""
 
     @field_validator("template")
     @classmethod
@@ -91,93 +101,115 @@ class ModelConfig(_Section):
     name: str = EMBEDDED_LLM
     """A hub name (meta-llama/Llama-3.2-1B), a local directory, or "embedded:smollm2"."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto: bf16 on CUDA, float32 weights on CPU (bf16 autocast is a train/generate option)."""
+    """Weight dtype; auto: bf16 on CUDA, float32 on CPU (bf16 autocast is a train/generate key)."""
     load_in_4bit: bool | None = None
-    """None: 4-bit NF4 (QLoRA, the paper) when CUDA and bitsandbytes are present."""
+    """4-bit NF4 weights (QLoRA, the paper); none: on when CUDA and bitsandbytes are present."""
     backend: Literal["hf", "unsloth"] = "hf"
+    """How the model is loaded for training: transformers + peft, or Unsloth (GPU)."""
     weights: str | None = None
-    """Trained weights a run uses when it has no adapter/ of its own: the name of a model this
-    project ships (glossrec.models.SHIPPED, e.g. "smollm2-beauty") or a weights folder."""
+    """Trained weights for a run that has none of its own: a shipped model's name or a folder.
+
+    Shipped names are listed in glossrec.models.SHIPPED, e.g. "smollm2-beauty"."""
     cache_dir: Path | None = None
-    """Where the converted embedded model is cached; default ~/.cache/glossrec."""
+    """Where the converted embedded model is cached; none: $GLOSSREC_CACHE or ~/.cache/glossrec."""
 
 
 class LoraConfig(_Section):
     """The LoRA adapter (paper: rank 16, alpha 16, dropout 0, on every projection)."""
 
     r: int = Field(16, ge=1)
+    """LoRA rank."""
     alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA branch."""
     target_modules: list[str] = [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     ]
+    """The linear layers that get adapters (all seven projections of a Llama block)."""
 
 
 class TrainConfig(_Section):
     """The fine-tuning loop: optimiser, schedule, loss, checkpoints, trackers."""
 
     learning_rate: float = Field(1e-4, gt=0)
+    """Peak learning rate (after warm-up)."""
     warmup_steps: int = Field(300, ge=0)
+    """Optimizer steps of linear warm-up from 0."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
     batch_size: int = Field(4, ge=1)
+    """Texts per micro-batch (per process)."""
     grad_accum: int = Field(4, ge=1)
+    """Micro-batches per optimizer step (effective batch: batch_size x grad_accum x processes)."""
     epochs: int = Field(10, ge=1)
+    """Passes over the training examples, at most (early stopping may end sooner)."""
     patience: int = Field(3, ge=1)
+    """Validations without a better validation loss before training stops."""
     seed: int = 3407
+    """Seed of the weights' initialisation and of the examples' order."""
     loss: Literal["full", "target"] = "full"
-    """Paper: causal-LM loss over the whole text. "target": only the next-item tokens + EOS."""
+    """Which tokens the loss covers: the whole text (the paper) or the next item's only."""
     valid_loss: Literal["train", "target"] = "train"
-    """What the validation loss (early stopping, best weights) averages over. "train": the
-    training loss's tokens (the paper). "target": the next item's tokens + EOS only, a figure
-    that runs trained with different losses or templates can be compared by."""
+    """Which tokens the validation loss covers: the training loss's (the paper) or the target's.
+
+    "target" gives a figure that runs trained with different losses or templates can be
+    compared by (the next item's tokens + EOS)."""
     method: Literal["lora", "full"] = "lora"
-    """Paper: LoRA adapters ([lora]). "full": every weight is trained (small models, ~0.5B at
-    most on a CPU); the run's adapter/ folder then holds a whole model."""
+    """LoRA adapters (the paper) or "full": every weight is trained (small models).
+
+    With "full" the run's adapter/ folder holds a whole model."""
     init_adapter: str | None = None
-    """Start from these trained weights instead of a fresh adapter: a LoRA adapter folder (same
-    [lora] shape) or the name of a shipped model (see glossrec.models.SHIPPED). Lets a long
-    training continue over several runs."""
+    """Start from these trained weights instead of a fresh adapter: a folder or a shipped name.
+
+    A LoRA adapter folder of the same [lora] shape, or a shipped model (glossrec.models.SHIPPED).
+    Lets a long training continue over several runs."""
     start_examples: int = Field(0, ge=0)
-    """Begin the first epoch this many examples into its shuffled order (rounded down to whole
-    micro-batches). A run continued from init_adapter with the same seed then sees the examples
-    that adapter has not seen, rather than replaying the ones it was trained on."""
+    """Begin the first epoch this many examples into its shuffled order.
+
+    Rounded down to whole micro-batches. A run continued from init_adapter with the same seed
+    then sees the examples that adapter has not seen, rather than replaying them."""
     max_batch_tokens: int | None = Field(1024, ge=32)
-    """Memory bound: a micro-batch whose padded size exceeds this many tokens is run in parts
-    (same gradient: a step's loss is a token mean). None: never split. Measured on full Beauty
-    (bench/train_speed.py): see the README for peak RSS with and without."""
+    """Memory bound: a micro-batch whose padded size exceeds it runs in parts; none: never split.
+
+    The gradient is the same: a step's loss is a token mean."""
     schedule: Literal["linear", "constant"] = "linear"
-    """Paper: linear decay to 0 at the last step, after warm-up. "constant" keeps the rate after
-    warm-up: a training continued over several runs (larger max_steps each time) has no known
-    last step, and a linear schedule would restart its decay at every extension."""
+    """Learning-rate schedule after warm-up: linear decay to 0 (the paper) or constant.
+
+    "constant" suits a training extended over several runs, which has no known last step."""
     group_by_length: bool = True
-    """Cut micro-batches from length-sorted windows (dynamic padding wastes less). The paper's
-    Trainer did not; measured in bench/train_speed.py."""
+    """Cut micro-batches from length-sorted windows, so dynamic padding wastes less.
+
+    The paper's Trainer did not (docs/results.md, "Training speed")."""
     max_steps: int | None = Field(None, ge=1)
-    """Stop after this many optimizer steps (CPU budgets); None = the epochs."""
+    """Stop after this many optimizer steps (CPU budgets); none: the epochs decide."""
     max_examples: int | None = Field(None, ge=1)
-    """Train on a reproducible random subset of this many examples; None = all."""
+    """Train on a reproducible random subset of this many examples; none: all."""
     max_valid_examples: int | None = Field(None, ge=1)
+    """Validate on a reproducible random subset of this many validation users; none: all."""
     eval_steps: int | None = Field(None, ge=1)
-    """Validate every N optimizer steps instead of every epoch (long CPU epochs)."""
+    """Validate every N optimizer steps; none: every epoch (the paper)."""
     save_steps: int = Field(50, ge=1)
-    """Checkpoint (adapter + optimizer) every N optimizer steps so a killed run resumes."""
+    """Checkpoint (weights + optimizer) every N optimizer steps, so a killed run resumes."""
     bf16: bool | None = None
-    """None: bf16 on CUDA; on CPU, bf16 autocast only where the CPU has native bf16
-    (AVX512-BF16/AMX). Measured on this project's AVX2-only AMD EPYC, one SmolLM2 step on 4
-    Beauty texts: fp32 57 s, bf16 autocast 463 s (emulated)."""
+    """bf16 autocast; none: on CUDA, and on CPUs with native bf16 (AVX512-BF16 or AMX).
+
+    On a CPU without native bf16 it is emulated and several times slower than fp32
+    (docs/results.md, "Training speed")."""
     optim: str | None = None
-    """None: paged 8-bit AdamW on CUDA (paper), torch AdamW on CPU."""
+    """The optimizer; none: paged 8-bit AdamW on CUDA (the paper), torch AdamW on CPU."""
     max_grad_norm: float | None = Field(1.0, gt=0)
-    """Gradient clipping (the transformers Trainer default the reference code ran with)."""
+    """Gradient clipping norm (the transformers Trainer default the reference code ran with)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory (a SmolLM2 micro-batch of 4
-    Beauty texts peaks at ~4 GB in fp32 without it), ~30% more compute. Always on with 4-bit
-    QLoRA loading, as in the paper's Unsloth setup."""
+    """Recompute activations in the backward pass: less memory for ~30% more compute.
+
+    Always on with 4-bit QLoRA loading, as in the paper's Unsloth setup."""
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
-    """Experiment trackers that receive every logged step (loss, lr, tokens, validation loss)
-    from the main process: tensorboard (RUN_DIR/tensorboard), mlflow (MLFLOW_TRACKING_URI, else
-    RUN_DIR/mlruns), wandb (its own settings; WANDB_MODE=offline works without a network).
-    Each is imported only when named (extra: glossrec[tracking])."""
+    """Experiment trackers that receive every logged step (extra: glossrec[tracking]).
+
+    tensorboard writes RUN_DIR/tensorboard; mlflow uses MLFLOW_TRACKING_URI, else RUN_DIR/mlruns;
+    wandb its own settings (WANDB_MODE=offline works without a network). Each is imported only
+    when named."""
 
     @field_validator("optim")
     @classmethod
@@ -192,66 +224,63 @@ class GenerateConfig(_Section):
     """Beam search, catalog grounding, backends and workers."""
 
     num_beams: int = Field(5, ge=1)
+    """Beams of the beam search."""
     num_return: int = Field(5, ge=1)
+    """Texts returned per user (at most num_beams)."""
     max_new_tokens: int = Field(50, ge=1)
+    """New tokens per text, at most (grounded beams raise it to the longest item's length)."""
     batch_size: int = Field(8, ge=1)
+    """Users per beam-search batch."""
     backend: Literal["hf", "vllm"] = "hf"
+    """transformers (CPU and GPU) or vLLM (GPU; extra glossrec[vllm])."""
     bf16: bool = False
-    """bf16 autocast. fp32 is the exact default: bf16 changed the texts of 2 of 4 users, and on a
-    CPU without bf16 units (this dev machine) it ran 3x slower (bench/generation.py); use it on
-    GPUs or CPUs with AVX512-BF16/AMX."""
-    max_users: int | None = Field(None, ge=1)
-    workers: int = Field(1, ge=1)
-    """Model replicas generating at once. 1: in this process. N > 1: N Ray actors fed blocks of
-    users by Ray Data (glossrec.generate.distributed; extra [ray]), each loading the model once,
-    on a local Ray started for the job or on the cluster named by RAY_ADDRESS. Texts are the
-    same as with 1 (tested). Measured on 2 cores (bench/generation_workers.py, 32 users): 2
-    replicas x 1 thread ran 1.08x as fast as 1 process x 2 threads, Ray's start included, so 1
-    stays the default."""
-    block_users: int = Field(64, ge=1)
-    """Users per Ray Data block (workers > 1): each finished block is written to its own part
-    file, so a killed job loses at most the blocks in flight."""
-    worker_cpus: int | None = Field(None, ge=1)
-    """Cores (torch threads) per replica; None: the cluster's CPUs / workers, at most one node's."""
-    worker_gpus: float | None = Field(None, ge=0)
-    """GPUs per replica; None: 1 for the vllm backend or when this machine sees CUDA, else 0."""
-    stop_at_newline: bool = False
-    """Paper: beams run to EOS or max_new_tokens. True also ends a beam at its first newline, as
-    at EOS (only the first line is kept anyway), so beams are scored on their first line alone.
-    Measured (bench/generation.py, untrained SmolLM2): texts differ for every user and the search
-    still runs to max_new_tokens while some beam could improve, so no reliable speed-up; with a
-    fine-tuned model (title, then EOS) it rarely matters."""
-    constrain: Literal["none", "catalog"] = "none"
-    """Paper: "none", free text matched to the catalog afterwards. "catalog": beam search may
-    only write catalog item texts (a token trie, glossrec.generate.constrain; hf backend only),
-    so each text is one item. Grounded beams run to max(max_new_tokens, longest item + EOS)
-    new tokens (a Beauty title is up to 95 tokens), raised automatically; prompts keep their
-    max_new_tokens reserve."""
-    constrain_exclude_history: bool = True
-    """With constrain = "catalog": the user's history items cannot be generated (the probe:
-    without it 39% of outputs were history items and nothing was hit)."""
-    grounded_score: Literal["beam", "length", "pmi"] = "beam"
-    """Order of the grounded beams returned. "beam": beam search's own (with length_penalty 1.0
-    that is already sum log-prob / tokens). "length": sum log-prob / tokens (EOS counted),
-    rescored by one teacher-forced pass. "pmi": log p(item | prompt) - log p(item | prompt with
-    an empty history), which removes the model's prior for token-cheap items ("100% Pure ..."
-    ranked first for half of the probe's users). Only the returned beams are re-ranked."""
-    prior_weight: float = Field(0.0, ge=0.0, le=2.0)
-    """With constrain = "catalog": beam search scores every token by log p(token | prompt) -
-    prior_weight x log p(token | prompt with an empty history, same item prefix), so the search
-    itself (not only the re-ranking of its survivors) favours items the user's history makes
-    likely over items every prompt makes likely (1.0: pointwise mutual information). 0: the
-    paper's beam search. Why: trained models' beams collapse onto one generic item (the same
-    top item for 184 of 200 validation users after 8,000 examples, README)."""
+    """bf16 autocast; fp32 is exact. Use it on GPUs or CPUs with AVX512-BF16 or AMX.
 
+    bf16 changes some users' texts, and on a CPU without bf16 units it is emulated and slower
+    (docs/results.md, "Generation speed")."""
+    max_users: int | None = Field(None, ge=1)
+    """Generate for a reproducible random sample of this many users; none: evaluate.users."""
+    workers: int = Field(1, ge=1)
+    """Model replicas generating at once: 1 in this process, N > 1 as Ray actors.
+
+    N > 1 feeds blocks of users to N Ray actors by Ray Data (glossrec.generate.distributed;
+    extra glossrec[ray]), each loading the model once, on a local Ray started for the job or on
+    the cluster named by RAY_ADDRESS. Texts are the same as with 1 (tested)."""
+    block_users: int = Field(64, ge=1)
+    """Users per Ray Data block; each finished block is written at once, so a kill loses little."""
+    worker_cpus: int | None = Field(None, ge=1)
+    """Cores (torch threads) per replica; none: the cluster's CPUs / workers, at most one node's."""
+    worker_gpus: float | None = Field(None, ge=0)
+    """GPUs per replica; none: 1 for the vllm backend or when this machine sees CUDA, else 0."""
+    stop_at_newline: bool = False
+    """Also end a beam at its first newline, as at EOS (the paper: EOS or max_new_tokens)."""
+    constrain: Literal["none", "catalog"] = "none"
+    """"catalog": beams may only write catalog item texts (a token trie); "none": the paper.
+
+    Each text is then one item (glossrec.generate.constrain; hf backend only). Grounded beams run
+    to max(max_new_tokens, longest item + EOS) new tokens; prompts keep their max_new_tokens
+    reserve."""
+    constrain_exclude_history: bool = True
+    """With constrain = "catalog": the user's history items cannot be generated."""
+    grounded_score: Literal["beam", "length", "pmi"] = "beam"
+    """Order of the grounded beams returned: beam search's, length-normalised, or PMI.
+
+    "length": sum log-prob / tokens (EOS counted), rescored by one teacher-forced pass. "pmi":
+    log p(item | prompt) - log p(item | prompt with an empty history), which removes the model's
+    prior for token-cheap items. Only the returned beams are re-ranked."""
+    prior_weight: float = Field(0.0, ge=0.0, le=2.0)
+    """PMI-guided search: subtract prior_weight x the empty-history log-prob at every token.
+
+    With constrain = "catalog", beam search scores each token by log p(token | prompt) -
+    prior_weight x log p(token | prompt with an empty history, same item prefix), so the search
+    itself favours items the user's history makes likely over items every prompt makes likely
+    (1.0: pointwise mutual information; 0: the paper's beam search)."""
     grounded_search: Literal["glossrec", "transformers"] = "glossrec"
-    """The loop that runs grounded search. "transformers": model.generate with the trie as a
-    prefix_allowed_tokens_fn and the prior as a logits processor (a second forward pass).
-    "glossrec": glossrec.generate.search, the same search forwarding only live beams, with
-    the prior's rows in the beams' pass; it falls back to "transformers" for a model whose KV
-    cache cannot be reused. Measured (bench/grounded.py, 24 Beauty validation users, the
-    shipped adapter, 2 AVX2 cores): the same lists for 24 of 24 users, PMI-guided search
-    1.50x as fast (1.65 against 2.48 s/user), plain grounded beams 1.29x."""
+    """The loop that runs grounded search: glossrec's own, or transformers' generate.
+
+    "glossrec" (glossrec.generate.search) runs the same search forwarding only live beams, with
+    the prior's rows in the beams' pass, and falls back to "transformers" for a model whose KV
+    cache cannot be reused. Both give the same lists (tested; docs/results.md)."""
 
     @field_validator("prior_weight")
     @classmethod
@@ -274,56 +303,71 @@ class RetrieveConfig(_Section):
     """BM25 / dense / FAISS retrieval and the fusion of texts into items."""
 
     retriever: Literal["dense", "bm25"] = "dense"
+    """How a text is matched to catalog items: a sentence encoder (cosine) or BM25."""
     encoder: str = EMBEDDED_ENCODER
     """Sentence-transformers name or path; the paper used intfloat/e5-small-v2 (hub)."""
     e5_prefixes: bool = False
-    """Add "query: "/"passage: " (e5 training format). Off = the reference code."""
+    """Add "query: " / "passage: " (e5's training format); off: the reference code."""
     faiss: bool = False
-    """Use a FAISS inner-product index for dense search (large catalogs)."""
+    """Use a FAISS inner-product index for dense search (large catalogs; extra glossrec[faiss])."""
     faiss_index: Literal["flat", "hnsw", "ivf"] = "flat"
-    """flat: exact; hnsw / ivf: approximate, for million-item catalogs (bench/ann.py: recall
-    against exact search, latency, memory)."""
+    """FAISS index kind: flat is exact; hnsw and ivf are approximate, for million-item catalogs."""
     faiss_hnsw_m: int = Field(32, ge=4)
+    """HNSW links per node."""
     faiss_ef_construction: int = Field(200, ge=8)
+    """HNSW beam width while building (recall at scale: docs/scaling.md)."""
     faiss_ef_search: int = Field(256, ge=1)
-    """HNSW beam widths. On clustered unit vectors (bench/scale.py's synthetic catalog) 80 / 128
-    gave recall@10 0.79 at 50k items and 0.22 at 1M; 200 / 256 gave 0.99 at 50k."""
+    """HNSW beam width while searching (recall at scale: docs/scaling.md)."""
     faiss_nlist: int | None = Field(None, ge=1)
-    """IVF cells; None: 4 sqrt(n_items)."""
+    """IVF cells; none: 4 sqrt(number of items)."""
     faiss_nprobe: int = Field(32, ge=1)
+    """IVF cells searched per query."""
     encode_batch_size: int = Field(256, ge=1)
+    """Texts per encoder batch."""
     encode_device: str | None = None
-    """Torch device for the dense encoder ("cpu", "cuda:0"); None: CUDA when available."""
+    """Torch device for the dense encoder ("cpu", "cuda:0"); none: CUDA when available."""
     bm25_stopwords: str | None = "en"
+    """Stop-word list of bm25s ("en"), or none."""
     bm25_stemmer: str | None = None
+    """PyStemmer language (e.g. "english"; extra glossrec[stemmer]), or none (the reference)."""
     bm25_method: str = "lucene"
+    """bm25s scoring variant (lucene, robertson, atire, bm25l, bm25+)."""
     bm25_k1: float = 1.5
+    """BM25 term-frequency saturation."""
     bm25_b: float = 0.75
+    """BM25 length normalisation."""
     ranking: Ranking = "paper"
-    """paper: top-1 item per text ordered by score; max/rrf: top-k per text fused."""
+    """How a user's texts become one list: paper (top-1 item per text by score), max or rrf."""
     serve_ranking: Ranking = "rrf"
-    """How the service ranks an LM request's texts. rrf fills k: the items of the texts first
-    (in beam order), then their neighbours; "paper" gives at most one item per text. Evaluation
-    rows use `ranking`."""
+    """How the service ranks an LM request's texts; rrf fills k with the texts' neighbours.
+
+    rrf gives the items of the texts first (in beam order), then their neighbours; "paper" gives
+    at most one item per text. Evaluation rows use `ranking`."""
     per_text_k: int = Field(20, ge=1)
-    """Hits per text for the max/rrf fusions."""
+    """Hits per text for the max and rrf fusions."""
     rrf_k: int = Field(60, ge=1)
+    """The k of reciprocal-rank fusion, 1 / (k + rank)."""
     exclude_history: bool = False
-    """Paper: items already in the history stay rankable."""
+    """Remove the user's history items from the ranking; off: the paper keeps them."""
 
 
 class EvalConfig(_Section):
     """Which users are scored, cutoffs and segments."""
 
     split: Literal["test", "valid"] = "test"
+    """The users scored: test (last item) or valid (second-to-last, validation users only)."""
     cutoffs: list[int] = [5, 10, 20]
+    """The K of Recall@K, NDCG@K and MRR@K."""
     users: int | None = Field(None, ge=1)
-    """Evaluate a reproducible random sample of this many users; None = all."""
+    """Evaluate a reproducible random sample of this many users; none: all."""
     user_seed: int = 0
+    """Seed of that sample."""
     cold_max: int = Field(5, ge=1)
+    """Users with at most this many items are the cold-start segment."""
     power_min: int | None = None
-    """Users with n > power_min are power users. None: the paper's h for a known dataset
-    (beauty 14, toys 13, sports 13), else the 90th percentile of lengths (the paper's ~10%)."""
+    """Users with more items are power users; none: the paper's h or the 90th percentile.
+
+    The paper's h for a known dataset: beauty 14, toys 13, sports 13."""
 
 
 class SASRecConfig(_Section):
@@ -332,17 +376,27 @@ class SASRecConfig(_Section):
     cross-entropy as Klenitskiy & Vasilev (2023)."""
 
     max_len: int = Field(50, ge=2)
+    """Items of history the model reads."""
     hidden: int = Field(64, ge=8)
+    """Embedding and hidden size."""
     blocks: int = Field(2, ge=1)
+    """Self-attention blocks."""
     heads: int = Field(1, ge=1)
+    """Attention heads (must divide hidden)."""
     dropout: float = Field(0.5, ge=0, lt=1)
+    """Dropout rate."""
     learning_rate: float = Field(1e-3, gt=0)
+    """Adam learning rate."""
     weight_decay: float = Field(0.0, ge=0)
+    """Adam weight decay."""
     batch_size: int = Field(128, ge=1)
+    """Sequences per batch."""
     epochs: int = Field(200, ge=1)
-    """At most; training stops when validation NDCG@10 has not improved for `patience` epochs."""
+    """Epochs at most; training stops when validation NDCG@10 stalls for `patience` epochs."""
     patience: int = Field(10, ge=1)
+    """Epochs without a better validation NDCG@10 before training stops."""
     seed: int = 0
+    """Seed of initialisation and batching."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SASRecConfig":
@@ -365,16 +419,22 @@ class HybridConfig(_Section):
     depth: int = Field(100, ge=1)
     """Items per list fused."""
     weights: dict[str, float] | None = None
-    """Fixed weights per component (lis, gloss, sasrec, itemknn, pop); None: tuned on the
-    validation users over weight_grid x rrf_k_grid."""
+    """Fixed weights per component (lis, gloss, sasrec, itemknn, pop); none: tuned.
+
+    Tuned on the validation users over weight_grid x rrf_k_grid."""
     rrf_k: int | None = Field(None, ge=1)
+    """The fusion's rrf k with fixed weights; none: retrieve.rrf_k (or tuned)."""
     weight_grid: list[float] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    """Weights tried per component when tuning."""
     rrf_k_grid: list[int] = [10, 60]
+    """rrf k values tried when tuning."""
     lis: bool = True
     """Fuse Last-Item Search's list."""
     models: list[Path] = []
-    """`glossrec baseline` run directories whose ID-based models are fused (a hybrid run's
-    config records them, so `glossrec serve --run HYBRID_RUN` serves the same fusion)."""
+    """`glossrec baseline` run directories whose ID-based models are fused.
+
+    A hybrid run's config records them, so `glossrec serve --run HYBRID_RUN` serves the same
+    fusion."""
 
 
 class _Stages(_Section):
@@ -399,7 +459,7 @@ class RunConfig(_Stages):
     itemknn: ItemKNNConfig = ItemKNNConfig()
     hybrid: HybridConfig = HybridConfig()
     out: Path | None = None
-    """The run directory."""
+    """The run directory (a file's relative path is relative to the file)."""
 
     def updated(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with some keys of some sections changed, validated:
@@ -500,3 +560,70 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+# --- the reference of every key (docs/config.md) -------------------------------------------------
+
+def _type_name(annotation: Any) -> str:
+    """A key's type as a reader writes it: `int | None`, `"hf" | "vllm"`, `list[str]`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(f'"{a}"' for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """A key's meaning in one line: its docstring's first paragraph."""
+    return " ".join((doc or "").split("\n\n")[0].split())
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if value == PAPER_TEMPLATE:
+        return "the paper's template (below)"
+    return _toml_value(str(value) if isinstance(value, Path) else value)
+
+
+def _row(key: str, type_: str, default: str, meaning: str) -> str:
+    cells = [f"`{key}`", f"`{type_}`", f"`{default}`", meaning]
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key of :class:`RunConfig`, its type, default and meaning, by
+    section. `glossrec config reference` prints it; a test fails when the file drifts."""
+    lines = ["# Configuration reference", "",
+             "Every key of glossrec's one typed config (`glossrec.config.RunConfig`), by TOML",
+             "section. A TOML file in `configs/` overrides the defaults; `--set section.key=value`",
+             "overrides the file; `glossrec config show [CONFIG] [--set ...]` prints the resolved",
+             "config. Defaults are the GLoSS paper's unless the key says otherwise; measurements",
+             "behind a non-paper default are in [results.md](results.md).", "",
+             "Generated by `glossrec config reference > docs/config.md`; do not edit by hand.", ""]
+    top = [(n, f) for n, f in RunConfig.model_fields.items()
+           if not (isinstance(f.annotation, type) and issubclass(f.annotation, _Section))]
+    for name, field in RunConfig.model_fields.items():
+        section = field.annotation
+        if not (isinstance(section, type) and issubclass(section, _Section)):
+            continue
+        lines += [f"## [{name}]", "", _first_paragraph(section.__doc__), "",
+                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, f in section.model_fields.items():
+            default = _default_text(f.get_default(call_default_factory=True))
+            lines.append(_row(key, _type_name(f.annotation), default, _first_paragraph(f.description)))
+        lines.append("")
+    if top:
+        lines += ["## Top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, f in top:
+            lines.append(_row(key, _type_name(f.annotation), "none", _first_paragraph(f.description)))
+        lines.append("")
+    lines += ["## The paper's template", "", "`prompt.template`'s default (`glossrec.config.PAPER_TEMPLATE`):",
+              "", "```text", PAPER_TEMPLATE, "```", ""]
+    return "\n".join(lines)

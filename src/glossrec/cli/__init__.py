@@ -18,6 +18,7 @@ from glossrec.cli import generate as _generate  # noqa: F401,E402
 from glossrec.cli import run as _run  # noqa: F401,E402
 from glossrec.cli import serve as _serve  # noqa: F401,E402
 from glossrec.cli import baselines as _baselines  # noqa: F401,E402
+from glossrec.cli import config as _config  # noqa: F401,E402
 
 __all__ = ["app", "main"]
 

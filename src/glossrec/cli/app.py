@@ -34,6 +34,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: rich markup would eat "[sasrec]"-style text and its tables cut option
+    # names at 80 columns.
+    rich_markup_mode=None,
 )
 
 THIRD_PARTY = ("transformers", "huggingface_hub", "sentence_transformers", "peft", "accelerate",
