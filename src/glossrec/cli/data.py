@@ -1,4 +1,4 @@
-"""CLI commands: data (fetch, import amazon|csv, stats, sample).
+"""CLI commands: data (fetch, import amazon|csv, export, stats, sample).
 
 Heavy imports stay inside the commands so `glossrec --help` stays fast.
 """
@@ -13,7 +13,7 @@ import typer
 
 from glossrec.cli.app import app
 
-data_app = typer.Typer(help="Get, import, inspect and sample datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Get, import, export, inspect and sample datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Import raw files into the dataset folder format.",
                          no_args_is_help=True)
 data_app.add_typer(import_app, name="import")
@@ -73,6 +73,21 @@ def import_csv_cmd(
                         min_items=min_items, title_words=title_words or None)
     _echo_report(report.lines())
     typer.echo(f"dataset written to {out}")
+
+
+@data_app.command("export")
+def export_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for interactions.csv and items.csv.")],
+) -> None:
+    """Dataset folder -> interactions.csv + items.csv, the files `data import csv` reads.
+
+    The timestamp column is each item's position in its user's sequence.
+    """
+    from glossrec.data.csv_import import export_csv
+
+    for path in export_csv(data, out):
+        typer.echo(str(path))
 
 
 @data_app.command("fetch")

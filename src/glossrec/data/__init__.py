@@ -83,7 +83,7 @@ class Catalog:
 
     def format_item(self, title: str, attrs: dict[str, Any] | None = None) -> str:
         """Serialize one item; also used for free titles of items the catalog does not know."""
-        values = _FormatDict({k: _attr_str(v) for k, v in (attrs or {}).items()})
+        values = _FormatDict({k: attr_text(v) for k, v in (attrs or {}).items()})
         values["title"] = clean_title(title, self.title_words)
         return self.item_format.format_map(values)
 
@@ -94,7 +94,8 @@ class Catalog:
         return np.fromiter((self.index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
 
 
-def _attr_str(v: Any) -> str:
+def attr_text(v: Any) -> str:
+    """An item attribute as text (a list of lists is flattened and comma-joined)."""
     if isinstance(v, list):
         flat: list[str] = []
         for x in v:

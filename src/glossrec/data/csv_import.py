@@ -16,6 +16,7 @@ does not list is an error, not a skip: in your own catalog it means the two file
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from glossrec.data.build import (ImportReport, Interaction, SourceItem, build_da
                                  iter_text_lines, write_dataset)
 from glossrec.errors import DataError
 
-__all__ = ["CsvColumns", "read_items_csv", "read_interactions_csv", "import_csv", "parse_time"]
+__all__ = ["CsvColumns", "read_items_csv", "read_interactions_csv", "import_csv", "parse_time",
+           "export_csv"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +153,40 @@ def import_csv(interactions: str | Path, items: str | Path, out: str | Path, *,
                           report=report)
     write_dataset(built, Path(out))
     return built.report
+
+
+def export_csv(data: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """A dataset folder -> ``OUT/interactions.csv`` + ``OUT/items.csv``, the files
+    :func:`import_csv` reads (its default column names; attributes as extra item columns).
+
+    A dataset folder keeps each user's items in order but no times, so the timestamp column is
+    the item's position in the user's sequence (0, 1, 2, ...): importing the files again gives
+    the same sequences. Both files are written to a temporary name, then renamed.
+    """
+    from glossrec.data import attr_text, load_dataset
+    from glossrec.io import atomic_write
+
+    ds = load_dataset(data)
+    cat = ds.catalog
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    attr_cols = sorted({k for a in cat.attrs for k in a})
+
+    def table(header: list[str], rows: Iterator[list[str]]) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+        return buf.getvalue()
+
+    items = table(["item_id", "title", *attr_cols],
+                  ([cat.ids[i], cat.titles[i], *(attr_text(cat.attrs[i].get(c, "")) for c in attr_cols)]
+                   for i in range(len(cat))))
+    inter = table(["user_id", "item_id", "timestamp"],
+                  ([u, cat.ids[int(j)], str(pos)] for u, seq in zip(ds.users, ds.sequences)
+                   for pos, j in enumerate(seq)))
+    paths = out / "items.csv", out / "interactions.csv"
+    for path, text in zip(paths, (items, inter)):
+        with atomic_write(path) as f:
+            f.write(text)
+    return paths[1], paths[0]
