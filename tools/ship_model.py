@@ -6,7 +6,7 @@ recipe: model, prompt, LoRA, training, generation and retrieval settings; no dat
 README.md that names the command reproducing it. Nothing else of the run (checkpoints,
 optimizer state, generations) is copied.
 
-  .venv/bin/python bench/ship_model.py --run runs/smollm2-beauty --name smollm2-beauty \
+  .venv/bin/python tools/ship_model.py --run runs/smollm2-beauty --name smollm2-beauty \
       --config configs/smollm2-beauty.toml [--adapter RUN/curve/step-N/adapter] \
       [--decode prior_weight=1.0]
 """
@@ -19,7 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The code version and machine records are bench/_common.py's (one owner for both).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from _common import ROOT, code_version, machine  # noqa: E402
 
 LIMIT_MB = 25
