@@ -281,7 +281,7 @@ class RetrieveConfig(_Section):
     faiss: bool = False
     """Use a FAISS inner-product index for dense search (large catalogs)."""
     faiss_index: Literal["flat", "hnsw", "ivf"] = "flat"
-    """flat: exact; hnsw / ivf: approximate, for million-item catalogs (bench/ann.py: recall
+    """flat: exact; hnsw / ivf: approximate, for million-item catalogs (bench/scale.py: recall
     against exact search, latency, memory)."""
     faiss_hnsw_m: int = Field(32, ge=4)
     faiss_ef_construction: int = Field(200, ge=8)
