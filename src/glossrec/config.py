@@ -144,7 +144,7 @@ class TrainConfig(_Section):
     max_batch_tokens: int | None = Field(1024, ge=32)
     """Memory bound: a micro-batch whose padded size exceeds this many tokens is run in parts
     (same gradient: a step's loss is a token mean). None: never split. Measured on full Beauty
-    (bench/train_speed.py): see the README for peak RSS with and without."""
+    (bench/train_speed.py): see docs/results.md for peak RSS with and without."""
     schedule: Literal["linear", "constant"] = "linear"
     """Paper: linear decay to 0 at the last step, after warm-up. "constant" keeps the rate after
     warm-up: a training continued over several runs (larger max_steps each time) has no known
@@ -242,7 +242,7 @@ class GenerateConfig(_Section):
     itself (not only the re-ranking of its survivors) favours items the user's history makes
     likely over items every prompt makes likely (1.0: pointwise mutual information). 0: the
     paper's beam search. Why: trained models' beams collapse onto one generic item (the same
-    top item for 184 of 200 validation users after 8,000 examples, README)."""
+    top item for 184 of 200 validation users after 8,000 examples, docs/results.md)."""
 
     grounded_search: Literal["glossrec", "transformers"] = "glossrec"
     """The loop that runs grounded search. "transformers": model.generate with the trie as a
