@@ -20,7 +20,7 @@ bench can run in the background and be restarted.
     .venv/bin/python bench/generative_cpu.py --model smollm2-beauty
     # target-only loss probe (20 steps, 200 users):
     .venv/bin/python bench/generative_cpu.py --config configs/bench-cpu-beauty-target.toml \
-        --newline-users 0 --json bench/results/generative_cpu_target.json
+        --newline-users 0 --json bench/results/generative_cpu--target-only.json
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                    "points later with --variant); frees the CPU for training on long stretches")
     p.add_argument("--continued", nargs="*", type=Path, default=[], metavar="JSON",
                    help="results of runs continued from this curve's adapters (e.g. "
-                   "bench/results/learning_curve_decay.json), drawn as one more series")
+                   "bench/results/learning_curve--decay-1.json), drawn as one more series")
     p.add_argument("--plot-only", action="store_true",
                    help="redraw the plot from --json (and --continued); run nothing")
     args = p.parse_args(argv)

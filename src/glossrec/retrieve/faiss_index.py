@@ -59,7 +59,7 @@ class FaissRetriever(DenseRetriever):
     search, ``hnsw_m`` links per node, ``ef_construction`` / ``ef_search`` beam widths) or
     ``ivf`` (IndexIVFFlat: ``nlist`` k-means cells, None = 4 sqrt(n); ``nprobe`` searched per
     query). The approximate kinds may miss items: their candidates are rescored exactly, but
-    the completeness check is only for ``flat``; bench/ann.py measures their recall against it.
+    the completeness check is only for ``flat``; bench/scale.py measures their recall against it.
     Adding items adds them to the index; a removal or a replaced text rebuilds it.
     """
 
