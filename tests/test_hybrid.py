@@ -81,3 +81,36 @@ def test_hybrid_tunes_on_validation_users(tmp_path: Path) -> None:
     assert meta["tuned"]["valid_users"] == len(make_splits(ds).valid) > 0
     assert meta["weights"]["lis"] == 1.0 and len(meta["tuned"]["tried"]) == 2
     assert ev.metrics["overall"]["users"] == len(make_splits(ds).test)
+
+
+def test_hybrid_tunes_on_a_sample_of_validation_users_with_their_texts(tmp_path: Path) -> None:
+    """hybrid.tune_users: texts generated for that many validation users (the same draw as
+    `glossrec generate --split valid --users N`) are enough to tune the LM's weight."""
+    import json
+
+    from glossrec.io import write_jsonl
+    from glossrec.splits import sample_users
+
+    ds = _shop(600)
+    splits = make_splits(ds)
+    cfg = RunConfig().updated(retrieve={"retriever": "bm25"}, evaluate={"cutoffs": [5, 10]},
+                              hybrid={"weight_grid": [0.0, 1.0], "rrf_k_grid": [10], "tune_users": 12})
+    sample = sample_users(splits.valid, 12, cfg.evaluate.user_seed)
+    assert 12 < len(splits.valid)
+
+    def texts(examples: list, path: Path) -> Path:  # the target's own title: a perfect LM
+        write_jsonl(path, ({"user_id": e.user_id, "texts": [ds.catalog.text(e.target)]}
+                           for e in examples))
+        return path
+
+    gens = {"valid": texts(sample, tmp_path / "valid.jsonl"),
+            "test": texts(splits.test, tmp_path / "test.jsonl")}
+    ev = run_hybrid(cfg, [], tmp_path / "hyb", generations=gens, ds=ds)
+    meta = json.loads(RunDir(tmp_path / "hyb").metrics.read_text())
+    assert meta["tuned"]["valid_users"] == 12
+    assert meta["weights"]["gloss"] == 1.0 and meta["components"] == ["lis", "gloss"]
+    lis_only = run_hybrid(cfg, [], tmp_path / "lis", ds=ds)
+    assert ev.metrics["overall"]["recall@5"] > lis_only.metrics["overall"]["recall@5"]
+    with pytest.raises(Exception, match="no generated texts"):  # all validation users need texts
+        run_hybrid(cfg.updated(hybrid={"tune_users": None}), [], tmp_path / "hyb2",
+                   generations=gens, ds=ds)

@@ -428,6 +428,11 @@ class HybridConfig(_Section):
     """Weights tried per component when tuning."""
     rrf_k_grid: list[int] = [10, 60]
     """rrf k values tried when tuning."""
+    tune_users: int | None = Field(None, ge=1)
+    """Tune on a reproducible random sample of this many validation users; none: all of them.
+
+    The sample is drawn with evaluate.user_seed, as `glossrec generate --split valid --users N`
+    draws it, so generated texts for that many validation users fit the tuning."""
     lis: bool = True
     """Fuse Last-Item Search's list."""
     models: list[Path] = []

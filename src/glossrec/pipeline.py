@@ -264,7 +264,7 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
         if generations and "valid" not in gens:
             raise ConfigError("tuning the hybrid on validation users needs their generated texts "
                               "(generations for the valid split), or fixed hybrid.weights")
-        valid = splits.valid
+        valid = sample_users(splits.valid, hc.tune_users, cfg.evaluate.user_seed)
         t0 = time.perf_counter()
         tuned = tune(lists(valid, "valid"), np.array([e.target for e in valid]), hc)
         weights, rrf_k = tuned.weights, tuned.rrf_k
