@@ -12,8 +12,13 @@ time), peak RSS. Then the live catalog (FAISS flat): create, then 200 single-ite
 journaled and fsynced before it returns): median / p90 / max latency, one compaction
 (a full snapshot), and bytes per item on disk.
 
-Run alone on an idle machine (about 10 minutes at 1M items on 2 cores):
+BM25 (``bm25_live``): a live catalog of N synthetic Zipf-worded titles; per add: the steady
+search before it, the journaled add, the first search after it; then 20 removals and one
+compaction (the main segment rebuilt over the live catalog).
+
+Run alone on an idle machine (about 10 minutes at 1M items on 2 cores, plus the BM25 arm):
   .venv/bin/python bench/scale.py [--items 1000000]
+Small, BM25 only: .venv/bin/python bench/scale.py --items 20000 --kinds --no-live-faiss --adds 30
 Writes bench/results/scale.json and a table.
 """
 
@@ -127,6 +132,73 @@ def catalog_part(n: int, adds: int, out: Any) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def synthetic_titles(n: int, seed: int = 0, vocab: int = 50_000) -> list[str]:
+    """n shop-like titles: "Title: " + 4-14 words drawn Zipf-like from `vocab` words."""
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{j}" for j in range(vocab)])
+    ranks = np.minimum(rng.zipf(1.3, size=n * 14), vocab) - 1
+    lens = rng.integers(4, 15, size=n)
+    out, at = [], 0
+    for ln in lens.tolist():
+        out.append("Title: " + " ".join(words[ranks[at:at + ln]].tolist()))
+        at += ln
+    return out
+
+
+def bm25_part(n: int, adds: int, out: Any) -> None:
+    """In a child process: a live BM25 catalog of n synthetic titles (journaled writes, as the
+    service makes them): add latency, the first search after an add, steady search, removal,
+    compaction, peak RSS."""
+    from glossrec.retrieve.bm25 import BM25Retriever
+    from glossrec.serve.store import ItemRecord, LiveCatalog
+
+    titles = synthetic_titles(n)
+    queries = [[t] for t in synthetic_titles(adds, seed=1)]
+    folder = Path(tempfile.mkdtemp(prefix="glossrec-scale-bm25-"))
+    try:
+        r = BM25Retriever()
+        t0 = time.perf_counter()
+        cat = LiveCatalog.create(folder / "index", [ItemRecord(f"i{j}", t[7:]) for j, t in enumerate(titles)], r)
+        create_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r.search(queries[0], 10)  # builds the main segment
+        build_s = time.perf_counter() - t0
+        steady, add, after, remove = [], [], [], []
+        for j in range(adds):
+            t0 = time.perf_counter()
+            r.search(queries[j], 10)
+            steady.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            cat.add([ItemRecord(f"new{j}", f"fresh item {j} w1 w2")])
+            add.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            r.search(queries[j], 10)
+            after.append(time.perf_counter() - t0)
+        for j in range(min(adds, 20)):
+            t0 = time.perf_counter()
+            cat.remove([f"i{j}"])
+            remove.append(time.perf_counter() - t0)
+        found = r.ids[r.search([f"fresh item {adds - 1}"], 1)[0][0, 0]] == f"new{adds - 1}"
+        pending = r.pending
+        t0 = time.perf_counter()
+        r.compact()
+        compact_s = time.perf_counter() - t0
+
+        def ms(xs: list[float], q: float) -> float:
+            return round(float(np.percentile(xs, q)) * 1000, 2)
+
+        out.put({"items": n, "adds": adds, "create_s": round(create_s, 1),
+                 "first_build_s": round(build_s, 1),
+                 "add_ms_median": ms(add, 50), "add_ms_p95": ms(add, 95), "add_ms_max": ms(add, 100),
+                 "search_after_add_ms_median": ms(after, 50), "search_after_add_ms_p95": ms(after, 95),
+                 "steady_search_ms_median": ms(steady, 50), "steady_search_ms_p95": ms(steady, 95),
+                 "remove_ms_median": ms(remove, 50), "pending_before_compaction": pending,
+                 "compaction_s": round(compact_s, 1), "added_item_found": bool(found),
+                 "journal_limit": cat._limit(), "peak_rss_mb": round(peak_rss_mb())})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _child(target: Any, *args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -140,7 +212,10 @@ def _child(target: Any, *args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"])
+    ap.add_argument("--kinds", nargs="*", default=["flat", "ivf", "hnsw"],
+                    help="FAISS index kinds to measure (none: --kinds with no value)")
+    ap.add_argument("--no-live-faiss", action="store_true", help="skip the FAISS live-catalog arm")
+    ap.add_argument("--no-bm25", action="store_true", help="skip the BM25 live-catalog arm")
     ap.add_argument("--adds", type=int, default=200)
     ap.add_argument("--json", type=Path, default=RESULTS / "scale.json")
     args = ap.parse_args(argv)
@@ -152,15 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         got = r.pop("top10")
         r["recall@10"] = (None if ref is None else
                           round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])), 4))
-    live = _child(catalog_part, args.items, args.adds)
+    live = None if args.no_live_faiss else _child(catalog_part, args.items, args.adds)
+    bm25 = None if args.no_bm25 else _child(bm25_part, args.items, args.adds)
     write_results(args.json, {"items": args.items, "dim": DIM, "indexes": list(rows.values()),
-                              "live_catalog": live}, before)
+                              "live_catalog": live, "bm25_live": bm25}, before)
     print(f"{args.items:,} synthetic items, dim {DIM}; load average {before['load_avg_1m']} before")
     print_columns(list(rows.values()), [
         ("index", "index", "{}"), ("build s", "build_s", "{}"), ("recall@10", "recall@10", "{}"),
         ("ms/query (batch)", "batch_ms_per_query", "{}"), ("ms (single)", "single_query_ms", "{}"),
         ("peak RSS MB", "peak_rss_mb", "{}")])
-    print(json.dumps(live, indent=1))
+    print(json.dumps({"live_catalog": live, "bm25_live": bm25}, indent=1))
     return 0
 
 

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from glossrec.config import EMBEDDED_LLM, LoraConfig, ModelConfig
-from glossrec.errors import ConfigError
+from glossrec.errors import ConfigError, DataError
 from glossrec.rundir import CONFIG_FILE
 
 __all__ = [
@@ -84,7 +84,46 @@ def resolve_weights(spec: str | Path) -> Path:
     if not (folder / "adapter_config.json").is_file() and not is_full_model(folder):
         raise ConfigError(f"{folder}: neither a LoRA adapter (adapter_config.json) nor a model "
                           "folder (config.json + model.safetensors)")
+    check_model_files(folder)
     return folder
+
+
+def check_model_files(folder: Path) -> None:
+    """Every JSON and safetensors file of a model, adapter or tokenizer folder reads: one cut
+    short or corrupt is a DataError naming it, before a library fails on it with a traceback.
+    Cheap: safetensors files are checked by their header and size, not read."""
+    from safetensors import safe_open
+
+    from glossrec.io import read_json
+
+    for path in sorted(Path(folder).glob("*.json")):
+        read_json(path)
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="np") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own SafetensorError (or OSError)
+            raise DataError(f"not a readable safetensors file, cut short or corrupt "
+                            f"({first_line(e)})", path) from None
+
+
+def first_line(e: BaseException) -> str:
+    """A library exception's message, first line only (for a one-line error)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def torch_load(path: Path, **kwargs: Any) -> Any:
+    """torch.load, with a missing, cut-short or corrupt file a DataError naming it."""
+    import torch
+
+    try:
+        return torch.load(path, **kwargs)
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise DataError(f"not a readable torch file, cut short or corrupt ({first_line(e)})",
+                        path) from None
 
 
 def shipped_config(name: str) -> Path | None:
@@ -240,6 +279,7 @@ def resolve_model_path(cfg: ModelConfig) -> Path | str:
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.name: {path} is a folder without config.json "
                               "(not a transformers model folder)")
+        check_model_files(path)
         return path
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         raise ConfigError(f"model.name: model folder not found: {path}")
@@ -324,6 +364,7 @@ def load_model(cfg: ModelConfig, adapter_dir: Path | None = None, trainable: boo
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise ConfigError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
+        check_model_files(adapter_dir)
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
         if merge and not trainable and not getattr(model, "is_loaded_in_4bit", False):
             model = model.merge_and_unload()

@@ -606,7 +606,7 @@ class _Run:
         self.state.best_dir = name
 
     def resume(self, ckpt: Path) -> None:
-        import torch
+        from glossrec.models import torch_load
 
         state = TrainState(**read_json(ckpt / "state.json"))
         if state.fingerprint and state.fingerprint != self.state.fingerprint:
@@ -615,10 +615,10 @@ class _Run:
                 f"{ckpt}: this checkpoint was made with different settings ({', '.join(diff)}); "
                 "use a new run folder or delete its checkpoints/ to start over")
         _load_weights(self.model, ckpt, self.device)
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False,
+        self.optimizer.load_state_dict(torch_load(ckpt / "optimizer.pt", weights_only=False,
                                                   map_location=self.device))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch_load(ckpt / "scheduler.pt", weights_only=False))
+        _set_rng_state(torch_load(ckpt / "rng.pt", weights_only=False))
         self.state = state
         # Anything written after this checkpoint by the killed run will be redone.
         for p in self.ckpt_root.iterdir():
@@ -887,6 +887,9 @@ def _load_weights(model: Any, folder: Path, device: str) -> None:
     """Load weights saved by _save_weights into `model` (same method, same shapes)."""
     from safetensors.torch import load_file
 
+    from glossrec.models import check_model_files
+
+    check_model_files(folder)
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
