@@ -154,3 +154,20 @@ def test_pairs_use_item_format_in_template(tok) -> None:
     prompts = test_prompts([Example("u", (0,), 1, 3)], cat, tok, PromptConfig())
     assert "format: Title: <item title> | Brand: <item brand> \n" in prompts[0][1]
     assert "Title: Comb | Brand: X\n" in prompts[0][1]
+
+
+COMPACT = "### Purchase history:\n{history}\n\n### Next item:\n{target}"
+
+
+def test_compact_template_with_a_history_cap(tok) -> None:
+    """A template without the instruction paragraph, and the newest N items: the prompt is the
+    history lines and the next-item line only, and costs fewer tokens than the paper's."""
+    hist = _items(12)
+    compact = PromptBuilder.from_config(tok, PromptConfig(template=COMPACT, max_history_items=5))
+    paper = PromptBuilder.from_config(tok, PromptConfig(max_history_items=5))
+    prompt = compact.test_prompt(hist)
+    assert prompt.startswith("### Purchase history:\n") and prompt.endswith("### Next item:\n")
+    assert prompt.count("Title: item") == 5 and "Below is a customer" not in prompt
+    assert compact.count(prompt) < paper.count(paper.test_prompt(hist))
+    pair = compact.train_pair(hist, "Title: the next one", "u1")
+    assert pair.prompt == prompt and pair.target == "Title: the next one"

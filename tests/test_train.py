@@ -376,3 +376,39 @@ def test_start_examples_continues_the_data_order(tiny_lm_dir: Path, tok, tmp_pat
     with pytest.raises(ConfigError, match="start_examples"):
         train(helper.config(tiny_lm_dir, max_steps=1, start_examples=16, **kw),
               tmp_path / "past", data)
+
+
+def test_valid_loss_target_scores_the_next_item_only(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    """train.valid_loss = "target": a whole-text run is validated on the next item's tokens,
+    the figure a target-only run reports, so the two can be compared."""
+    data = helper.pairs(tok, 12)
+    still = dict(max_steps=1, warmup_steps=0, learning_rate=1e-12)
+
+    def valid(**kw: object) -> float:
+        run = train(helper.config(tiny_lm_dir, **still, **kw), tmp_path / str(len(list(tmp_path.iterdir()))),
+                    data[:8], data[8:])
+        return [r["valid_loss"] for r in run.history if "valid_loss" in r][-1]
+
+    target = valid(loss="target")
+    assert valid(loss="full", valid_loss="target") == pytest.approx(target, rel=1e-5)
+    assert valid(loss="full") != pytest.approx(target, rel=1e-3)
+
+
+def test_whole_text_continuation_resumes_onto_the_same_curve(tiny_lm_dir: Path, tok,
+                                                              tmp_path: Path) -> None:
+    """A whole-text stretch continued from a target-only adapter, stopped and extended in the
+    same run directory, gives the curve of the same stretch run in one go."""
+    data = helper.pairs(tok, 16)
+    first = train(helper.config(tiny_lm_dir, max_steps=2, warmup_steps=0, loss="target"),
+                  tmp_path / "first", data[:12], data[12:])
+    kw = dict(loss="full", valid_loss="target", init_adapter=str(first.adapter_dir),
+              start_examples=8, warmup_steps=1, schedule="constant", save_steps=1, eval_steps=1,
+              learning_rate=1e-3)
+    ref = train(helper.config(tiny_lm_dir, max_steps=4, **kw), tmp_path / "ref", data[:12], data[12:])
+    run = tmp_path / "run"
+    train(helper.config(tiny_lm_dir, max_steps=2, **kw), run, data[:12], data[12:])
+    more = train(helper.config(tiny_lm_dir, max_steps=4, **kw), run, data[:12], data[12:])
+    assert more.resumed_from == 2
+    for key in ("loss", "valid_loss"):
+        assert [r[key] for r in more.history if key in r] == pytest.approx(
+            [r[key] for r in ref.history if key in r], rel=1e-5)
