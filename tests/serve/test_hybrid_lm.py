@@ -1,0 +1,42 @@
+"""A hybrid run with the LM's list, served: a request generates texts for its history and fuses
+them with LIS and the ID model, as `glossrec hybrid --generations ...` fused them offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glossrec.config import ModelConfig, RunConfig
+from glossrec.io import write_jsonl
+from glossrec.pipeline import prepare, run_baseline, run_hybrid
+from glossrec.serve import Recommender
+
+from .conftest import write_dataset
+
+
+def test_serving_a_hybrid_run_with_the_lm(tmp_path: Path, tiny_model_config: ModelConfig) -> None:
+    data = write_dataset(tmp_path / "data")
+    cfg = RunConfig(model=tiny_model_config).updated(
+        data={"path": data}, split={"valid_fraction": 0.34},
+        generate={"num_beams": 3, "num_return": 3, "max_new_tokens": 4, "constrain": "catalog"},
+        retrieve={"retriever": "bm25", "exclude_history": True},
+        evaluate={"cutoffs": [5]},
+        hybrid={"weights": {"lis": 4.0, "gloss": 1.0, "pop": 1.0}, "rrf_k": 10, "depth": 3})
+    run_baseline(cfg, "pop", tmp_path / "pop")
+    prep = prepare(cfg)
+    gens = tmp_path / "texts.jsonl"
+    write_jsonl(gens, ({"user_id": e.user_id, "texts": ["Title: Rose water facial toner spray"]}
+                       for e in prep.examples))
+    run_hybrid(cfg, [tmp_path / "pop"], tmp_path / "hybrid", generations={"test": gens})
+
+    rec = Recommender.from_run(tmp_path / "hybrid", mode="lm")
+    assert rec.mode == "lm"
+    out = rec.recommend(["A2", "A3"], k=6)
+    assert len(out.items) == 6 and len({i.item_id for i in out.items}) == 6  # k is filled
+    assert out.queries and rec.generate_calls == 1  # the LM wrote this request's texts
+    by_component = {q for i in out.items for q in i.queries}
+    assert "<pop>" in by_component and set(out.queries) <= by_component  # LM texts fused
+
+    rec.add_items([{"item_id": "NEW", "title": "Argan oil hair mask for dry hair"}])
+    fresh = rec.recommend(["A2", "A3"], k=6)
+    assert "NEW" in [i.item_id for i in fresh.items]  # the ID model has never seen it
+    rec.close()
