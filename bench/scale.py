@@ -16,24 +16,44 @@ BM25 (``bm25_live``): a live catalog of N synthetic Zipf-worded titles; per add:
 search before it, the journaled add, the first search after it; then 20 removals and one
 compaction (the main segment rebuilt over the live catalog).
 
-Run alone on an idle machine (about 10 minutes at 1M items on 2 cores, plus the BM25 arm):
+BM25 over HTTP (``bm25_http``): the same synthetic titles as a dataset folder, indexed with
+``glossrec index --retriever bm25`` and served by ``glossrec serve`` (LIS mode, an API key for
+writes) on a free 127.0.0.1 port, as a user runs them; the index's and the server's peak RSS.
+Then, from httpx clients in this process: one client's recommends with no writes, then
+``--http-reps`` times an add (a new item) followed at once by a recommend; then for no writes and
+each ``--http-rates`` writes per second (open loop: adds are sent on schedule whether or not
+earlier ones have answered), ``--http-clients`` back-to-back recommend loops for
+``--http-window`` seconds: recommend p50/p95/p99, add p50/p95/max, and how many snapshots the
+catalog's own store wrote meanwhile. The goal checked: the median recommend right after an add
+is at most 3 x the steady one + 100 ms, and the median add is under 100 ms.
+
+Run alone on an idle machine (about 10 minutes at 1M items on 2 cores, plus the BM25 arms):
   .venv/bin/python bench/scale.py [--items 1000000]
-Small, BM25 only: .venv/bin/python bench/scale.py --items 20000 --kinds --no-live-faiss --adds 30
-Writes bench/results/scale.json and a table.
+Small, BM25 only: .venv/bin/python bench/scale.py --items 20000 --kinds --no-live-faiss --adds 30 --no-http
+Small, HTTP only: .venv/bin/python bench/scale.py --items 20000 --kinds --no-live-faiss --no-bm25 \
+  --http-window 5 --json bench/results/scale--bm25-http-small.json
+Writes bench/results/scale.json (or --json) and a table. An arm that is skipped is null in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
+import math
 import multiprocessing as mp
+import os
+import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -199,6 +219,268 @@ def bm25_part(n: int, adds: int, out: Any) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def dataset_part(n: int, folder: str, users: int, out: Any) -> None:
+    """In a child process (so the bench keeps no titles in memory): a dataset folder of n
+    synthetic titles (items.jsonl) and `users` three-item histories (sequences.jsonl)."""
+    folder_ = Path(folder)
+    folder_.mkdir(parents=True)
+    with open(folder_ / "items.jsonl", "w", encoding="utf-8") as f:
+        for j, t in enumerate(synthetic_titles(n)):
+            f.write(json.dumps({"item_id": f"i{j}", "title": t[7:]}) + "\n")
+    rng = np.random.default_rng(2)
+    histories = [[f"i{j}" for j in rng.choice(n, 3, replace=False).tolist()] for _ in range(users)]
+    with open(folder_ / "sequences.jsonl", "w", encoding="utf-8") as f:
+        for u, h in enumerate(histories):
+            f.write(json.dumps({"user_id": f"u{u}", "items": h}) + "\n")
+    out.put({"histories": histories})
+
+
+def _index_run(data: Path, run: Path, log: Path) -> dict[str, Any]:
+    """`glossrec index --retriever bm25` as a user runs it: seconds and the process's peak RSS."""
+    cmd = [sys.executable, "-c", "from glossrec.cli import main; main()", "index", "--data",
+           str(data), "--out", str(run), "--retriever", "bm25"]
+    t0 = time.perf_counter()
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"glossrec index failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
+    return {"index_s": round(time.perf_counter() - t0, 1), "index_peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def proc_rss_mb(pid: int, key: str = "VmHWM") -> float | None:
+    """Another process's resident memory now (VmRSS) or at its peak (VmHWM), from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return None
+
+
+class HttpLoad:
+    """Recommend and add requests against one `glossrec serve`; every loop is bounded in
+    count and in time and stops by itself."""
+
+    def __init__(self, url: str, key: str, histories: list[list[str]], k: int,
+                 timeout_s: float) -> None:
+        self.url, self.histories, self.k = url, histories, k
+        self.headers = {"X-API-Key": key}
+        self.timeout = httpx.Timeout(timeout_s)
+        self.errors: list[str] = []
+        self._turn = itertools.count()
+        self._new = itertools.count()
+        self.titles = [t[7:] for t in synthetic_titles(500, seed=3)]
+        """Titles of the items to add: catalog-like words, so adds touch common terms."""
+
+    def client(self, connections: int) -> httpx.AsyncClient:
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under
+        # a request (a ReadError that would be the client's doing, not the service's).
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
+                              keepalive_expiry=2.0)
+        return httpx.AsyncClient(base_url=self.url, timeout=self.timeout, limits=limits)
+
+    async def recommend(self, c: httpx.AsyncClient, history: list[Any] | None = None
+                        ) -> tuple[float, Any]:
+        """Seconds of one POST /recommend (LIS: the last history item's text is the query)."""
+        hist = history or self.histories[next(self._turn) % len(self.histories)]
+        t0 = time.perf_counter()
+        try:
+            r = await c.post("/recommend", json={"history": hist, "k": self.k})
+        except httpx.HTTPError as e:
+            self.errors.append(f"recommend: {type(e).__name__}: {e}")
+            return math.nan, None
+        dt = time.perf_counter() - t0
+        if r.status_code != 200 or not r.json().get("items"):
+            self.errors.append(f"recommend: {r.status_code}: {r.text[:200]}")
+            return math.nan, None
+        return dt, r.json()
+
+    async def add(self, c: httpx.AsyncClient) -> tuple[float, str]:
+        """Seconds of one POST /items adding a new item; its title has a word no other has."""
+        n = next(self._new)
+        item = {"item_id": f"http-new-{n}", "title": f"fresh{n}x {self.titles[n % len(self.titles)]}"}
+        t0 = time.perf_counter()
+        try:
+            r = await c.post("/items", json=item, headers=self.headers)
+        except httpx.HTTPError as e:
+            self.errors.append(f"add: {type(e).__name__}: {e}")
+            return math.nan, item["title"]
+        dt = time.perf_counter() - t0
+        if r.status_code != 201:
+            self.errors.append(f"add: {r.status_code}: {r.text[:200]}")
+            return math.nan, item["title"]
+        return dt, item["title"]
+
+    async def snapshot_number(self, c: httpx.AsyncClient) -> int:
+        """The live catalog's snapshot number (catalog-000028+000019 -> 28): how many
+        compactions of the catalog's own store a window saw."""
+        r = await c.get("/health")
+        return int(r.json()["catalog_version"].split("+")[0].rsplit("-", 1)[1])
+
+    async def steady_stream(self, c: httpx.AsyncClient, clients: int, until: float,
+                            max_requests: int) -> list[float]:
+        """`clients` loops of back-to-back recommends until the monotonic time `until`."""
+        lat: list[float] = []
+        budget = iter(range(max_requests))
+
+        async def loop() -> None:
+            for _ in budget:
+                if time.monotonic() >= until:
+                    return
+                dt, _ = await self.recommend(c)
+                if not math.isnan(dt):
+                    lat.append(dt)
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        return lat
+
+    async def writes(self, c: httpx.AsyncClient, rate: float, window_s: float) -> list[float]:
+        """Open loop: the i-th add is sent at i / rate seconds whether or not earlier ones have
+        answered (a slow add does not lower the offered rate)."""
+        lat: list[float] = []
+        start = time.monotonic()
+
+        async def one() -> None:
+            dt, _ = await self.add(c)
+            if not math.isnan(dt):
+                lat.append(dt)
+
+        tasks = []
+        for i in range(int(rate * window_s)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        return lat
+
+    async def under_writes(self, rate: float, clients: int, window_s: float) -> dict[str, Any]:
+        """Recommend p50/p95 from `clients` loops while adds arrive at `rate` per second."""
+        async with self.client(clients + 64) as c:
+            before = await self.snapshot_number(c)
+            t0 = time.perf_counter()
+            until = time.monotonic() + window_s
+            rec, add = await asyncio.gather(
+                self.steady_stream(c, clients, until, max_requests=int(2000 * window_s)),
+                self.writes(c, rate, window_s) if rate > 0 else asyncio.sleep(0, result=[]))
+            wall = time.perf_counter() - t0
+            snapshots = await self.snapshot_number(c) - before
+        return {"writes_per_s": rate, "recommend_clients": clients, "wall_s": round(wall, 1),
+                "catalog_snapshots": snapshots,
+                "recommends": len(rec), "recommends_per_s": round(len(rec) / wall, 1),
+                **_pcts("recommend", rec, (50, 95, 99)), "adds": len(add),
+                "adds_per_s": round(len(add) / wall, 1), **_pcts("add", add, (50, 95, 100))}
+
+    async def add_then_recommend(self, reps: int, pause_s: float = 0.1) -> dict[str, Any]:
+        """One client: single recommends with no writes, then `reps` times an add followed at
+        once by a recommend; and whether the last added item is found by its own title."""
+        async with self.client(1) as c:
+            steady = [(await self.recommend(c))[0] for _ in range(reps)]
+            add, after, title = [], [], ""
+            for _ in range(reps):
+                dt, title = await self.add(c)
+                add.append(dt)
+                after.append((await self.recommend(c))[0])
+                await asyncio.sleep(pause_s)
+            _, body = await self.recommend(c, [{"title": title}])
+        found = bool(body) and body["items"][0]["title"] == title
+
+        def ok(xs: list[float]) -> list[float]:
+            return [x for x in xs if not math.isnan(x)]
+
+        return {"reps": reps, **_pcts("steady_recommend", ok(steady), (50, 95)),
+                **_pcts("recommend_after_add", ok(after), (50, 95)),
+                **_pcts("add", ok(add), (50, 95, 100)), "added_item_found": found}
+
+
+def _pcts(name: str, xs: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
+    """{name_ms_p50: ..., ...} in milliseconds (p100 is named max); None when xs is empty."""
+    return {f"{name}_ms_{'max' if q == 100 else f'p{q}'}":
+            (round(float(np.percentile(xs, q)) * 1000, 1) if xs else None) for q in qs}
+
+
+def http_arm(n: int, rates: list[float], window_s: float, clients: int, reps: int, k: int,
+             workdir: Path) -> dict[str, Any]:
+    """BM25 over HTTP: `glossrec index` a synthetic catalog, `glossrec serve` it on loopback,
+    then steady recommends, add-then-recommend, and recommends under each write rate."""
+    from serve_load import start, stop
+
+    from glossrec.serve.app import API_KEY_ENV
+
+    histories = _child(dataset_part, n, str(workdir / "data"), 500)["histories"]
+    res: dict[str, Any] = {"items": n, "retriever": "bm25", "mode": "lis", "k": k,
+                           **_index_run(workdir / "data", workdir / "run", workdir / "index.log")}
+    key = secrets.token_urlsafe(24)
+    t0 = time.perf_counter()
+    proc, url = start(workdir / "run", ["--mode", "lis"], workdir / "serve.log", timeout=3600,
+                      env={API_KEY_ENV: key})
+    try:
+        res["serve_start_s"] = round(time.perf_counter() - t0, 1)
+        load = HttpLoad(url, key, histories, k, timeout_s=600)
+
+        async def warm() -> float:
+            async with load.client(1) as c:
+                t = time.perf_counter()
+                await load.recommend(c)  # the first search builds the main segment
+                res["first_recommend_s"] = round(time.perf_counter() - t, 1)
+                for _ in range(20):
+                    await load.recommend(c)
+            return time.perf_counter() - t
+
+        asyncio.run(warm())
+        res["server_rss_after_warmup_mb"] = proc_rss_mb(proc.pid, "VmRSS")
+        res["single_client"] = asyncio.run(load.add_then_recommend(reps))
+        res["rates"] = [asyncio.run(load.under_writes(r, clients, window_s)) for r in [0.0, *rates]]
+        health = httpx.get(url + "/health", timeout=60).json()
+        res["server_peak_rss_mb"] = proc_rss_mb(proc.pid)
+    finally:
+        stop(proc)
+    res["items_after"] = health["items"]
+    res["catalog_version_after"] = health["catalog_version"]
+    res["errors"], res["error_examples"] = len(load.errors), load.errors[:5]
+    one = res["single_client"]
+    after, steady, add = (one["recommend_after_add_ms_p50"], one["steady_recommend_ms_p50"],
+                          one["add_ms_p50"])
+    under = [r["add_ms_p95"] for r in res["rates"] if r["add_ms_p95"] is not None]
+    res["goal"] = {
+        "rule": "median recommend right after an add <= 3 x steady recommend + 100 ms (one "
+                "client), and adds < 100 ms (median of the single-client adds)",
+        "after_add_limit_ms": None if steady is None else round(3 * steady + 100, 1),
+        "after_add_ok": None if after is None or steady is None else after <= 3 * steady + 100,
+        "add_ok": None if add is None else add < 100,
+        "add_p95_under_writes_ok": bool(under) and max(under) < 100}
+    res["goal"]["pass"] = bool(res["goal"]["after_add_ok"] and res["goal"]["add_ok"]
+                               and not res["errors"] and one["added_item_found"])
+    return res
+
+
+def print_http(res: dict[str, Any]) -> None:
+    """The HTTP arm's table and its goal."""
+    one, goal = res["single_client"], res["goal"]
+    print(f"\nBM25 over HTTP, {res['items']:,} items (LIS, k {res['k']}): index {res['index_s']} s "
+          f"(peak RSS {res['index_peak_rss_mb']} MB), server start {res['serve_start_s']} s, "
+          f"first recommend {res['first_recommend_s']} s, server peak RSS "
+          f"{res['server_peak_rss_mb']} MB")
+    print(f"one client, {one['reps']} reps: steady recommend p50 {one['steady_recommend_ms_p50']} ms; "
+          f"add p50 {one['add_ms_p50']} / p95 {one['add_ms_p95']} ms, then recommend p50 "
+          f"{one['recommend_after_add_ms_p50']} / p95 {one['recommend_after_add_ms_p95']} ms")
+    print_columns(res["rates"], [
+        ("writes/s", "writes_per_s", "{:g}"), ("adds/s done", "adds_per_s", "{}"),
+        ("recommends", "recommends", "{}"), ("rec/s", "recommends_per_s", "{}"),
+        ("rec p50 ms", "recommend_ms_p50", "{}"), ("rec p95 ms", "recommend_ms_p95", "{}"),
+        ("rec p99 ms", "recommend_ms_p99", "{}"), ("snapshots", "catalog_snapshots", "{}"),
+        ("add p50 ms", "add_ms_p50", "{}"),
+        ("add p95 ms", "add_ms_p95", "{}"), ("add max ms", "add_ms_max", "{}")])
+    print(f"goal: recommend after an add {one['recommend_after_add_ms_p50']} ms <= "
+          f"{goal['after_add_limit_ms']} ms: {goal['after_add_ok']}; add {one['add_ms_p50']} ms "
+          f"< 100 ms: {goal['add_ok']} (p95 under every write rate < 100 ms: "
+          f"{goal['add_p95_under_writes_ok']}); errors {res['errors']}; added item found: "
+          f"{one['added_item_found']} -> {'PASS' if goal['pass'] else 'FAIL'}")
+
+
 def _child(target: Any, *args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -217,6 +499,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-live-faiss", action="store_true", help="skip the FAISS live-catalog arm")
     ap.add_argument("--no-bm25", action="store_true", help="skip the BM25 live-catalog arm")
     ap.add_argument("--adds", type=int, default=200)
+    ap.add_argument("--no-http", action="store_true", help="skip the BM25-over-HTTP arm")
+    ap.add_argument("--http-rates", type=float, nargs="+", default=[1, 10, 100],
+                    help="HTTP arm: writes per second under the recommend stream")
+    ap.add_argument("--http-window", type=float, default=20.0, help="HTTP arm: seconds per rate")
+    ap.add_argument("--http-clients", type=int, default=4, help="HTTP arm: concurrent recommend loops")
+    ap.add_argument("--http-reps", type=int, default=20,
+                    help="HTTP arm: add-then-recommend repetitions (one client)")
+    ap.add_argument("--k", type=int, default=10, help="HTTP arm: items per recommendation")
     ap.add_argument("--json", type=Path, default=RESULTS / "scale.json")
     args = ap.parse_args(argv)
     before = machine()
@@ -229,14 +519,22 @@ def main(argv: list[str] | None = None) -> int:
                           round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])), 4))
     live = None if args.no_live_faiss else _child(catalog_part, args.items, args.adds)
     bm25 = None if args.no_bm25 else _child(bm25_part, args.items, args.adds)
+    http = None
+    if not args.no_http:
+        with tempfile.TemporaryDirectory(prefix="glossrec-scale-http-") as tmp:
+            http = http_arm(args.items, args.http_rates, args.http_window, args.http_clients,
+                            args.http_reps, args.k, Path(tmp))
     write_results(args.json, {"items": args.items, "dim": DIM, "indexes": list(rows.values()),
-                              "live_catalog": live, "bm25_live": bm25}, before)
+                              "live_catalog": live, "bm25_live": bm25, "bm25_http": http}, before)
     print(f"{args.items:,} synthetic items, dim {DIM}; load average {before['load_avg_1m']} before")
     print_columns(list(rows.values()), [
         ("index", "index", "{}"), ("build s", "build_s", "{}"), ("recall@10", "recall@10", "{}"),
         ("ms/query (batch)", "batch_ms_per_query", "{}"), ("ms (single)", "single_query_ms", "{}"),
         ("peak RSS MB", "peak_rss_mb", "{}")])
     print(json.dumps({"live_catalog": live, "bm25_live": bm25}, indent=1))
+    if http is not None:
+        print_http(http)
+    print(f"wrote {args.json}")
     return 0
 
 

@@ -64,13 +64,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(run: Path, args: list[str], log: Path, timeout: float = 600) -> tuple[subprocess.Popen, str]:
+def start(run: Path, args: list[str], log: Path, timeout: float = 600,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`glossrec serve` on a free loopback port, its output in `log`; returns once /health
+    answers. `env` adds to this process's environment (e.g. the API key)."""
     port = free_port()
     cmd = [sys.executable, "-c", "from glossrec.cli import main; main()", "serve", "--run", str(run),
            "--port", str(port), "--log-level", "warning", *args]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

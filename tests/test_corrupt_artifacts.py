@@ -164,3 +164,30 @@ def test_dense_embeddings_cut_short_is_not_numpy_traceback(tmp_path: Path) -> No
     write_array(path, np.ones((50, 8), np.float32))
     cut_short(path)
     assert_one_line_naming(lambda: read_array(path, np.dtype(np.float32), 2), path)
+
+
+def test_recommend_on_a_cut_short_adapter_prints_one_line(
+        tiny_model_config: object, tiny_adapter: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`glossrec recommend --run RUN` in LM mode (the run has an adapter) whose
+    adapter_model.safetensors is cut short: exit code 2 and one line naming that file."""
+    from glossrec.config import load_config
+    from glossrec.serve.recommender import write_config
+    from tests.conftest import cli
+    from tests.serve.conftest import write_dataset
+
+    cfg = load_config(None, {
+        "data": {"path": str(write_dataset(tmp_path / "data"))},
+        "model": tiny_model_config.model_dump(mode="json", exclude_none=True),  # type: ignore[attr-defined]
+        "generate": {"num_beams": 2, "num_return": 2, "max_new_tokens": 4},
+        "retrieve": {"retriever": "bm25"},
+    })
+    run = write_config(tmp_path / "run", cfg).parent
+    shutil.copytree(tiny_adapter, run / "adapter")
+    bad = run / "adapter" / "adapter_model.safetensors"
+    cut_short(bad)
+    code, out, err = cli(monkeypatch, capsys, "recommend", "--run", str(run), "--history", "A2", "A9")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (out, err)
+    assert len(lines) == 1 and str(bad) in lines[0], err
+    assert "Traceback" not in err + out
