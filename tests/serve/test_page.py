@@ -7,7 +7,6 @@ import re
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -18,7 +17,7 @@ from glossrec.serve.app import ServeSettings, create_app
 from glossrec.serve.recommender import write_config
 from glossrec.serve.store import LiveCatalog
 
-from .conftest import TITLES, FakeGenerator, write_dataset
+from .conftest import TITLES, FakeGenerator, scored_run, write_dataset
 
 KEY = "page-key"
 
@@ -127,32 +126,9 @@ def test_lm_mode_with_a_real_tiny_model_over_http(tmp_path: Path, tiny_model_con
 # ---- the report view ------------------------------------------------------------------------
 
 
-def _scored_run(run: Path) -> None:
-    """A run scored like `glossrec run` scores one: metrics.json + rankings.jsonl for the run and
-    its LIS baseline, report.md and report.png."""
-    from glossrec.config import EvalConfig
-    from glossrec.evaluate import evaluate, write_run
-    from glossrec.pipeline import write_report
-    from glossrec.rundir import RunDir
-
-    rng = np.random.default_rng(0)
-    n, items = 60, [f"I{i}" for i in range(30)]
-    targets = rng.integers(0, 30, n)
-    lengths = rng.integers(3, 20, n)
-    results = {}
-    for name, folder in (("GLoSS-bm25", run), ("LIS-bm25", RunDir(run).lis("bm25").path)):
-        ranked = np.stack([rng.permutation(30)[:10] for _ in range(n)])
-        ev = evaluate([f"u{u}" for u in range(n)], targets, ranked, -np.sort(-rng.random((n, 10))), lengths,
-                      EvalConfig(), "beauty")
-        write_run(folder, ev, items, RunConfig().updated(retrieve={"retriever": "bm25"}))
-        results[name] = ev
-    (run / "generations.jsonl").write_text("")
-    write_report(run, results)
-
-
 def test_report_shows_the_scores_with_the_reports_own_intervals(tmp_path: Path, word_catalog: LiveCatalog) -> None:
     run = tmp_path / "scored"
-    _scored_run(run)
+    scored_run(run)
     rec = Recommender(word_catalog)
     rec.run_dir = run
     with TestClient(create_app(rec)) as c:

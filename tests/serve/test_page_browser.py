@@ -2,13 +2,15 @@
 `glossrec serve` on a LIS run of the Beauty sample.
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); skipped, saying so,
-only when they are absent. Set GLOSSREC_PAGE_SCREENSHOT=docs/img/page.png to refresh the
-screenshot in the docs (the test always saves one in its temporary folder).
+only when they are absent. To refresh the screenshot in the docs (docs/img/page.png), run them
+with GLOSSREC_PAGE_SCREENSHOTS=docs/img; each test always saves its screenshots in its
+temporary folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server, running
+from .conftest import FakeGenerator, Server, running, scored_run, serving_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 KEY = "page-test-key"
 NEW_ID = "PAGE-NEW-1"
-SCREENSHOT_ENV = "GLOSSREC_PAGE_SCREENSHOT"
+SCREENSHOTS_ENV = "GLOSSREC_PAGE_SCREENSHOTS"
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
@@ -60,14 +62,26 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
+def _screenshot(driver, path: Path, docs: bool = False) -> None:
+    """Save one into the test's folder; with `docs`, also into $GLOSSREC_PAGE_SCREENSHOTS if set
+    (the docs show the Beauty walkthrough, not the test doubles' made-up data)."""
+    assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
+    if docs and os.environ.get(SCREENSHOTS_ENV):
+        out = Path(os.environ[SCREENSHOTS_ENV])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / path.name)
+
+
 class Page:
     """The page's controls, by the ids index.html gives them."""
 
     def __init__(self, driver, url: str) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.d = driver
-        self.wait = WebDriverWait(driver, 20)
+        # An element read while the page re-renders is stale: look again.
+        self.wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(url + "/")
 
     def el(self, id_: str):
@@ -103,9 +117,10 @@ class Page:
             return ids if self.el("busy").get_attribute("hidden") is not None and until(ids) else False
         return self.wait.until(ready)
 
-    def message(self, id_: str) -> str:
-        self.wait.until(lambda _: self.el(id_).is_displayed())
-        return self.el(id_).text
+    def message(self, id_: str, part: str) -> str:
+        """The text of a message box once it shows `part`."""
+        return self.wait.until(lambda _: self.el(id_).text if self.el(id_).is_displayed()
+                               and part in self.el(id_).text else False)
 
 
 def test_walkthrough_in_a_real_browser(server: Server, browser, tmp_path: Path) -> None:
@@ -141,20 +156,15 @@ def test_walkthrough_in_a_real_browser(server: Server, browser, tmp_path: Path) 
         page.type("new-id", NEW_ID)
         page.type("new-title", last_title + " travel size")
         page.el("add-item").click()
-        assert f"Added {NEW_ID}" in page.message("catalog-msg")
+        assert f"{items + 1:,} items" in page.message("catalog-msg", f"Added {NEW_ID}.")
         shown = page.wait_results(lambda ids: NEW_ID in ids)
         assert shown[0] == NEW_ID and len(shown) == 5
-        screenshot = tmp_path / "page.png"
-        assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
-        if os.environ.get(SCREENSHOT_ENV):
-            Path(os.environ[SCREENSHOT_ENV]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(screenshot, os.environ[SCREENSHOT_ENV])
+        _screenshot(browser, tmp_path / "page.png", docs=True)
 
         # Remove it: gone from the recommendations and from the catalog.
         page.type("remove-id", NEW_ID)
         page.el("remove-item").click()
-        assert f"Removed {NEW_ID}" in page.wait.until(
-            lambda _: page.el("catalog-msg").text if "Removed" in page.el("catalog-msg").text else False)
+        page.message("catalog-msg", f"Removed {NEW_ID}.")
         shown = page.wait_results(lambda ids: NEW_ID not in ids and len(ids) == 5)
         assert api.get(f"/items/{NEW_ID}").status_code == 404
 
@@ -164,15 +174,20 @@ def test_walkthrough_in_a_real_browser(server: Server, browser, tmp_path: Path) 
         page.type("new-id", "PAGE-BAD-1")
         page.type("new-title", "Should never be added")
         page.el("add-item").click()
-        page.wait.until(lambda _: "403" in page.el("catalog-msg").text)
-        assert "wrong API key" in page.el("catalog-msg").text
+        assert "wrong API key" in page.message("catalog-msg", "403")
         assert api.get("/items/PAGE-BAD-1").status_code == 404
+
+    # Markup in a title is shown as text, never run as HTML.
+    page.type("free-title", "<i>argan</i> <img src=x>")
+    page.el("add-free").click()
+    chip = page.all("#history li")[-1]
+    assert "<i>argan</i> <img src=x>" in chip.text and not chip.find_elements("css selector", "i, img")
 
     # The API's validation, as a readable message: k over the limit.
     page.type("k", "1000")
     page.el("recommend").click()
-    text = page.message("rec-error")
-    assert "422" in text and "k" in text and "100" in text
+    text = page.message("rec-error", "422")
+    assert "k" in text and "less than or equal to 100" in text
 
     # The second view: this run was never scored, and the page says so.
     page.el("tab-report").click()
@@ -181,3 +196,44 @@ def test_walkthrough_in_a_real_browser(server: Server, browser, tmp_path: Path) 
     # No script error (the refused requests above are logged by the browser as network errors).
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not errors, errors
+
+
+def test_lm_mode_shows_progress_the_texts_and_the_report(word_catalog, browser, tmp_path: Path) -> None:
+    """LM mode with a slow test double for the model: the page shows it is busy (with the time
+    elapsed), then the texts the model wrote and the items each found; the report view shows
+    the scored run's table with intervals and report.png."""
+    from glossrec.config import RunConfig
+    from glossrec.serve import Recommender
+    from glossrec.serve.app import create_app
+
+    texts = ["Title: Argan oil shampoo for dry hair", "Title: Matte red lipstick"]
+    rec = Recommender(word_catalog, RunConfig(), generator=FakeGenerator(texts, delay_s=1.5), mode="lm")
+    rec.run_dir = tmp_path / "scored"
+    scored_run(rec.run_dir)
+    with serving_app(create_app(rec)) as url:
+        page = Page(browser, url)
+        page.wait.until(lambda _: "LM (GLoSS)" in page.el("run-info").text)
+        page.type("free-title", "argan oil hair mask")  # a cold start: a title the catalog lacks
+        page.el("add-free").click()
+        assert "free text" in page.all("#history li")[0].text
+        page.type("k", "3")
+        page.el("recommend").click()
+        busy = page.wait.until(lambda _: page.el("busy-text").text if page.el("busy").is_displayed() else False)
+        assert re.fullmatch(r"The model is writing titles… \d+\.\d s", busy), busy
+        page.wait.until(lambda _: page.el("busy-text").text != busy)  # the clock runs
+        assert page.el("recommend").get_attribute("disabled") is not None
+        shown = page.wait_results(lambda ids: len(ids) == 3)
+        assert [li.text for li in page.all("#lm-texts-list li")] == texts
+        rows = page.all("#results tbody tr")
+        assert shown[0] == "A2" and "found by: Title: Argan oil shampoo for dry hair" in rows[0].text
+        assert all("LM text" in r.find_element("css selector", ".from").text for r in rows)
+        _screenshot(browser, tmp_path / "page-lm.png")
+
+        page.el("tab-report").click()
+        page.wait.until(lambda _: page.all("#report-tables table"))
+        table = page.all("#report-tables table")[0].text
+        assert "GLoSS-bm25" in table and "LIS-bm25" in table and "recall@5" in table.lower()
+        assert re.search(r"\[\d\.\d{4}, \d\.\d{4}\]", table)  # the intervals
+        img = page.el("report-png")
+        page.wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img))
+        _screenshot(browser, tmp_path / "page-report.png")
