@@ -224,3 +224,53 @@ def bm25_run(tmp_path: Path) -> Path:
     from glossrec.serve import make_index_run
 
     return make_index_run(write_dataset(tmp_path / "data"), "bm25", tmp_path / "run")
+
+
+# ---- a scored run (the report view) ----------------------------------------------------------
+
+
+def scored_run(run: Path) -> None:
+    """A run scored like `glossrec run` scores one: metrics.json + rankings.jsonl for the run and
+    its LIS baseline, report.md and report.png."""
+    from glossrec.config import EvalConfig, RunConfig
+    from glossrec.evaluate import evaluate, write_run
+    from glossrec.pipeline import write_report
+    from glossrec.rundir import RunDir
+
+    rng = np.random.default_rng(0)
+    n, items = 60, [f"I{i}" for i in range(30)]
+    targets = rng.integers(0, 30, n)
+    lengths = rng.integers(3, 20, n)
+    results = {}
+    for name, folder in (("GLoSS-bm25", run), ("LIS-bm25", RunDir(run).lis("bm25").path)):
+        ranked = np.stack([rng.permutation(30)[:10] for _ in range(n)])
+        ev = evaluate([f"u{u}" for u in range(n)], targets, ranked, -np.sort(-rng.random((n, 10))), lengths,
+                      EvalConfig(), "beauty")
+        write_run(folder, ev, items, RunConfig().updated(retrieve={"retriever": "bm25"}))
+        results[name] = ev
+    (run / "generations.jsonl").write_text("")
+    write_report(run, results)
+
+
+@contextmanager
+def serving_app(app, timeout: float = 30.0) -> Iterator[str]:
+    """An app object (e.g. with a test double for the model) served by uvicorn in a thread on a
+    free loopback port; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -52,7 +52,7 @@ def test_health_and_recommend(client: TestClient) -> None:
     assert r.status_code == 200 and body["mode"] == "lis" and len(body["items"]) == 3
     assert body["items"][0] == {"rank": 1, "item_id": "A3", "title": "Argan oil conditioner for dry hair",
                                 "score": pytest.approx(body["items"][0]["score"]),
-                                "queries": ["Title: Argan oil shampoo for dry hair"]}
+                                "queries": ["Title: Argan oil shampoo for dry hair"], "sources": ["lis"]}
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200
 

@@ -33,7 +33,13 @@ def test_model_list_and_text_list_are_fused(word_catalog: LiveCatalog) -> None:
     # B3, popularity's first (1/2) that the text never finds.
     assert top[0] == "A3" and "B3" in top
     assert "<pop>" in out.items[0].queries and out.items[0].queries[0].startswith("Title:")
+    # provenance: each item names the components whose lists hold it
+    assert rec.components == ["lis", "pop"] and out.items[0].sources == ("lis", "pop")
+    assert out.items[0].to_json()["sources"] == ["lis", "pop"]
     only_text = Recommender(word_catalog, _cfg({"lis": 1.0, "pop": 0.0}), id_models=[(model, ids)])
+    assert only_text.components == ["lis"]
+    assert all(i.sources == ("lis",) and "<pop>" not in i.queries  # weight 0: took no part
+               for i in only_text.recommend(["A2"], k=3).items)
     lis = Recommender(word_catalog)
     assert ([i.item_id for i in only_text.recommend(["A2"], k=3).items]
             == [i.item_id for i in lis.recommend(["A2"], k=3).items])
@@ -47,6 +53,7 @@ def test_new_item_is_served_through_text_and_removed_items_drop_out(word_catalog
     got = [i.item_id for i in out.items]
     assert "NEW" in got  # the model has never seen it: the LIS list carries it
     assert all(i.queries != ("<pop>",) for i in out.items if i.item_id == "NEW")
+    assert [i.sources for i in out.items if i.item_id == "NEW"] == [("lis",)]
     rec.remove_items(["A3"])
     assert "A3" not in [i.item_id for i in rec.recommend(["A2"], k=4).items]
 

@@ -161,3 +161,26 @@ def test_a_cut_off_journal_line_is_ignored_and_overwritten(word_catalog: LiveCat
     journal.write_bytes(b"\n".join([b"garbage", *lines[1:]]))
     with pytest.raises(DataError, match="journal"):
         _open(word_catalog.folder)
+
+
+def test_find_matches_title_words_as_typed_and_follows_writes(word_catalog: LiveCatalog) -> None:
+    def ids(q: str, limit: int = 10) -> list[str]:
+        return [r.item_id for r in word_catalog.find(q, limit)[0]]
+
+    # every word, any order, any part of a word, any case
+    assert ids("ARGAN dr") == ["A2", "A3"]  # same tier: the shorter title first
+    assert ids("hair argan cond") == ["A3"]
+    assert ids("oil") == ["A2", "B3", "A3"]  # all start a word: by length
+    # a title that starts with it, then one with a word that does (shorter first), then inside a word
+    word_catalog.add([ItemRecord("N0", "Himalayan salt scrub")])
+    assert ids("ma") == ["A4", "B2", "A5", "N0"]
+    assert ids("zzz") == [] and word_catalog.find("zzz", 5) == ([], 0)
+    # the exact id comes first; a blank query lists the catalog; limit caps, the count does not
+    assert ids("B1")[0] == "B1"
+    found, total = word_catalog.find("  ", 3)
+    assert len(found) == 3 and total == len(TITLES) + 1
+    # the table follows the live catalog
+    word_catalog.add([ItemRecord("N1", "Argan oil travel kit")])
+    assert ids("argan") == ["N1", "A2", "A3"]  # "Argan oil travel kit" is the shortest
+    word_catalog.remove(["A2"])
+    assert ids("argan") == ["N1", "A3"]

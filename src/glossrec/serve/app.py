@@ -1,7 +1,8 @@
 """The HTTP service: FastAPI over one :class:`Recommender` (the model is loaded once).
 
 Every error is JSON ``{"error": <one-line message>, "detail": <specifics or null>}``, never a
-stack trace. Oversized bodies are refused with 413 before they are parsed, and non-JSON bodies
+stack trace. The web page (``/``, files in ``static/``) is a client of these same endpoints and
+nothing more. Oversized bodies are refused with 413 before they are parsed, and non-JSON bodies
 with 415. Write endpoints require the API key when one is configured (401 when it is missing,
 403 when it is wrong). Recommendation requests go through a :class:`MicroBatcher`, so
 concurrent users share one generate call in LM mode.
@@ -18,9 +19,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, StrictBool, StrictInt, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +33,16 @@ from glossrec.serve.recommender import Recommendation, Recommender, Request as R
 from glossrec.serve.store import ItemRecord, UnknownItemsError
 
 API_KEY_ENV = "GLOSSREC_API_KEY"
+STATIC_DIR = Path(__file__).with_name("static")
+"""The web page: plain HTML, CSS and JavaScript shipped in the package (no build step, no CDN)."""
+PAGE_HEADERS = {
+    # The page loads only its own files and talks only to this service.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 log = logging.getLogger("glossrec.serve")
 
 Scope = MutableMapping[str, Any]
@@ -198,6 +210,9 @@ class RecommendedItemOut(BaseModel):
     title: str
     score: float
     queries: list[str] = Field(description="Query texts (generated titles, or the last item's text in LIS mode) that found this item.")
+    sources: list[str] = Field(default_factory=list, description=(
+        "The components whose lists hold this item: 'lis' (the last item's text), 'gloss' (the "
+        "model's generated texts), or, in a hybrid, an ID model's kind ('sasrec', 'itemknn', 'pop')."))
 
 
 class RecommendOut(BaseModel):
@@ -212,6 +227,45 @@ class ItemOut(BaseModel):
     title: str
     attributes: dict[str, Any]
     text: str = Field(description="The text that is indexed for retrieval.")
+
+
+class ItemHitOut(BaseModel):
+    item_id: str
+    title: str
+
+
+class ItemSearchOut(BaseModel):
+    query: str
+    items: list[ItemHitOut] = Field(description="Best first: the exact id, then titles starting with the query, then the others.")
+    matches: int = Field(description="How many items match in all (items holds at most `limit`).")
+    catalog_version: str
+
+
+class MetricOut(BaseModel):
+    name: str
+    mean: float
+    ci_low: Optional[float] = Field(description="Lower end of the 95% bootstrap interval over users (null without rankings.jsonl).")
+    ci_high: Optional[float]
+
+
+class SegmentOut(BaseModel):
+    name: str
+    users: int
+    metrics: dict[str, float]
+
+
+class ResultOut(BaseModel):
+    name: str
+    folder: str = Field(description="Where the result lives, relative to the run directory.")
+    users: int
+    metrics: list[MetricOut]
+    segments: list[SegmentOut]
+
+
+class ReportOut(BaseModel):
+    run: Optional[str] = Field(description="The run directory's name; null when the service does not serve one.")
+    results: list[ResultOut] = Field(description="Every scored result in the run; empty for a run never scored.")
+    report_png: bool = Field(description="Whether GET /report.png has the run's figure.")
 
 
 class WriteOut(BaseModel):
@@ -383,6 +437,9 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
         cat = recommender.catalog
         await run_in_threadpool(cat.refresh)
         return {"status": "ok", "mode": mode, "items": len(cat), "catalog_version": cat.version,
+                "components": recommender.components, "writes_need_key": api_key is not None,
+                "limits": {"max_k": s.max_k, "max_history": s.max_history,
+                           "max_title_chars": s.max_title_chars},
                 "retriever": getattr(cat.retriever, "kind", "?"), "ranking": recommender.ranking,
                 "batching": {"window_ms": s.window_s(mode) * 1000, "max_batch": max_batch,
                              **batcher.stats.to_json()},
@@ -404,6 +461,50 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
         res = await run_in_threadpool(recommender.add_items, recs)
         return {"added": res.added, "replaced": res.replaced, "catalog_version": res.version,
                 "items": len(recommender.catalog)}
+
+    @app.get("/items", response_model=ItemSearchOut, summary="Search the catalog by title (type-ahead)",
+             responses=_errors(422, 500))
+    async def search_items(
+        q: Annotated[str, Query(max_length=s.max_title_chars, description=(
+            "Words that must all appear in the title, in any order, each as any part of a "
+            "word, case-insensitive; an exact item id also matches. Empty: any item."))] = "",
+        limit: Annotated[int, Query(ge=1, le=100, description="Most items to return.")] = 10,
+    ) -> Any:
+        cat = recommender.catalog
+        await run_in_threadpool(cat.refresh)
+        found, total = await run_in_threadpool(cat.find, q, limit)
+        return {"query": q, "items": [{"item_id": r.item_id, "title": r.title} for r in found],
+                "matches": total, "catalog_version": cat.version}
+
+    @app.get("/report", response_model=ReportOut, summary="The run's scores with 95% bootstrap CIs",
+             responses=_errors(422, 500))
+    async def report() -> Any:
+        from glossrec.serve.report import read_report
+
+        if recommender.run_dir is None:
+            return {"run": None, "results": [], "report_png": False}
+        rep = await run_in_threadpool(read_report, recommender.run_dir)
+        return {"run": rep.run, "report_png": rep.has_png, "results": [
+            {"name": r.name, "folder": r.folder, "users": r.users,
+             "metrics": [{"name": m.name, "mean": m.mean, "ci_low": m.ci[0] if m.ci else None,
+                          "ci_high": m.ci[1] if m.ci else None} for m in r.metrics],
+             "segments": [{"name": g.name, "users": g.users, "metrics": g.metrics} for g in r.segments]}
+            for r in rep.results]}
+
+    @app.get("/report.png", include_in_schema=False)
+    async def report_png() -> FileResponse:
+        from glossrec.rundir import RunDir
+
+        png = RunDir(recommender.run_dir).report_png if recommender.run_dir is not None else None
+        if png is None or not png.is_file():
+            raise ApiError(404, "this run has no report.png (a full `glossrec run` writes one)")
+        return FileResponse(png, media_type="image/png")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.delete("/items/{item_id:path}", response_model=WriteOut, dependencies=[Depends(require_key)],
                 summary="Remove an item", responses=_errors(401, 403, 404, 422, 500))

@@ -92,10 +92,14 @@ class RecommendedItem:
     score: float
     queries: tuple[str, ...]
     """The query texts (generated titles, or the last item's text in LIS) that found it."""
+    sources: tuple[str, ...] = ()
+    """The components whose lists hold it, named as [hybrid] weights name them: "lis" (the
+    last item's text), "gloss" (the LM's texts), or an ID model's kind ("sasrec", "itemknn",
+    "pop")."""
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "item_id": self.item_id, "title": self.title,
-                "score": self.score, "queries": list(self.queries)}
+                "score": self.score, "queries": list(self.queries), "sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,8 @@ class _Resolved:
     k: int
     exclude: bool
     queries: list[str] = field(default_factory=list)
+    source: str = "lis"
+    """The component the queries come from: "lis", or "gloss" when the LM wrote them."""
 
 
 def _as_generate_fn(gen: Any) -> GenerateFn:
@@ -213,6 +219,8 @@ class Recommender:
         self.generate_calls = 0
         """How many times the model was called (batching makes it fewer than requests)."""
         self._tmpdir: Path | None = None
+        self.run_dir: Path | None = None
+        """The run directory served (from_run), where its report lives; None if not from one."""
         self._trie = self._trie_sync(generator)
         self._lm_lock = threading.Lock()
         """Grounded: a sync must not change the trie while a generate call walks it."""
@@ -269,7 +277,9 @@ class Recommender:
 
             # Grounded: an empty trie; the Recommender fills it from the live catalog.
             generator = make_generator(cfg, adapter, catalog=[])
-        return cls(catalog, cfg, generator, chosen, ranking, id_models=_hybrid_models(cfg))
+        rec = cls(catalog, cfg, generator, chosen, ranking, id_models=_hybrid_models(cfg))
+        rec.run_dir = run_dir
+        return rec
 
     @classmethod
     def from_config(cls, cfg: RunConfig, run_dir: str | Path, mode: Literal["auto", "lis", "lm"] = "auto",
@@ -309,6 +319,16 @@ class Recommender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def components(self) -> list[str]:
+        """What can put an item in a list (the names of RecommendedItem.sources): "lis" in LIS
+        mode, "gloss" in LM mode, and for a hybrid each component with a positive weight."""
+        if not self._id_models:
+            return ["gloss" if self.mode == "lm" else "lis"]
+        w = self.config.hybrid.weights or {}
+        names = ["lis"] + (["gloss"] if self.mode == "lm" else []) + [m.kind for m, _, _ in self._id_models]
+        return [n for n in names if w.get(n, 0) > 0]
 
     # ---- catalog ------------------------------------------------------------------------------
 
@@ -396,6 +416,7 @@ class Recommender:
             kept = [t.strip() for t in texts if t and t.strip()]
             # An all-empty generation would rank nothing; the last item's text is the best query left.
             r.queries = kept or [r.texts[-1]]
+            r.source = "gloss" if kept else "lis"
 
     def _run_generate(self, prompts: list[str], todo: list[_Resolved]) -> list[list[str]]:
         assert self._generate is not None
@@ -425,7 +446,7 @@ class Recommender:
                     found = tuple(r.queries[t] for t in res.found_by(u, p))
                     rec = cat.get(cat.id_at(p))
                     assert rec is not None
-                    ranked.append(RecommendedItem(rank, rec.item_id, rec.title, float(s), found))
+                    ranked.append(RecommendedItem(rank, rec.item_id, rec.title, float(s), found, (r.source,)))
                 out.append(Recommendation(ranked, list(r.queries), self.mode, cat.version))
         return out
 
@@ -465,18 +486,21 @@ class Recommender:
                 comps.append(Lists.one_per_user(model.kind, live))
                 labels.append([[f"<{model.kind}>"] for _ in todo])
             items, scores = fuse_lists(comps, weights, k, rrf_k)
+            # A component with weight 0 takes no part in the fusion: it found nothing.
+            used = [(c, labs) for c, labs in zip(comps, labels) if weights.get(c.name, 0) > 0]
             for u, r in enumerate(todo):
                 ranked_items = []
                 for rank, (p, sc) in enumerate(zip(items[u].tolist(), scores[u].tolist()), start=1):
                     if p < 0 or rank > r.k:
                         break
-                    found = tuple(dict.fromkeys(
-                        lab for c, labs in zip(comps, labels)
-                        for row in range(c.offsets[u], c.offsets[u + 1]) if p in c.rows[row]
-                        for lab in labs[row]))
+                    hits = [(c.name, labs[row]) for c, labs in used
+                            for row in range(c.offsets[u], c.offsets[u + 1]) if p in c.rows[row]]
+                    found = tuple(dict.fromkeys(lab for _, labs in hits for lab in labs))
+                    sources = tuple(dict.fromkeys(name for name, _ in hits))
                     rec = cat.get(cat.id_at(p))
                     assert rec is not None
-                    ranked_items.append(RecommendedItem(rank, rec.item_id, rec.title, float(sc), found))
+                    ranked_items.append(RecommendedItem(rank, rec.item_id, rec.title, float(sc),
+                                                        found, sources))
                 out.append(Recommendation(ranked_items, list(r.queries), self.mode, cat.version))
         return out
 

@@ -27,6 +27,7 @@ every write) the state is compacted into a new snapshot. Readers replay the jour
 from __future__ import annotations
 
 import fcntl
+import heapq
 import os
 import json
 import threading
@@ -152,6 +153,8 @@ class LiveCatalog:
         self._loader = loader
         self._lock = threading.RLock()
         self._pos: dict[str, int] | None = None
+        self._folded: tuple[str, list[tuple[str, ItemRecord]]] | None = None
+        """(version, casefolded title + record per item): the title search's table."""
         self._check_consistent(full=True)
 
     @property
@@ -387,6 +390,34 @@ class LiveCatalog:
     def items(self) -> list[ItemRecord]:
         with self._lock:
             return list(self._items.values())
+
+    def find(self, query: str, limit: int) -> tuple[list[ItemRecord], int]:
+        """Items whose title holds every word of `query` (case-insensitive, any order, any
+        part of a word: a type-ahead matches as the user types), best first, at most `limit`;
+        and how many items matched in all. A blank query matches every item.
+
+        Best first: an exact id, then titles that start with the query, then titles where it
+        starts a word, then the others; shorter titles first within each. A linear scan over
+        titles casefolded once per catalog version: a type-ahead wants substrings, which the
+        retrieval index (whole words, or embeddings) does not answer.
+        """
+        q = " ".join(query.casefold().split())
+        words = q.split(" ") if q else []
+        with self._lock:
+            if self._folded is None or self._folded[0] != self.version:
+                self._folded = (self.version, [(r.title.casefold(), r) for r in self._items.values()])
+            table = self._folded[1]
+            exact = self._items.get(query.strip())
+        hits = [(t, r) for t, r in table if all(w in t for w in words)]
+
+        def rank(hit: tuple[str, ItemRecord]) -> tuple[int, int, str]:
+            t, r = hit
+            tier = 0 if r is exact else 1 if t.startswith(q) else 2 if f" {q}" in t else 3
+            return tier, len(t), r.item_id
+
+        if exact is not None and all(r is not exact for _, r in hits):
+            hits.append((exact.title.casefold(), exact))
+        return [r for _, r in heapq.nsmallest(limit, hits, key=rank)], len(hits)
 
     # ---- writing ------------------------------------------------------------------------------
 
