@@ -93,7 +93,9 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bf16 on CUDA, float32 weights on CPU (bf16 autocast is a train/generate option)."""
     load_in_4bit: bool | None = None
-    """None: 4-bit NF4 (QLoRA, the paper) when CUDA and bitsandbytes are present."""
+    """None: 4-bit NF4 (QLoRA, the paper) when CUDA and bitsandbytes are present. true: 4-bit on
+    any device the installed bitsandbytes supports (on CPU a release with a CPU backend,
+    glossrec.models.BNB_CPU_FLOORS); false: full-precision weights."""
     backend: Literal["hf", "unsloth"] = "hf"
     weights: str | None = None
     """Trained weights a run uses when it has no adapter/ of its own: the name of a model this
@@ -166,7 +168,9 @@ class TrainConfig(_Section):
     (AVX512-BF16/AMX). Measured on this project's AVX2-only AMD EPYC, one SmolLM2 step on 4
     Beauty texts: fp32 57 s, bf16 autocast 463 s (emulated)."""
     optim: str | None = None
-    """None: paged 8-bit AdamW on CUDA (paper), torch AdamW on CPU."""
+    """None: the paper's paged 8-bit AdamW on CUDA and for 4-bit QLoRA on a CPU (unpaged there),
+    torch AdamW for full-precision CPU training. An 8-bit AdamW the installed bitsandbytes cannot
+    run on the device falls back to torch AdamW, with the reason logged."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping (the transformers Trainer default the reference code ran with)."""
     gradient_checkpointing: bool = False
