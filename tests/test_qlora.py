@@ -35,7 +35,7 @@ from .retrieve.conftest import FakeEncoder
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper" / "llama-1b-beauty.toml"
 KILL_HELPER = Path(__file__).with_name("kill_helper.py")
-LAYERS = 2
+LAYERS = 1
 PROJECTIONS = 7 * LAYERS
 
 pytestmark = pytest.mark.skipif(
@@ -107,9 +107,9 @@ def test_paper_qlora_recipe_trains_resumes_generates_and_scores_on_cpu(
                         lambda name, device=None: FakeEncoder())  # the paper's e5, download-free
     sets = {"model.name": str(llama_dir), "model.load_in_4bit": "true",
             "train.max_steps": 3, "train.save_steps": 1, "train.warmup_steps": 1,
-            "train.batch_size": 2, "train.grad_accum": 2, "train.max_examples": 12,
+            "train.batch_size": 2, "train.grad_accum": 1, "train.max_examples": 6,
             "train.max_valid_examples": 2, "generate.num_beams": 2, "generate.num_return": 2,
-            "generate.max_new_tokens": 8, "generate.constrain": "catalog", "evaluate.users": 3}
+            "generate.max_new_tokens": 8, "generate.constrain": "catalog", "evaluate.users": 2}
     args = ["run", str(PAPER), "--data", str(dataset), "--no-baselines"]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
@@ -135,10 +135,10 @@ def test_paper_qlora_recipe_trains_resumes_generates_and_scores_on_cpu(
     # Grounded: every text is a catalog item; then retrieval and evaluation.
     catalog = {f"Title: {json.loads(x)['title']}" for x in _catalog_lines(dataset)}
     generated = _rows(ref / "generations.jsonl")
-    assert len(generated) == 3
+    assert len(generated) == 2
     assert all(t in catalog for row in generated for t in row["texts"]), generated
     metrics = json.loads((ref / "metrics.json").read_text())
-    assert metrics["overall"]["users"] == 3
+    assert metrics["overall"]["users"] == 2
 
     # A kill after the checkpoint of step 2, in its own process, then `glossrec run` again.
     killed = tmp_path / "killed"
@@ -175,8 +175,8 @@ def test_paper_qlora_recipe_trains_resumes_generates_and_scores_on_cpu(
     assert not (free / "adapter").exists() and len(loads) == 1
     assert loads[0]["lora_over_4bit"] == PROJECTIONS and loads[0]["full_precision"] == 0
     texts = [t for row in _rows(free / "generations.jsonl") for t in row["texts"]]
-    assert len(texts) == 6 and all(t.strip() for t in texts)
-    assert json.loads((free / "metrics.json").read_text())["overall"]["users"] == 3
+    assert len(texts) == 4 and all(t.strip() for t in texts)
+    assert json.loads((free / "metrics.json").read_text())["overall"]["users"] == 2
 
 
 def _uint8_tensors(obj: Any) -> int:
