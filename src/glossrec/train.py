@@ -407,7 +407,8 @@ def _process_group(device: str) -> tuple[_Group, str]:
     else:  # the cores are shared: each process takes its part
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // size))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+        # On GPUs: NCCL for the gradients, gloo for the CPU scalars (_Group.sum) NCCL cannot take.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo",
                                 timeout=datetime.timedelta(minutes=10))
     return _Group(dist.get_rank(), dist.get_world_size()), device
 
