@@ -38,10 +38,9 @@ KILL_HELPER = Path(__file__).with_name("kill_helper.py")
 LAYERS = 1
 PROJECTIONS = 7 * LAYERS
 
-pytestmark = pytest.mark.skipif(
-    bitsandbytes_missing("4bit", "cpu") is not None or bitsandbytes_missing("adamw_8bit", "cpu") is not None,
-    reason=f"{bitsandbytes_missing('4bit', 'cpu') or bitsandbytes_missing('adamw_8bit', 'cpu')} "
-           "(the test extra installs it)")
+_MISSING = bitsandbytes_missing("4bit", "cpu") or bitsandbytes_missing("adamw_8bit", "cpu")
+pytestmark = pytest.mark.skipif(_MISSING is not None,
+                                reason=f"{_MISSING} (the test extra installs it)")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """LoRA fine-tuning: the whole training loop in one readable file (plain torch + peft).
 
 The paper's recipe, every number from ``TrainConfig``: AdamW (8-bit paged on CUDA, 8-bit for
-4-bit QLoRA on a CPU whose bitsandbytes has a CPU backend, torch AdamW otherwise) at lr 1e-4, linear schedule with 300 warm-up steps, weight decay 0.01, micro-batch 4 x
-gradient accumulation 4, 10 epochs, seed 3407, validation loss every epoch (or every
+4-bit QLoRA on a CPU whose bitsandbytes has a CPU backend, torch AdamW otherwise) at lr 1e-4,
+linear schedule with 300 warm-up steps, weight decay 0.01, micro-batch 4 x gradient
+accumulation 4, 10 epochs, seed 3407, validation loss every epoch (or every
 ``eval_steps``), the best adapter kept, early stopping after 3 evaluations without improvement.
 
 Loss: causal-LM cross-entropy over the whole training text ("full", the paper) or only over the
