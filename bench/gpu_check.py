@@ -48,6 +48,8 @@ PAPER = ROOT / "configs" / "paper" / "llama-1b-beauty.toml"
 LAYERS = 2
 USERS = 4
 TIMEOUT_S = 900
+"""Seconds one glossrec command may run (--timeout; a GPU needs seconds, a busy CPU minutes)."""
+_timeout = {"s": TIMEOUT_S}
 DDP_TOLERANCE = 1e-2
 
 # The paper's recipe with the sizes cut to seconds: a few optimizer steps, a few users.
@@ -105,7 +107,7 @@ def glossrec(*args: str, sets: dict[str, Any] | None = None, processes: int = 1)
         cmd += ["--processes", str(processes)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+                          timeout=_timeout["s"])
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         raise RuntimeError(f"{' '.join(cmd[2:5])} exited {proc.returncode}: " + " | ".join(tail))
@@ -274,16 +276,17 @@ def one_check(name: str, model: Path, data: Path, work: Path, rehearse: bool) ->
     return {"status": status, "detail": detail, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def run_isolated(name: str, model: Path, data: Path, work: Path, rehearse: bool) -> dict[str, Any]:
+def run_isolated(name: str, model: Path, data: Path, work: Path, rehearse: bool,
+                 timeout: int = TIMEOUT_S) -> dict[str, Any]:
     """One check in its own process, so a CUDA crash or a hang fails that row alone."""
     cmd = [sys.executable, __file__, "--one", name, "--model", str(model), "--data", str(data),
-           "--work", str(work)] + (["--rehearse-on-cpu"] if rehearse else [])
+           "--work", str(work), "--timeout", str(timeout)]
+    cmd += ["--rehearse-on-cpu"] if rehearse else []
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              timeout=3 * TIMEOUT_S)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3 * timeout)
     except subprocess.TimeoutExpired:
-        return {"status": "fail", "detail": f"timed out after {3 * TIMEOUT_S} s",
+        return {"status": "fail", "detail": f"timed out after {3 * timeout} s",
                 "seconds": round(time.perf_counter() - t0, 1)}
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -301,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rehearse-on-cpu", action="store_true",
                    help="run the qlora and ddp checks on CPU (bitsandbytes CPU backend, gloo)")
     p.add_argument("--checks", nargs="+", choices=list(CHECKS), default=list(CHECKS))
+    p.add_argument("--timeout", type=int, default=TIMEOUT_S,
+                   help="seconds one glossrec command may run before its check fails")
     p.add_argument("--one", choices=list(CHECKS), help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -310,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if rehearse:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the checks and their commands see no GPU
     if args.one:
+        _timeout["s"] = args.timeout
         print(json.dumps(one_check(args.one, args.model, args.data, args.work, rehearse)))
         return 0
 
@@ -329,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 inputs = build_inputs(Path(tmp))
             work = Path(tmp) / name
             work.mkdir()
-            rows.append({**row, **run_isolated(name, *inputs, work, rehearse)})
+            rows.append({**row, **run_isolated(name, *inputs, work, rehearse, args.timeout)})
             print(f"{name}: {rows[-1]['status']} ({rows[-1]['detail']})", flush=True)
     default = "gpu_check_cpu_rehearsal.json" if rehearse else "gpu_check.json"
     path = write_results(args.json or RESULTS / default,
