@@ -13,7 +13,12 @@ and the user/system CPU seconds of the timed steps:
   returned to the OS after each (whole-text loss);
 - ``target``: the same with target-only loss (the head runs on ~10% of positions);
 - ``target-h5``: and prompts of the newest 5 history items (``prompt.max_history_items``);
-- ``target-h5-bf16``: and bf16 autocast (only where the CPU has native bf16).
+- ``target-h5-bf16``: and bf16 autocast (only where the CPU has native bf16);
+- ``target-h5-4bit``: ``target-h5`` with the paper's QLoRA weights and optimizer: the base
+  model loaded as 4-bit NF4 layers (``model.load_in_4bit = true``, bitsandbytes' CPU backend,
+  float32 compute), which also turns on gradient checkpointing as the paper's setup does, and
+  8-bit AdamW. Compare it with ``target-h5`` (fp32 weights, torch AdamW) in one run:
+  ``--arms target-h5 target-h5-4bit``.
 
 The FLOP bound of an arm is the matmul FLOPs its steps needed, at the fp32 (or bf16) rate of
 F.linear at one of the model's own shapes on this machine (the best of several timings): forward
@@ -22,9 +27,11 @@ weights; LoRA's own weight gradients are negligible), the LM head (2 x 576 x 49,
 position, forward + backward) at the positions that compute it, and attention: 4 x context x
 width per token per layer forward, twice that backward (the mean padded length as the context,
 halved for the causal mask). Element-wise work (norms, activations, softmax, the optimizer) is
-not counted, so no loop can reach 100%.
+not counted, so no loop can reach 100%. Nor are the 4-bit arm's extra costs: dequantizing its
+weights at every matmul and the forward pass gradient checkpointing recomputes.
 
 Run alone on an idle machine:  .venv/bin/python bench/train_speed.py [--steps 4] [--arms ...]
+(the 4-bit arm against fp32 LoRA: --arms target-h5 target-h5-4bit)
 Writes bench/results/train_speed.json and prints a table.
 """
 
@@ -52,10 +59,11 @@ ARMS: dict[str, dict[str, Any]] = {
     "target": {"loss": "target"},
     "target-h5": {"loss": "target", "max_history_items": 5},
     "target-h5-bf16": {"loss": "target", "max_history_items": 5, "bf16": True},
+    "target-h5-4bit": {"loss": "target", "max_history_items": 5, "load_in_4bit": True},
 }
 
 
-def worker(arm: str, data: Path, steps: int, seed: int, out: Path) -> None:
+def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: int = 4) -> None:
     """One arm: train `steps` optimizer steps, time each, write a JSON summary to `out`."""
     import torch
 
@@ -72,15 +80,26 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path) -> None:
         tr.loss_sum = lambda m, b, d, **kw: full_logits(m, b, d, False, False)  # type: ignore[assignment]
         tr._release_freed_memory = lambda: None  # type: ignore[assignment]
     cfg = load_config(None, {
-        "data.path": str(data), "model.name": "embedded:smollm2",
+        "data.path": str(data),
+        "model": {"name": "embedded:smollm2", "load_in_4bit": spec.pop("load_in_4bit", False)},
         "prompt": {"max_history_items": spec.pop("max_history_items", None)},
         "train": {"max_steps": steps, "warmup_steps": 1, "save_steps": 10_000,
-                  "bf16": spec.pop("bf16", False), **spec}})
+                  "grad_accum": grad_accum, "bf16": spec.pop("bf16", False), **spec}})
     ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-    examples = sample_users(make_splits(ds, cfg.split).train, 16 * steps, seed)
+    examples = sample_users(make_splits(ds, cfg.split).train,
+                            cfg.train.batch_size * grad_accum * steps, seed)
     builder = PromptBuilder.from_config(load_tokenizer(cfg.model), cfg.prompt, ds.catalog.item_format)
     pairs = make_pairs(examples, ds.catalog, builder, "train")
 
+    optimizers: list[str] = []
+    make_optimizer = tr._optimizer
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        opt = make_optimizer(*args, **kwargs)
+        optimizers.append(type(opt).__name__)
+        return opt
+
+    tr._optimizer = recorded  # type: ignore[assignment]
     marks: list[tuple[float, Any]] = []
 
     def on_step(state: Any) -> None:
@@ -104,8 +123,19 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path) -> None:
                               else h["tokens"] for h in timed),
         "peak_rss_mb": round(peak_rss_mb(), 1), "losses": [h["loss"] for h in hist],
         "threads": torch.get_num_threads(), "setup_s": marks[0][0] - t0 if marks else None,
+        "optimizer": optimizers[0] if optimizers else None, "grad_accum": grad_accum,
+        "linear4bit_layers": _linear4bit_layers(result.model),
     }
     out.write_text(json.dumps(summary))
+
+
+def _linear4bit_layers(model: Any) -> int:
+    """bitsandbytes 4-bit layers in the trained model (0 for a full-precision arm)."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        import bitsandbytes as bnb
+
+        return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    return 0
 
 
 def flop_bound(r: dict[str, Any], rate: float) -> float:
@@ -122,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per arm (first untimed)")
+    p.add_argument("--grad-accum", type=int, default=4,
+                   help="micro-batches of 4 texts per step (4: the paper's 16 texts; 1 for a smoke run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--json", type=Path, default=RESULTS / "train_speed.json")
@@ -129,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.data, args.steps, args.seed, args.out)
+        worker(args.worker, args.data, args.steps, args.seed, args.out, args.grad_accum)
         return 0
     if not (args.data / "sequences.jsonl.gz").exists() and not (args.data / "sequences.jsonl").exists():
         print(f"{args.data}: no dataset here (see ../shared/data/amazon2014/README)", file=sys.stderr)
@@ -146,31 +178,41 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"{arm}.json"
             subprocess.run([sys.executable, __file__, "--worker", arm, "--out", str(out),
                             "--data", str(args.data), "--steps", str(args.steps),
-                            "--seed", str(args.seed)], check=True, cwd=ROOT,
+                            "--seed", str(args.seed), "--grad-accum", str(args.grad_accum)],
+                           check=True, cwd=ROOT,
                            env={**os.environ, "TQDM_DISABLE": "1"})
             r = json.loads(out.read_text())
             r["examples_per_s"] = r["examples"] / r["seconds"]
             r["bound_examples_per_s"] = flop_bound(r, rates["bf16" if ARMS[arm].get("bf16") else "fp32"])
             r["fraction_of_bound"] = r["examples_per_s"] / r["bound_examples_per_s"]
             results[arm] = r
-            print(f"{arm}: {r['examples_per_s']:.3f} examples/s, peak {r['peak_rss_mb']:.0f} MB",
-                  flush=True)
+            print(f"{arm}: {r['examples_per_s']:.3f} examples/s, peak {r['peak_rss_mb']:.0f} MB, "
+                  f"{r['optimizer']}, {r['linear4bit_layers']} Linear4bit layers", flush=True)
     base = results.get("old", {}).get("examples_per_s")
     for r in results.values():
         r["speedup_vs_old"] = r["examples_per_s"] / base if base else None
-    write_results(args.json, {"matmul_flops": rates, "steps": args.steps, "arms": results}, before)
+    fp32, four = results.get("target-h5"), results.get("target-h5-4bit")
+    if fp32 and four:
+        four["vs_fp32_lora"] = {"examples_per_s": four["examples_per_s"] / fp32["examples_per_s"],
+                                "peak_rss": four["peak_rss_mb"] / fp32["peak_rss_mb"]}
+    write_results(args.json, {"matmul_flops": rates, "steps": args.steps,
+                              "grad_accum": args.grad_accum, "arms": results}, before)
     print(f"\nmatmul rate: fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 {rates['bf16'] / 1e9:.1f} "
           f"GFLOP/s; load average {before['load_avg_1m']} before, "
           f"{os.getloadavg()[0]:.2f} after; {before['cpu']}, {threads} cores")
-    print("| arm | examples/s | speed-up | s/step | tokens/example | sys s / user s | peak RSS MB | FLOP bound ex/s | of bound |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| arm | examples/s | speed-up | s/step | tokens/example | sys s / user s | peak RSS MB | FLOP bound ex/s | of bound | optimizer |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for arm, r in results.items():
         per = r["seconds"] / max(r["timed_steps"], 1)
         sp = f"{r['speedup_vs_old']:.2f}x" if r["speedup_vs_old"] else "-"
         print(f"| {arm} | {r['examples_per_s']:.3f} | {sp} | {per:.1f} | "
               f"{r['padded_tokens'] / r['examples']:.0f} | {r['sys_s']:.0f} / {r['user_s']:.0f} | "
               f"{r['peak_rss_mb']:.0f} | {r['bound_examples_per_s']:.2f} | "
-              f"{r['fraction_of_bound']:.0%} |")
+              f"{r['fraction_of_bound']:.0%} | {r['optimizer']} |")
+    if fp32 and four:
+        ratio = four["vs_fp32_lora"]
+        print(f"\n4-bit QLoRA against fp32 LoRA: {ratio['examples_per_s']:.2f}x the examples/s, "
+              f"{ratio['peak_rss']:.2f}x the peak RSS")
     return 0
 
 

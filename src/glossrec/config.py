@@ -103,7 +103,10 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight dtype; auto: bf16 on CUDA, float32 on CPU (bf16 autocast is a train/generate key)."""
     load_in_4bit: bool | None = None
-    """4-bit NF4 weights (QLoRA, the paper); none: on when CUDA and bitsandbytes are present."""
+    """4-bit NF4 weights (QLoRA, the paper); none: on when CUDA and bitsandbytes are present.
+
+    true: 4-bit on any device the installed bitsandbytes supports (on CPU a release with a CPU
+    backend, glossrec.models.BNB_CPU_FLOORS); false: full-precision weights."""
     backend: Literal["hf", "unsloth"] = "hf"
     """How the model is loaded for training: transformers + peft, or Unsloth (GPU)."""
     weights: str | None = None
@@ -197,7 +200,11 @@ class TrainConfig(_Section):
     On a CPU without native bf16 it is emulated and several times slower than fp32
     (docs/results.md, "Training speed")."""
     optim: str | None = None
-    """The optimizer; none: paged 8-bit AdamW on CUDA (the paper), torch AdamW on CPU."""
+    """The optimizer; none: 8-bit AdamW for 4-bit QLoRA (the paper), else torch AdamW on CPU.
+
+    none: paged 8-bit AdamW on CUDA, unpaged 8-bit AdamW for 4-bit QLoRA on a CPU, torch AdamW
+    for full-precision CPU training. An 8-bit AdamW the installed bitsandbytes cannot run on the
+    device falls back to torch AdamW, with the reason logged."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping norm (the transformers Trainer default the reference code ran with)."""
     gradient_checkpointing: bool = False

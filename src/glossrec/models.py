@@ -11,8 +11,9 @@
 - a local model folder (``config.json`` + weights);
 - anything else is a Hugging Face hub name (for users with hub access).
 
-Backends: plain transformers (float32 weights on CPU, bf16 on CUDA, 4-bit NF4 QLoRA when CUDA and
-bitsandbytes are present), or Unsloth's FastLanguageModel when installed. Optional heavy
+Backends: plain transformers (float32 weights on CPU, bf16 on CUDA, 4-bit NF4 QLoRA by default
+when CUDA and bitsandbytes are present, and on request on a CPU whose bitsandbytes has a CPU
+backend), or Unsloth's FastLanguageModel when installed. Optional heavy
 dependencies (bitsandbytes, unsloth) are imported only inside their branch.
 """
 
@@ -40,6 +41,7 @@ from glossrec.rundir import CONFIG_FILE
 __all__ = [
     "EmbeddedModel", "EMBEDDED_MODELS", "cache_root", "resolve_model_path", "load_tokenizer",
     "load_model", "apply_lora", "lora_param_count", "count_parameters", "use_4bit",
+    "BNB_CPU_FLOORS", "bitsandbytes_version", "bitsandbytes_missing",
     "resolve_device", "SHIPPED", "resolve_weights", "is_full_model", "shipped_config",
 ]
 
@@ -286,18 +288,62 @@ def resolve_model_path(cfg: ModelConfig) -> Path | str:
     return name  # a hub name
 
 
-def use_4bit(cfg: ModelConfig) -> bool:
-    """QLoRA 4-bit loading: ModelConfig.load_in_4bit, or (None) when CUDA and bitsandbytes
-    are both present."""
-    import torch
+BNB_CPU_FLOORS = MappingProxyType({"4bit": "0.46.1", "adamw_8bit": "0.50.0"})
+"""The first bitsandbytes releases whose CPU backend runs each feature: NF4 Linear4bit layers
+(loading, LoRA training through them, beam generation) and the 8-bit AdamW update. Checked
+release by release: transformers refuses 4-bit with bitsandbytes older than 0.46.1, and up to
+0.49.x the 8-bit optimizer update has CUDA kernels only."""
 
-    has_cuda = torch.cuda.is_available()
+_BNB_FEATURES = MappingProxyType({"4bit": "4-bit NF4 layers", "adamw_8bit": "8-bit AdamW"})
+
+
+def bitsandbytes_version() -> str | None:
+    """The installed bitsandbytes version (None when it is not installed), read without
+    importing it."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitsandbytes")
+    except PackageNotFoundError:
+        return None
+
+
+def bitsandbytes_missing(feature: str, device: str) -> str | None:
+    """Why bitsandbytes cannot run `feature` ("4bit" or "adamw_8bit") on `device`, or None when
+    it can: CUDA has both in every release; other devices need a release with a CPU backend
+    (BNB_CPU_FLOORS)."""
+    from packaging.version import Version
+
+    what = _BNB_FEATURES[feature]
+    installed = bitsandbytes_version()
+    floor = BNB_CPU_FLOORS[feature]
+    if installed is None:
+        return f"{what} need bitsandbytes (pip install 'bitsandbytes>={floor}')"
+    if device.startswith("cuda"):
+        return None
+    if Version(installed) < Version(floor):
+        return (f"{what} on {device} need bitsandbytes >= {floor} (its CPU backend); "
+                f"bitsandbytes {installed} is installed (pip install -U 'bitsandbytes>={floor}')")
+    return None
+
+
+def use_4bit(cfg: ModelConfig, device: str | None = None) -> bool:
+    """QLoRA 4-bit loading on `device` (default: CUDA when present, else CPU).
+
+    ModelConfig.load_in_4bit = None chooses 4-bit only on CUDA with bitsandbytes installed (on a
+    CPU, 4-bit weights save memory but dequantizing them at every matmul costs time); true asks
+    for it on any device that the installed bitsandbytes supports, a ConfigError naming the
+    release needed otherwise.
+    """
+    device = resolve_device(device)
     if cfg.load_in_4bit is None:
-        return has_cuda and importlib.util.find_spec("bitsandbytes") is not None
-    if cfg.load_in_4bit and not has_cuda:
-        raise ConfigError("model.load_in_4bit = true needs a CUDA GPU (bitsandbytes NF4)")
-    if cfg.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("model.load_in_4bit = true needs bitsandbytes (pip install bitsandbytes)")
+        return device.startswith("cuda") and bitsandbytes_version() is not None
+    if cfg.load_in_4bit:
+        missing = bitsandbytes_missing("4bit", device)
+        if missing is not None:
+            raise ConfigError(f"model.load_in_4bit = true: {missing}")
     return cfg.load_in_4bit
 
 
@@ -383,17 +429,17 @@ def _load_hf(cfg: ModelConfig, device: str, trainable: bool) -> tuple[Any, Any]:
     source = resolve_model_path(cfg)
     tok = load_tokenizer(cfg)
     kwargs: dict[str, Any] = {"dtype": _dtype(cfg, device)}
-    four_bit = use_4bit(cfg) and device.startswith("cuda")
+    four_bit = use_4bit(cfg, device)
     if four_bit:
-        import torch
         from transformers import BitsAndBytesConfig
 
-        # QLoRA as in the paper (Unsloth's bnb-4bit models): NF4, double quant, bf16 compute.
+        # QLoRA as in the paper (Unsloth's bnb-4bit models): NF4, double quant; computing in
+        # model.dtype (auto: bf16 on CUDA, float32 on CPU, where bf16 is often emulated).
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": device if ":" in device else 0}
+            bnb_4bit_compute_dtype=kwargs["dtype"])
+        on_cuda = device.startswith("cuda")
+        kwargs["device_map"] = {"": (device if ":" in device else 0) if on_cuda else device}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
@@ -402,7 +448,9 @@ def _load_hf(cfg: ModelConfig, device: str, trainable: bool) -> tuple[Any, Any]:
         if trainable:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=True,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.to(device)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

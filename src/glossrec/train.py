@@ -1,8 +1,9 @@
 """LoRA fine-tuning: the whole training loop in one readable file (plain torch + peft).
 
-The paper's recipe, every number from ``TrainConfig``: AdamW (8-bit paged on CUDA, torch AdamW
-on CPU) at lr 1e-4, linear schedule with 300 warm-up steps, weight decay 0.01, micro-batch 4 x
-gradient accumulation 4, 10 epochs, seed 3407, validation loss every epoch (or every
+The paper's recipe, every number from ``TrainConfig``: AdamW (8-bit paged on CUDA, 8-bit for
+4-bit QLoRA on a CPU whose bitsandbytes has a CPU backend, torch AdamW otherwise) at lr 1e-4,
+linear schedule with 300 warm-up steps, weight decay 0.01, micro-batch 4 x gradient
+accumulation 4, 10 epochs, seed 3407, validation loss every epoch (or every
 ``eval_steps``), the best adapter kept, early stopping after 3 evaluations without improvement.
 
 Loss: causal-LM cross-entropy over the whole training text ("full", the paper) or only over the
@@ -407,7 +408,8 @@ def _process_group(device: str) -> tuple[_Group, str]:
     else:  # the cores are shared: each process takes its part
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // size))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+        # On GPUs: NCCL for the gradients, gloo for the CPU scalars (_Group.sum) NCCL cannot take.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo",
                                 timeout=datetime.timedelta(minutes=10))
     return _Group(dist.get_rank(), dist.get_world_size()), device
 
@@ -415,19 +417,27 @@ def _process_group(device: str) -> tuple[_Group, str]:
 # --- optimizer, schedule, precision ---------------------------------------------------------
 
 
-def _optimizer(params: list[Any], t: TrainConfig, device: str) -> Any:
-    import importlib.util
-
+def _optimizer(params: list[Any], t: TrainConfig, device: str, four_bit: bool = False) -> Any:
+    """train.optim; None: the paper's paged 8-bit AdamW on CUDA and for 4-bit QLoRA anywhere,
+    torch AdamW otherwise. An 8-bit AdamW that bitsandbytes cannot run on this device falls back
+    to torch AdamW with the reason logged; paging (CUDA unified memory) is CUDA-only."""
     import torch
 
+    from glossrec.models import bitsandbytes_missing
+
     on_cuda = device.startswith("cuda")
-    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-    name = t.optim or ("paged_adamw_8bit" if on_cuda and has_bnb else "adamw_torch")
+    name = t.optim or ("paged_adamw_8bit" if on_cuda or four_bit else "adamw_torch")
+    if name != "adamw_torch":
+        missing = bitsandbytes_missing("adamw_8bit", device)
+        if missing is not None:
+            log.warning("train.optim %s: %s; training with torch AdamW instead", name, missing)
+            name = "adamw_torch"
+        elif name == "paged_adamw_8bit" and not on_cuda:
+            log.info("train.optim paged_adamw_8bit: paging needs CUDA; 8-bit AdamW without it")
+            name = "adamw_8bit"
+    log.info("optimizer: %s", name)
     if name == "adamw_torch":
         return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    if not (on_cuda and has_bnb):
-        raise ConfigError(f"train.optim = {name!r} needs CUDA and bitsandbytes; "
-                          "use \"adamw_torch\" on CPU")
     import bitsandbytes as bnb  # type: ignore[import-not-found]
 
     cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
@@ -813,7 +823,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     lengths = [len(e.input_ids) for e in train_data]
     total = _total_steps(t, len(train_data))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, t, device)
+    optimizer = _optimizer(params, t, device, getattr(model, "is_loaded_in_4bit", False))
     state = TrainState(fingerprint=stage_inputs(cfg, "train", n_train=len(train_data),
                                                 n_valid=len(valid_data)))
     run = _Run(cfg, run_dir, model, tok, optimizer,
