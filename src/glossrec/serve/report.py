@@ -21,7 +21,7 @@ from typing import Any, get_args
 import numpy as np
 
 from glossrec.config import RetrieveConfig
-from glossrec.errors import DataError
+from glossrec.errors import DataError, GlossrecError
 from glossrec.io import read_json
 from glossrec.rundir import RunDir
 
@@ -79,7 +79,7 @@ def _own_name(rd: RunDir) -> str:
     if rd.generations("test").is_file() and rd.is_run():
         try:
             return f"GLoSS-{rd.read_config().retrieve.retriever}"
-        except Exception:  # an unreadable config still leaves the scores to show
+        except GlossrecError:  # an unreadable config still leaves the scores to show
             pass
     return rd.path.resolve().name
 
