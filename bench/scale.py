@@ -93,7 +93,7 @@ def index_part(n: int, index_type: str, out: Any) -> None:
 
 def catalog_part(n: int, adds: int, out: Any) -> None:
     """In a child process: a live catalog of n items, then single-item adds."""
-    from glossrec.serve.store import ItemRecord, LiveCatalog
+    from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
     emb = synthetic(n)
     r = retriever(emb, "flat")

@@ -392,7 +392,7 @@ def persist_index(run_dir: Path, index: Retriever, ds: Dataset) -> None:
     """Save the run's retriever as its live catalog (RUN_DIR/index), so that `glossrec serve
     --run` starts at once instead of encoding the catalog again. An existing live catalog is
     left alone: it may hold items added or removed while serving."""
-    from glossrec.serve.store import LiveCatalog, is_live_catalog
+    from glossrec.retrieve.live import LiveCatalog, is_live_catalog
 
     folder = RunDir(run_dir).index
     if is_live_catalog(folder):

@@ -10,7 +10,7 @@ import pytest
 from glossrec.config import GenerateConfig, ModelConfig, RunConfig
 from glossrec.errors import ConfigError
 from glossrec.serve import Recommender
-from glossrec.serve.store import ItemRecord, LiveCatalog
+from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
 from .conftest import TITLES, FakeGenerator, WordRetriever
 

@@ -131,7 +131,7 @@ def items_add(
 ) -> None:
     """Add (or replace) items; a running service sees them at its next request."""
     from glossrec.errors import DataError
-    from glossrec.serve.store import ItemRecord, read_items_file
+    from glossrec.retrieve.live import ItemRecord, read_items_file
 
     records: list[ItemRecord] = read_items_file(file) if file is not None else []
     if item_id is not None or title is not None:
@@ -161,7 +161,7 @@ def items_remove(run: RunOpt, item_ids: Annotated[list[str], typer.Argument(help
 def items_show(run: RunOpt, item_id: Annotated[str, typer.Argument(help="Item id.")],
                json_out: JsonOpt = False) -> None:
     """Show one item and the text that is indexed for it."""
-    from glossrec.serve.store import UnknownItemsError
+    from glossrec.retrieve.live import UnknownItemsError
 
     cat = _catalog(run)
     rec = cat.get(item_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from glossrec.serve.recommender import (
     HistoryEntry, Recommendation, RecommendedItem, Recommender, Request, make_index_run,
 )
-from glossrec.serve.store import ItemRecord, LiveCatalog, UnknownItemsError, WriteResult
+from glossrec.retrieve.live import ItemRecord, LiveCatalog, UnknownItemsError, WriteResult
 
 __all__ = [
     "HistoryEntry", "ItemRecord", "LiveCatalog", "Recommendation", "RecommendedItem",

@@ -30,7 +30,7 @@ from glossrec.rundir import RunDir
 from glossrec.rundir import (  # noqa: F401
     ADAPTER_DIR as ADAPTER_DIR, CONFIG_FILE as CONFIG_FILE, INDEX_DIR as INDEX_DIR,
 )
-from glossrec.serve.store import (
+from glossrec.retrieve.live import (
     ItemRecord, LiveCatalog, RetrieverLoader, UnknownItemsError, WriteResult, is_live_catalog,
 )
 
