@@ -97,7 +97,7 @@ class ModelConfig(_Section):
     backend: Literal["hf", "unsloth"] = "hf"
     weights: str | None = None
     """Trained weights a run uses when it has no adapter/ of its own: the name of a model this
-    project ships (glossrec.models.SHIPPED, e.g. "smollm2-beauty") or a weights folder."""
+    project ships (glossrec.weights.SHIPPED, e.g. "smollm2-beauty") or a weights folder."""
     cache_dir: Path | None = None
     """Where the converted embedded model is cached; default ~/.cache/glossrec."""
 
@@ -135,7 +135,7 @@ class TrainConfig(_Section):
     most on a CPU); the run's adapter/ folder then holds a whole model."""
     init_adapter: str | None = None
     """Start from these trained weights instead of a fresh adapter: a LoRA adapter folder (same
-    [lora] shape) or the name of a shipped model (see glossrec.models.SHIPPED). Lets a long
+    [lora] shape) or the name of a shipped model (see glossrec.weights.SHIPPED). Lets a long
     training continue over several runs."""
     start_examples: int = Field(0, ge=0)
     """Begin the first epoch this many examples into its shuffled order (rounded down to whole

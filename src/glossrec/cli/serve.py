@@ -38,9 +38,8 @@ def _choice(value: str | None, allowed: tuple[str, ...], option: str) -> Any:
 
 def _catalog(run: Path) -> Any:
     from glossrec.rundir import RunDir
-    from glossrec.serve.recommender import MAKE_RUN, open_or_build_catalog
 
-    return open_or_build_catalog(run, RunDir(run).read_config(hint=MAKE_RUN))
+    return RunDir(run).open_catalog()
 
 
 def _cut(text: str, width: int) -> str:
@@ -73,8 +72,7 @@ def index(
     set_: SetOpt = None,
 ) -> None:
     """Make a servable run from a dataset alone (LIS mode, or LM mode with --model)."""
-    from glossrec.rundir import RunDir
-    from glossrec.serve.recommender import make_index_run
+    from glossrec.rundir import RunDir, make_index_run
 
     _choice(retriever, ("bm25", "dense"), "--retriever")
     run = make_index_run(data, retriever, out, config, encoder, model,  # type: ignore[arg-type]
