@@ -182,7 +182,7 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
     fixes them; the config's users of evaluate.split are then ranked once and scored.
     """
     from glossrec.generate import read_generations
-    from glossrec.hybrid import Lists, fuse_lists, lis_lists, load_id_model, model_lists, text_lists, tune
+    from glossrec.hybrid import IdComponent, Lists, build_lists, fuse_lists, load_id_model, tune
 
     prep = prepare(cfg, ds)
     ds, splits, examples = prep.dataset, prep.splits, prep.examples
@@ -199,22 +199,21 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
     retriever = build_index(cfg, ds) if hc.lis or gens else None
     cat = ds.catalog
 
-    def lists(examples: Sequence[Example], split: str) -> list[Lists]:
-        excl = _exclusions(examples, cfg.retrieve.exclude_history)
-        out_: list[Lists] = []
-        if hc.lis:
-            out_.append(lis_lists(retriever, [cat.text(e.history[-1]) for e in examples], hc.depth, excl))
+    def lists(examples: Sequence[Example], split: str,
+              weights: dict[str, float] | None = None) -> list[Lists]:
+        texts = None
         if split in gens:
             missing = [e.user_id for e in examples if e.user_id not in gens[split]]
             if missing:
                 raise DataError(f"no generated texts for {len(missing)} {split} users "
                                 f"(e.g. {missing[:3]})", generations[split])  # type: ignore[index]
-            out_.append(text_lists(retriever, [gens[split][e.user_id] for e in examples], hc.depth, excl))
-        out_ += [model_lists(m, [e.history for e in examples], hc.depth, excl) for m in ids]
-        return out_
+            texts = [gens[split][e.user_id] for e in examples]
+        excl = _exclusions(examples, cfg.retrieve.exclude_history)
+        histories = [e.history for e in examples]
+        return build_lists(hc, hc.depth, retriever=retriever, texts=texts, exclude=excl,
+                           last_texts=[cat.text(e.history[-1]) for e in examples],
+                           models=[IdComponent(m, histories, excl) for m in ids], weights=weights)
 
-    if not (hc.lis or ids or gens):
-        raise ConfigError("a hybrid needs at least one component (lis, generations, a model)")
     extra: dict[str, Any] = {"method": "hybrid"}
     if hc.weights is not None:
         weights, rrf_k = hc.weights, hc.rrf_k or cfg.retrieve.rrf_k
@@ -230,10 +229,9 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
                           "seconds": round(time.perf_counter() - t0, 1), "tried": tuned.tried}
         log(f"hybrid: weights {weights}, rrf_k {rrf_k} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
     t0 = time.perf_counter()
-    ranked, scores = fuse_lists(lists(examples, cfg.evaluate.split), weights,
-                                max(cfg.evaluate.cutoffs), rrf_k)
-    extra.update({"weights": weights, "rrf_k": rrf_k,
-                  "components": ["lis"] * hc.lis + ["gloss"] * bool(gens) + [m.kind for m in ids],
+    final = lists(examples, cfg.evaluate.split, weights)
+    ranked, scores = fuse_lists(final, weights, max(cfg.evaluate.cutoffs), rrf_k)
+    extra.update({"weights": weights, "rrf_k": rrf_k, "components": [c.name for c in final],
                   "timing_s": {"rank": round(time.perf_counter() - t0, 2)}})
     return _finish(cfg.updated(hybrid={"weights": weights, "rrf_k": rrf_k}),
                    Prepared(ds, examples), ranked, scores, out, extra)

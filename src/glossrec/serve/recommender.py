@@ -415,35 +415,31 @@ class Recommender:
         weighted rrf as offline (glossrec.hybrid). A model's items are mapped to the live
         catalog by id: an item removed since training drops out, an item added since is
         reachable through the text lists only."""
-        from glossrec.baselines import rank_histories
-        from glossrec.hybrid import Lists, fuse_lists, lis_lists, text_lists
+        from glossrec.hybrid import IdComponent, build_lists, fuse_lists
 
         hc = self.config.hybrid
         weights = dict(hc.weights or {})
         rrf_k = hc.rrf_k or self.config.retrieve.rrf_k
         k = max(r.k for r in todo)
-        depth = max(hc.depth, k)
         cat = self.catalog
         out: list[Recommendation] = []
         with cat.locked():
             exclude = [cat.positions(r.ids) if r.exclude else None for r in todo]
-            comps: list[Lists] = []
-            labels: list[list[list[str]]] = []  # per component, per row: what the row is
-            if weights.get("lis", 0) > 0:
-                comps.append(lis_lists(cat.retriever, [r.texts[-1] for r in todo], depth, exclude))
-                labels.append([[r.texts[-1]] for r in todo])
-            if self.mode == "lm" and weights.get("gloss", 0) > 0:
-                comps.append(text_lists(cat.retriever, [r.queries for r in todo], depth, exclude))
-                labels.append([[q] for r in todo for q in r.queries])
+            models = []
             for model, ids, mpos in self._id_models:
                 hist = [[mpos[i] for i in r.ids if i in mpos] for r in todo]
                 mex = [np.asarray(h, dtype=np.int64) if r.exclude else np.zeros(0, np.int64)
                        for h, r in zip(hist, todo)]
-                ranked, _ = rank_histories(model, hist, depth, mex)
-                live = np.where(ranked >= 0, cat.position_each([ids[p] if p >= 0 else "" for p in ranked.ravel()])
-                                .reshape(ranked.shape), -1)
-                comps.append(Lists.one_per_user(model.kind, live))
-                labels.append([[f"<{model.kind}>"] for _ in todo])
+                models.append(IdComponent(model, hist, mex, lambda p, ids=ids: cat.position_each(
+                    [ids[i] if i >= 0 else "" for i in p])))
+            comps = build_lists(hc, max(hc.depth, k), retriever=cat.retriever,
+                                last_texts=[r.texts[-1] for r in todo], exclude=exclude,
+                                texts=[r.queries for r in todo] if self.mode == "lm" else None,
+                                models=models, weights=weights)
+            # Per component, per row: the query texts (or <model>) that the row's items were found by.
+            labels = [[[r.texts[-1]] for r in todo] if c.name == "lis"
+                      else [[q] for r in todo for q in r.queries] if c.name == "gloss"
+                      else [[f"<{c.name}>"] for _ in todo] for c in comps]
             items, scores = fuse_lists(comps, weights, k, rrf_k)
             for u, r in enumerate(todo):
                 ranked_items = []
