@@ -123,7 +123,7 @@ def shipped_config_for(name: str, data: Path, overrides: dict) -> Any:
     """The shipped model's own config.toml (its recipe and serving decoding) on `data`, with
     model.weights = name: `glossrec run` then generates with it and trains nothing."""
     from glossrec.errors import ConfigError
-    from glossrec.models import shipped_config
+    from glossrec.rundir import shipped_config
 
     path = shipped_config(name)
     if path is None:
@@ -210,7 +210,7 @@ def main() -> None:
         "last5_mean_loss": round(sum(h["loss"] for h in hist[-5:]) / len(hist[-5:]), 4) if hist else None,
         "valid_loss": valid}
     if args.model:  # no training in this run: the shipped model's own record
-        from glossrec.models import resolve_weights
+        from glossrec.weights import resolve_weights
 
         info = read_json(resolve_weights(args.model) / "glossrec_train.json")
         train_summary = {"shipped": args.model, "steps": info["steps"],

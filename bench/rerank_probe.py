@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from glossrec.config import load_config
-    from glossrec.generate.base import make_generator
+    from glossrec.generate import make_generator
     from glossrec.pipeline import build_index, load_data, prepare, run_lis
     from glossrec.prompts import test_prompts
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             ids, mask = gen.pad_left(gen.encode([prompts[ex[u].user_id] for u in part]))
             slots = [(u, j) for u in part for j in range(n) if cands[u, j] >= 0]
             pairs = [(u - s, list(gen.trie.tokens(int(cands[u, j])))) for u, j in slots]
-            scored = gen.item_logprobs(ids, mask, pairs, gen._prefill(ids, mask))
+            scored = gen.item_logprobs(ids, mask, pairs, gen.prefill(ids, mask))
             priors = gen.prior_logprobs([ds.catalog.text(int(cands[u, j])) for u, j in slots])
             for (u, j), (value, count), pr in zip(slots, scored, priors):
                 lp[u, j], ntok[u, j], prior[u, j] = value, count, pr

@@ -118,7 +118,7 @@ def index_part(n: int, index_type: str, out: Any) -> None:
 
 def catalog_part(n: int, adds: int, out: Any) -> None:
     """In a child process: a live catalog of n items, then single-item adds."""
-    from glossrec.serve.store import ItemRecord, LiveCatalog
+    from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
     emb = synthetic(n)
     r = retriever(emb, "flat")
@@ -170,7 +170,7 @@ def bm25_part(n: int, adds: int, out: Any) -> None:
     service makes them): add latency, the first search after an add, steady search, removal,
     compaction, peak RSS."""
     from glossrec.retrieve.bm25 import BM25Retriever
-    from glossrec.serve.store import ItemRecord, LiveCatalog
+    from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
     titles = synthetic_titles(n)
     queries = [[t] for t in synthetic_titles(adds, seed=1)]

@@ -69,7 +69,7 @@ def test_retriever_files(tmp_path: Path, kind: str, name: str, monkeypatch: pyte
 
 @pytest.mark.parametrize("name", ["adapter_model.safetensors", "adapter_config.json"])
 def test_shipped_model_files(tmp_path: Path, name: str) -> None:
-    from glossrec.models import resolve_weights
+    from glossrec.weights import resolve_weights
 
     folder = tmp_path / "shipped"
     shutil.copytree(SHIPPED, folder)
@@ -125,7 +125,8 @@ def test_training_checkpoint_files(tiny_adapter: Path, tmp_path: Path, name: str
     import torch
 
     from glossrec.io import read_json
-    from glossrec.models import check_model_files, torch_load
+    from glossrec.models import torch_load
+    from glossrec.weights import check_model_files
 
     ckpt = tmp_path / "step-0000010"
     shutil.copytree(tiny_adapter, ckpt)

@@ -186,7 +186,7 @@ def test_run_end_to_end_leaves_a_servable_index_and_skips_done_stages(
         tmp_path: Path, tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import glossrec.train
     from glossrec.pipeline import run
-    from glossrec.serve.store import ItemRecord, LiveCatalog
+    from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
     cfg = _cfg(**{"model.name": str(tiny_lm_dir), "model.load_in_4bit": False,
                   "train.max_steps": 1, "train.max_examples": 8, "train.max_valid_examples": 2,

@@ -65,21 +65,32 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
         RunDir(tmp_path).read_config(hint="make one with `glossrec index ...`")
 
 
-def test_trained_adapter(tmp_path: Path) -> None:
+def test_trained_weights(tmp_path: Path) -> None:
     rd = RunDir(tmp_path)
     rd.adapter.mkdir()
-    assert rd.trained_adapter() is None  # an adapter/ folder alone is not a finished training
+    assert rd.trained_weights() is None  # an adapter/ folder alone is not a finished training
     (rd.adapter / "adapter_config.json").write_text("{}")
-    assert rd.trained_adapter() == tmp_path / "adapter"
+    assert rd.trained_weights() == tmp_path / "adapter"
+
+
+def test_full_weights_are_trained_weights_too(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path)
+    rd.adapter.mkdir()
+    (rd.adapter / "config.json").write_text("{}")
+    assert rd.trained_weights() is None  # a config without weights is not a model
+    (rd.adapter / "model.safetensors").write_bytes(b"")
+    assert rd.trained_weights() == tmp_path / "adapter"
 
 
 def test_rundir_sits_below_the_stages() -> None:
-    """rundir imports only config, io and errors, so every stage may import it."""
+    """At import, rundir needs only config, io, errors and weights, so every stage may import
+    it (its live-catalog helpers import the catalog when they are called)."""
     tree = ast.parse((ROOT / "src" / "glossrec" / "rundir.py").read_text())
-    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert {m for m in mods if m.startswith("glossrec")} <= {
-        "glossrec.config", "glossrec.io", "glossrec.errors"}
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    mods = {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+    mods |= {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in mods if m.startswith("glossrec")} == {
+        "glossrec.config", "glossrec.io", "glossrec.errors", "glossrec.weights"}
 
 
 def test_the_layout_names_have_one_owner() -> None:

@@ -436,3 +436,27 @@ def test_the_paper_optimizer_where_bitsandbytes_runs_it(monkeypatch: pytest.Monk
     assert type(opt) is torch.optim.AdamW
     assert "train.optim adamw_8bit: 8-bit AdamW on cpu need bitsandbytes >= 0.50.0; training " \
            "with torch AdamW instead" in caplog.text
+
+
+def test_full_weights_init_and_model_weights_is_not_a_starting_point(
+        tiny_lm_dir: Path, tok, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = helper.pairs(tok, 12)
+    full = dict(method="full", warmup_steps=0, learning_rate=1e-3)
+    first = train(helper.config(tiny_lm_dir, max_steps=2, **full), tmp_path / "a",
+                  data[:8], data[8:])
+    # train.init_adapter naming full weights: training starts from them (the first validation
+    # before any step of a negligible learning rate equals the first run's best loss).
+    cont = helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir),
+                         **{**full, "learning_rate": 1e-12})
+    second = train(cont, tmp_path / "b", data[:8], data[8:])
+    valid = [r["valid_loss"] for r in second.history if "valid_loss" in r]
+    assert valid[0] == pytest.approx(first.best_valid_loss, rel=1e-4)
+    # model.weights is what a run uses instead of training, never where training starts.
+    fresh = helper.config(tiny_lm_dir, max_steps=1, **{**full, "learning_rate": 1e-12})
+    fresh = fresh.model_copy(update={"model": fresh.model.model_copy(
+        update={"weights": str(first.adapter_dir)})})
+    with caplog.at_level("WARNING", logger="glossrec.train"):
+        third = train(fresh, tmp_path / "c", data[:8], data[8:])
+    assert "is not where training starts" in caplog.text
+    valid = [r["valid_loss"] for r in third.history if "valid_loss" in r]
+    assert valid[0] != pytest.approx(first.best_valid_loss, rel=1e-4)

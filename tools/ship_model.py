@@ -360,7 +360,7 @@ def earlier(info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
     its examples must be those this run started from, or the lineage would be wrong."""
     if not info.get("init_adapter"):
         return [], []
-    from glossrec.models import resolve_weights
+    from glossrec.weights import resolve_weights
 
     folder = resolve_weights(info["init_adapter"])
     path = folder / "train_log.jsonl"

@@ -112,7 +112,7 @@ class ModelConfig(_Section):
     weights: str | None = None
     """Trained weights for a run that has none of its own: a shipped model's name or a folder.
 
-    Shipped names are listed in glossrec.models.SHIPPED, e.g. "smollm2-beauty"."""
+    Shipped names are listed in glossrec.weights.SHIPPED, e.g. "smollm2-beauty"."""
     cache_dir: Path | None = None
     """Where the converted embedded model is cached; none: $GLOSSREC_CACHE or ~/.cache/glossrec."""
 
@@ -165,7 +165,7 @@ class TrainConfig(_Section):
     init_adapter: str | None = None
     """Start from these trained weights instead of a fresh adapter: a folder or a shipped name.
 
-    A LoRA adapter folder of the same [lora] shape, or a shipped model (glossrec.models.SHIPPED).
+    A LoRA adapter folder of the same [lora] shape, or a shipped model (glossrec.weights.SHIPPED).
     Lets a long training continue over several runs."""
     start_examples: int = Field(0, ge=0)
     """Begin the first epoch this many examples into its shuffled order.

@@ -16,7 +16,7 @@ them does not throw work away.
 `glossrec run` keeps a manifest of finished stages keyed by :func:`manifest_key`: the whole
 config sections a stage read, so a finished run is never silently reused under other settings.
 
-This module sits below the stages (it imports only ``config``): training, generation and the
+This module sits below the stages (it imports only ``config`` and ``weights``): training, generation and the
 pipeline's manifest all call it.
 """
 
@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from glossrec.config import PAPER_TEMPLATE, RunConfig
+from glossrec.weights import ADAPTER_FILES
 
 Stage = Literal["train", "generate"]
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-"""The files of trained weights whose bytes a generation fingerprint covers."""
 
 
 def files_sha256(folder: Path, names: tuple[str, ...] = ADAPTER_FILES) -> str:

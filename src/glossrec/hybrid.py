@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 
 from glossrec.baselines import IdModel, rank_histories
 from glossrec.config import HybridConfig
+from glossrec.errors import ConfigError
 from glossrec.evaluate import ndcg_at, target_ranks
 from glossrec.retrieve.base import Retriever
 from glossrec.retrieve.ranking import LIS, fuse_users, rank_texts
@@ -69,6 +70,61 @@ def model_lists(model: IdModel, histories: Sequence[Sequence[int]], depth: int,
                 exclude: Sequence[np.ndarray] | None) -> Lists:
     items, _ = rank_histories(model, histories, depth, exclude)
     return Lists.one_per_user(model.kind, items)
+
+
+@dataclass
+class IdComponent:
+    """An ID-based model's part of a hybrid, for a batch of users."""
+
+    model: IdModel
+    histories: Sequence[Sequence[int]]
+    """Per user, the history in the model's item positions."""
+    exclude: Sequence[np.ndarray] | None = None
+    """Per user, the model positions never ranked (None: nothing excluded)."""
+    to_catalog: Callable[[np.ndarray], np.ndarray] | None = None
+    """Model positions -> positions of the searched catalog (-1: not there), when the two
+    differ (a live catalog that changed since training); None: the same positions."""
+
+
+def build_lists(cfg: HybridConfig, depth: int, *, retriever: Retriever | None = None,
+                last_texts: Sequence[str] = (), texts: Sequence[Sequence[str]] | None = None,
+                exclude: Sequence[np.ndarray | None] | None = None,
+                models: Sequence[IdComponent] = (),
+                weights: dict[str, float] | None = None) -> list[Lists]:
+    """The hybrid's components for a batch of users (lis, gloss, then each ID model): the one
+    place that assembles them, for evaluation (glossrec.pipeline.run_hybrid) and serving (the
+    Recommender) alike.
+
+    One inclusion rule: LIS when ``hybrid.lis`` (the users' `last_texts` searched), the LM's
+    generated `texts` when given, and every ID model; with `weights` fixed, a component whose
+    weight is 0 (or absent) is not built, as fusion would ignore it. `exclude`: per user, the
+    catalog positions never ranked.
+    """
+    def kept(name: str) -> bool:
+        return weights is None or weights.get(name, 0.0) > 0
+
+    out: list[Lists] = []
+    if cfg.lis and kept("lis"):
+        out.append(lis_lists(_need(retriever), last_texts, depth, exclude))  # type: ignore[arg-type]
+    if texts is not None and kept("gloss"):
+        out.append(text_lists(_need(retriever), texts, depth, exclude))  # type: ignore[arg-type]
+    for m in models:
+        if not kept(m.model.kind):
+            continue
+        lists = model_lists(m.model, m.histories, depth, m.exclude)
+        if m.to_catalog is not None:
+            lists = Lists.one_per_user(lists.name, np.where(
+                lists.rows >= 0, m.to_catalog(lists.rows.ravel()).reshape(lists.rows.shape), -1))
+        out.append(lists)
+    if not out:
+        raise ConfigError("a hybrid needs at least one component (lis, generations, a model)")
+    return out
+
+
+def _need(retriever: Retriever | None) -> Retriever:
+    if retriever is None:
+        raise ValueError("the text components of a hybrid need a retriever")
+    return retriever
 
 
 def fuse_lists(components: Sequence[Lists], weights: dict[str, float], k: int,

@@ -36,13 +36,13 @@ from typing import Any
 
 from glossrec.config import EMBEDDED_LLM, LoraConfig, ModelConfig
 from glossrec.errors import ConfigError, DataError
-from glossrec.rundir import CONFIG_FILE
+from glossrec.weights import base_and_adapter, check_model_files, first_line
 
 __all__ = [
     "EmbeddedModel", "EMBEDDED_MODELS", "cache_root", "resolve_model_path", "load_tokenizer",
     "load_model", "apply_lora", "lora_param_count", "count_parameters", "use_4bit",
     "BNB_CPU_FLOORS", "bitsandbytes_version", "bitsandbytes_missing",
-    "resolve_device", "SHIPPED", "resolve_weights", "is_full_model", "shipped_config",
+    "resolve_device", "torch_load",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,56 +65,6 @@ EMBEDDED_MODELS = MappingProxyType({
 })
 
 
-SHIPPED = MappingProxyType({
-    "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
-})
-"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME)."""
-
-
-def resolve_weights(spec: str | Path) -> Path:
-    """A trained-weights folder: a shipped model's name, or a path to a LoRA adapter folder
-    (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
-    if isinstance(spec, str) and spec in SHIPPED:
-        folder = Path(__file__).parent / "shipped" / spec
-        if not (folder / "adapter_config.json").is_file() and not is_full_model(folder):
-            raise ConfigError(f"shipped model {spec!r}: {folder} is missing from this install")
-        return folder
-    folder = Path(spec).expanduser()
-    if not folder.is_dir():
-        known = ", ".join(sorted(SHIPPED))
-        raise ConfigError(f"{folder}: no such weights folder (or shipped model; known: {known})")
-    if not (folder / "adapter_config.json").is_file() and not is_full_model(folder):
-        raise ConfigError(f"{folder}: neither a LoRA adapter (adapter_config.json) nor a model "
-                          "folder (config.json + model.safetensors)")
-    check_model_files(folder)
-    return folder
-
-
-def check_model_files(folder: Path) -> None:
-    """Every JSON and safetensors file of a model, adapter or tokenizer folder reads: one cut
-    short or corrupt is a DataError naming it, before a library fails on it with a traceback.
-    Cheap: safetensors files are checked by their header and size, not read."""
-    from safetensors import safe_open
-
-    from glossrec.io import read_json
-
-    for path in sorted(Path(folder).glob("*.json")):
-        read_json(path)
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="np") as f:
-                f.keys()
-        except Exception as e:  # safetensors raises its own SafetensorError (or OSError)
-            raise DataError(f"not a readable safetensors file, cut short or corrupt "
-                            f"({first_line(e)})", path) from None
-
-
-def first_line(e: BaseException) -> str:
-    """A library exception's message, first line only (for a one-line error)."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def torch_load(path: Path, **kwargs: Any) -> Any:
     """torch.load, with a missing, cut-short or corrupt file a DataError naming it."""
     import torch
@@ -126,20 +76,6 @@ def torch_load(path: Path, **kwargs: Any) -> Any:
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise DataError(f"not a readable torch file, cut short or corrupt ({first_line(e)})",
                         path) from None
-
-
-def shipped_config(name: str) -> Path | None:
-    """The config a shipped model was trained and is served with (None for a plain folder)."""
-    if name not in SHIPPED:
-        return None
-    path = resolve_weights(name) / CONFIG_FILE
-    return path if path.is_file() else None
-
-
-def is_full_model(folder: Path) -> bool:
-    """A fully fine-tuned model folder (train.method = "full"), as opposed to a LoRA adapter."""
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() \
-        and not (folder / "adapter_config.json").is_file()
 
 
 def cache_root(cfg: ModelConfig) -> Path:
@@ -390,16 +326,14 @@ def load_model(cfg: ModelConfig, adapter_dir: Path | None = None, trainable: boo
                max_seq_length: int = 1024) -> tuple[Any, Any]:
     """(model, tokenizer) for training (`trainable`) or inference (eval mode, no grads).
 
-    With `adapter_dir` the LoRA adapter is attached (a fully fine-tuned model folder is loaded
-    instead of the base) (trainable when `trainable`); `merge` folds
-    it into the weights for faster inference (not with 4-bit weights). A trainable model without
-    an adapter comes back without LoRA: call :func:`apply_lora`.
+    With `adapter_dir` trained weights are used (glossrec.weights.base_and_adapter): a LoRA
+    adapter is attached (trainable when `trainable`), a fully fine-tuned model folder is loaded
+    instead of the base. `merge` folds an adapter into the weights for faster inference (not
+    with 4-bit weights). A trainable model without an adapter comes back without LoRA: call
+    :func:`apply_lora`.
     """
     device = resolve_device(device)
-    if adapter_dir is not None and is_full_model(Path(adapter_dir)):
-        # Full fine-tuning saved a whole model: load it in place of the base model.
-        cfg = cfg.model_copy(update={"name": str(adapter_dir)})
-        adapter_dir = None
+    cfg, adapter_dir = base_and_adapter(cfg, Path(adapter_dir) if adapter_dir is not None else None)
     if cfg.backend == "unsloth":
         model, tok = _load_unsloth(cfg, device, max_seq_length)
     else:
@@ -407,10 +341,7 @@ def load_model(cfg: ModelConfig, adapter_dir: Path | None = None, trainable: boo
     if adapter_dir is not None:
         from peft import PeftModel
 
-        adapter_dir = Path(adapter_dir)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise ConfigError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
-        check_model_files(adapter_dir)
+        check_model_files(Path(adapter_dir))
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
         if merge and not trainable and not getattr(model, "is_loaded_in_4bit", False):
             model = model.merge_and_unload()

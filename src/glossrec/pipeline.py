@@ -1,76 +1,33 @@
 """Wiring of the stages into runs: LIS, retrieval of given texts, and the full GLoSS pipeline.
 
+A run's dataset, splits and evaluated users come from :func:`prepare` (glossrec.splits'
+function, the one that every command, training and the service go through).
+
 This module and the CLI are the only places that connect stages; each stage module imports
 only from the stages to its left.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glossrec.config import Ranking, RunConfig
-from glossrec.data import Dataset, load_dataset
+from glossrec.data import Dataset, load_data  # noqa: F401 (the pipeline's load_data is data's)
 from glossrec.errors import ConfigError, DataError, import_optional
 from glossrec.evaluate import Evaluation, evaluate, write_run
 from glossrec.fingerprint import manifest_key
+from glossrec.progress import say as log
 from glossrec.retrieve.base import Retriever
 from glossrec.retrieve.ranking import LIS, rank_texts
 from glossrec.rundir import RunDir
-from glossrec.splits import Example, Splits, make_splits, sample_users
-
-
-def log(msg: str) -> None:
-    """A progress line on stderr; silenced only when the "glossrec" logger is set above WARNING
-    (the CLI's -q), so a library user sees it as before."""
-    if logging.getLogger("glossrec").getEffectiveLevel() > logging.WARNING:
-        return
-    print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass
-class Prepared:
-    dataset: Dataset
-    examples: list[Example]
-    """The evaluated users of the chosen split (sampled when generate.max_users or
-    evaluate.users is set: :func:`users_to_sample`)."""
-    splits: Splits | None = None
-    """The dataset's splits, made once and handed to every stage of a run."""
-
-
-def load_data(cfg: RunConfig) -> Dataset:
-    if cfg.data.path is None:
-        raise ConfigError("no dataset: give --data DIR or set [data] path in the config")
-    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-    for line in ds.report.lines():
-        log(f"{ds.name}: {line}")
-    return ds
-
-
-def users_to_sample(cfg: RunConfig, users: int | None = None) -> int | None:
-    """How many users of the split a run generates for and scores (None: all of them):
-    `users` (the CLI's --users), else generate.max_users, else evaluate.users.
-
-    One rule for `glossrec run` and `glossrec generate`, so both draw the same reproducible
-    sample (evaluate.user_seed) and a run directory's generations file fits either.
-    """
-    return users or cfg.generate.max_users or cfg.evaluate.users
-
-
-def prepare(cfg: RunConfig, ds: Dataset | None = None, splits: Splits | None = None) -> Prepared:
-    """The dataset (loaded unless given), its splits (made unless given) and the evaluated users."""
-    ds = ds or load_data(cfg)
-    splits = splits or make_splits(ds, cfg.split)
-    examples = sample_users(splits.get(cfg.evaluate.split), users_to_sample(cfg),
-                            cfg.evaluate.user_seed)
-    return Prepared(ds, examples, splits)
+from glossrec.splits import (  # noqa: F401 (the pipeline's prepare is glossrec.splits')
+    Example, Prepared, Splits, prepare, users_to_sample,
+)
 
 
 def build_index(cfg: RunConfig, ds: Dataset) -> Retriever:
@@ -150,8 +107,9 @@ def run_retrieve(cfg: RunConfig, queries: dict[str, list[str]], out: Path | None
 
     Exactly the users in `queries` are evaluated; a user not in the split is named and skipped.
     """
-    ds = ds or load_data(cfg)
-    splits = splits or make_splits(ds, cfg.split)
+    prep = prepare(cfg, ds, splits)
+    ds, splits = prep.dataset, prep.splits
+    assert splits is not None
     by_user = {e.user_id: e for e in splits.get(cfg.evaluate.split)}
     unknown = [u for u in queries if u not in by_user]
     if unknown and len(unknown) == len(queries):
@@ -224,7 +182,7 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
     fixes them; the config's users of evaluate.split are then ranked once and scored.
     """
     from glossrec.generate import read_generations
-    from glossrec.hybrid import Lists, fuse_lists, lis_lists, load_id_model, model_lists, text_lists, tune
+    from glossrec.hybrid import IdComponent, Lists, build_lists, fuse_lists, load_id_model, tune
 
     prep = prepare(cfg, ds)
     ds, splits, examples = prep.dataset, prep.splits, prep.examples
@@ -241,22 +199,21 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
     retriever = build_index(cfg, ds) if hc.lis or gens else None
     cat = ds.catalog
 
-    def lists(examples: Sequence[Example], split: str) -> list[Lists]:
-        excl = _exclusions(examples, cfg.retrieve.exclude_history)
-        out_: list[Lists] = []
-        if hc.lis:
-            out_.append(lis_lists(retriever, [cat.text(e.history[-1]) for e in examples], hc.depth, excl))
+    def lists(examples: Sequence[Example], split: str,
+              weights: dict[str, float] | None = None) -> list[Lists]:
+        texts = None
         if split in gens:
             missing = [e.user_id for e in examples if e.user_id not in gens[split]]
             if missing:
                 raise DataError(f"no generated texts for {len(missing)} {split} users "
                                 f"(e.g. {missing[:3]})", generations[split])  # type: ignore[index]
-            out_.append(text_lists(retriever, [gens[split][e.user_id] for e in examples], hc.depth, excl))
-        out_ += [model_lists(m, [e.history for e in examples], hc.depth, excl) for m in ids]
-        return out_
+            texts = [gens[split][e.user_id] for e in examples]
+        excl = _exclusions(examples, cfg.retrieve.exclude_history)
+        histories = [e.history for e in examples]
+        return build_lists(hc, hc.depth, retriever=retriever, texts=texts, exclude=excl,
+                           last_texts=[cat.text(e.history[-1]) for e in examples],
+                           models=[IdComponent(m, histories, excl) for m in ids], weights=weights)
 
-    if not (hc.lis or ids or gens):
-        raise ConfigError("a hybrid needs at least one component (lis, generations, a model)")
     extra: dict[str, Any] = {"method": "hybrid"}
     if hc.weights is not None:
         weights, rrf_k = hc.weights, hc.rrf_k or cfg.retrieve.rrf_k
@@ -272,10 +229,9 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
                           "seconds": round(time.perf_counter() - t0, 1), "tried": tuned.tried}
         log(f"hybrid: weights {weights}, rrf_k {rrf_k} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
     t0 = time.perf_counter()
-    ranked, scores = fuse_lists(lists(examples, cfg.evaluate.split), weights,
-                                max(cfg.evaluate.cutoffs), rrf_k)
-    extra.update({"weights": weights, "rrf_k": rrf_k,
-                  "components": ["lis"] * hc.lis + ["gloss"] * bool(gens) + [m.kind for m in ids],
+    final = lists(examples, cfg.evaluate.split, weights)
+    ranked, scores = fuse_lists(final, weights, max(cfg.evaluate.cutoffs), rrf_k)
+    extra.update({"weights": weights, "rrf_k": rrf_k, "components": [c.name for c in final],
                   "timing_s": {"rank": round(time.perf_counter() - t0, 2)}})
     return _finish(cfg.updated(hybrid={"weights": weights, "rrf_k": rrf_k}),
                    Prepared(ds, examples), ranked, scores, out, extra)
@@ -318,7 +274,8 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     """data -> train -> generate -> retrieve -> evaluate into one run directory.
 
     With model.weights set (a shipped model's name or a weights folder) there is no training:
-    the run generates with those weights. Stages whose outputs exist for the same config are skipped; a killed training or generation
+    the run generates with those weights, unless it has trained weights of its own, which come
+    first (glossrec.weights, the one precedence rule). Stages whose outputs exist for the same config are skipped; a killed training or generation
     resumes where it stopped. LIS (BM25 and dense) is scored on the same users beside GLoSS.
     ``score=False`` stops after generation (a caller that scores its own variants).
     """
@@ -336,20 +293,21 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     log(f"run {run_dir}: {ds.name}, {len(prep.examples)} {cfg.evaluate.split} users evaluated")
 
     key = manifest_key(cfg, "train")
-    weights = rd.adapter
-    if cfg.model.weights is not None:
-        from glossrec.models import resolve_weights
-
-        weights = resolve_weights(cfg.model.weights)
-        log(f"train: skipped, the run uses the trained weights {cfg.model.weights} ({weights})")
-    elif manifest.done("train", key) and rd.adapter.is_dir():
+    if cfg.model.weights is None and manifest.done("train", key) and rd.adapter.is_dir():
         log("train: done already, skipped")
-    else:
+    elif cfg.model.weights is None:
         from glossrec.train import train_from_config
 
         t0 = time.perf_counter()
         res = train_from_config(cfg, run_dir, ds=ds, splits=splits)
         manifest.mark("train", key, time.perf_counter() - t0, result=_jsonable(res))
+    weights = rd.weights(cfg)  # the one precedence rule: the run's own, then model.weights
+    if weights is None:
+        raise ConfigError(f"{rd.adapter}: holds no trained weights (training did not finish?); "
+                          "use --force to train again")
+    if cfg.model.weights is not None:
+        whose = "its own" if weights == rd.adapter else f"model.weights {cfg.model.weights}"
+        log(f"train: skipped, the run uses the trained weights of {whose} ({weights})")
 
     # generate_examples resumes a partial file and refuses one made with other settings.
     from glossrec.generate import generate_examples
@@ -392,14 +350,14 @@ def persist_index(run_dir: Path, index: Retriever, ds: Dataset) -> None:
     """Save the run's retriever as its live catalog (RUN_DIR/index), so that `glossrec serve
     --run` starts at once instead of encoding the catalog again. An existing live catalog is
     left alone: it may hold items added or removed while serving."""
-    from glossrec.serve.store import LiveCatalog, is_live_catalog
+    from glossrec.retrieve.live import LiveCatalog
 
-    folder = RunDir(run_dir).index
-    if is_live_catalog(folder):
-        log(f"index: {folder} exists (the served catalog), left as is")
+    rd = RunDir(run_dir)
+    if rd.has_catalog():
+        log(f"index: {rd.index} exists (the served catalog), left as is")
         return
     try:
-        LiveCatalog.from_catalog(folder, ds.catalog, index, indexed=True)
+        LiveCatalog.from_catalog(rd.index, ds.catalog, index, indexed=True)
     except DataError as e:  # e.g. an item the service would refuse; the scores stand anyway
         log(f"warning: run not made servable ({e}); `glossrec index` can build its catalog")
 

@@ -7,8 +7,10 @@ split), ``index/`` (the live catalog a service reads), ``baseline/`` (an ID-base
 ``report.md``, ``report.png``, and for a full run the baselines in ``lis-<retriever>/`` and
 ``gloss-<retriever>/`` (each a run directory of its own).
 
-This module sits below the stages: it imports only ``config``, ``io`` and ``errors``, so every
-stage, the pipeline, the CLI and the service may use it.
+This module sits below the stages: at import it needs only ``config``, ``io``, ``errors`` and
+``weights``, so every stage, the pipeline, the CLI and the service may use it. Its live-catalog
+helpers (:meth:`RunDir.open_catalog`, :func:`make_index_run`) import the catalog, the dataset
+loader and the retriever factory when called.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from glossrec.config import RunConfig, config_to_toml, load_config
 from glossrec.errors import ConfigError
 from glossrec.io import atomic_write
+from glossrec.weights import SHIPPED, kind, resolve_weights, run_weights
+
+if TYPE_CHECKING:
+    from glossrec.retrieve.live import LiveCatalog, RetrieverLoader
 
 __all__ = [
     "RunDir", "CONFIG_FILE", "MANIFEST_FILE", "CHECKPOINTS_DIR", "ADAPTER_DIR", "TRAIN_LOG_FILE",
     "GENERATIONS", "INDEX_DIR", "BASELINE_DIR", "METRICS_FILE", "RANKINGS_FILE", "REPORT_MD", "REPORT_PNG",
+    "MAKE_RUN", "make_index_run", "shipped_config",
 ]
 
 CONFIG_FILE = "config.toml"
@@ -42,6 +49,8 @@ METRICS_FILE = "metrics.json"
 RANKINGS_FILE = "rankings.jsonl"
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
+MAKE_RUN = "make one with `glossrec index --data DIR --out RUN_DIR`"
+"""How a servable run directory is made (the hint of a 'not a run directory' error)."""
 
 
 class _Inside:
@@ -111,9 +120,15 @@ class RunDir:
         """A run directory is a folder with a config.toml."""
         return self.config.is_file()
 
-    def trained_adapter(self) -> Path | None:
-        """adapter/ once training has written a LoRA adapter there, else None."""
-        return self.adapter if (self.adapter / "adapter_config.json").is_file() else None
+    def trained_weights(self) -> Path | None:
+        """adapter/ once training has written trained weights there (a LoRA adapter or a full
+        model), else None."""
+        return self.adapter if kind(self.adapter) is not None else None
+
+    def weights(self, cfg: RunConfig) -> Path | None:
+        """The trained weights this run uses: its own, else cfg's model.weights, else None (the
+        base model). The one precedence rule: :func:`glossrec.weights.run_weights`."""
+        return run_weights(self.trained_weights(), cfg.model.weights)
 
     # ---- the config ---------------------------------------------------------------------------
 
@@ -132,3 +147,64 @@ class RunDir:
             more = f"; {hint}" if hint else ""
             raise ConfigError(f"{self.path}: not a run directory (no {CONFIG_FILE}){more}")
         return load_config(self.config, overrides)
+
+    # ---- the live catalog ---------------------------------------------------------------------
+
+    def has_catalog(self) -> bool:
+        """index/ holds a live catalog (made by `glossrec run`, `glossrec index` or a service)."""
+        from glossrec.retrieve.live import is_live_catalog
+
+        return is_live_catalog(self.index)
+
+    def open_catalog(self, cfg: RunConfig | None = None,
+                     loader: RetrieverLoader | None = None) -> LiveCatalog:
+        """The run's live catalog; on first use it is indexed from the configured dataset.
+
+        `cfg`: the run's config, read from config.toml when not given.
+        """
+        from glossrec.retrieve.live import LiveCatalog
+
+        if self.has_catalog():
+            return LiveCatalog.open(self.index, loader)
+        cfg = cfg or self.read_config(hint=MAKE_RUN)
+        from glossrec.data import load_data
+        from glossrec.retrieve import build_retriever
+
+        ds = load_data(cfg, where=self.config)
+        return LiveCatalog.from_catalog(self.index, ds.catalog, build_retriever(cfg.retrieve),
+                                        loader)
+
+
+def shipped_config(name: str) -> Path | None:
+    """The config a shipped model (glossrec.weights.SHIPPED) was trained and is served with: its
+    folder carries one like a run directory does (None for a plain weights folder)."""
+    if name not in SHIPPED:
+        return None
+    path = RunDir(resolve_weights(name)).config
+    return path if path.is_file() else None
+
+
+def make_index_run(data: str | Path, retriever: Literal["bm25", "dense"], out: str | Path,
+                   config: str | Path | None = None, encoder: str | None = None,
+                   weights: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
+    """A servable run directory from a dataset alone: config.toml + a live catalog.
+
+    LIS mode, or with `weights` (a shipped model's name, or a weights folder) LM mode: a shipped
+    model's own config (prompt and generation recipe) is the starting point unless `config` is
+    given. `overrides` (load_config's, dotted keys) apply last.
+    """
+    rd = RunDir(Path(out))
+    data = Path(data).expanduser().resolve()
+    base: dict[str, Any] = {"data.path": str(data), "retrieve.retriever": retriever}
+    if encoder:
+        base["retrieve.encoder"] = encoder
+    if weights is not None:
+        base["model.weights"] = weights
+        config = config if config is not None else shipped_config(weights)
+    cfg = load_config(config, {**base, **(overrides or {})})
+    if rd.has_catalog():
+        raise ConfigError(f"{rd.path}: already has a live catalog; choose another --out or "
+                          f"delete {rd.index}")
+    rd.write_config(cfg)
+    rd.open_catalog(cfg)
+    return rd.path

@@ -10,6 +10,9 @@ For a user with items i_1..i_n (n >= 3):
 Validation users follow the reference rule: users with at least one titled item, sorted by id;
 ``random.seed(42); random.sample(sorted_ids, int(0.05 * len))``; sampled users with fewer than
 3 items are then skipped (Beauty 1,118, Toys 969, Sports 1,779).
+
+:func:`prepare` is the one way a command, the pipeline or training gets a config's dataset, its
+splits and the users it evaluates (``glossrec.pipeline.prepare`` is this function).
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
 
-from glossrec.config import SplitConfig
-from glossrec.data import Dataset
+from glossrec.config import RunConfig, SplitConfig
+from glossrec.data import Dataset, load_data
 
 T = TypeVar("T")
 
@@ -96,3 +100,36 @@ def sample_users(examples: Sequence[T], n: int | None, seed: int = 0) -> list[T]
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(examples), size=n, replace=False))
     return [examples[i] for i in keep]
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    examples: list[Example]
+    """The evaluated users of the chosen split (sampled when generate.max_users or
+    evaluate.users is set: :func:`users_to_sample`)."""
+    splits: Splits | None = None
+    """The dataset's splits, made once and handed to every stage of a run."""
+
+
+def users_to_sample(cfg: RunConfig, users: int | None = None) -> int | None:
+    """How many users of the split a run generates for and scores (None: all of them):
+    `users` (the CLI's --users), else generate.max_users, else evaluate.users.
+
+    One rule for `glossrec run` and `glossrec generate`, so both draw the same reproducible
+    sample (evaluate.user_seed) and a run directory's generations file fits either.
+    """
+    return users or cfg.generate.max_users or cfg.evaluate.users
+
+
+def prepare(cfg: RunConfig, ds: Dataset | None = None, splits: Splits | None = None, *,
+            split: Literal["train", "valid", "test"] | None = None, users: int | None = None,
+            where: str | Path | None = None) -> Prepared:
+    """The dataset (loaded unless given: :func:`glossrec.data.load_data`, `where` naming the
+    config file in its errors), its splits (made unless given) and the evaluated users of
+    `split` (default evaluate.split), `users` of them or as :func:`users_to_sample` says."""
+    ds = ds or load_data(cfg, where)
+    splits = splits or make_splits(ds, cfg.split)
+    examples = sample_users(splits.get(split or cfg.evaluate.split), users_to_sample(cfg, users),
+                            cfg.evaluate.user_seed)
+    return Prepared(ds, examples, splits)

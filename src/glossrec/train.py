@@ -19,8 +19,9 @@ its newest checkpoint: the epoch's shuffled order is recomputed from (seed, epoc
 consumed micro-batches are skipped, so the step count, the loss curve (``RUN_DIR/train_log.jsonl``)
 and, on CPU, the final weights continue exactly as if it had never stopped.
 
-Output: ``RUN_DIR/adapter/`` holds only the best adapter (adapter_model.safetensors +
-adapter_config.json), a tokenizer copy and ``glossrec_train.json``.
+Output: ``RUN_DIR/adapter/`` holds only the best weights (a LoRA adapter, or with
+``train.method = "full"`` a whole model: :mod:`glossrec.weights` owns both formats), a tokenizer
+copy and ``glossrec_train.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from glossrec import weights
 from glossrec.config import RunConfig, TrainConfig
 from glossrec.data import Dataset
 from glossrec.errors import ConfigError
@@ -48,7 +50,7 @@ from glossrec.fingerprint import differences, stage_inputs
 from glossrec.progress import bars_on
 from glossrec.io import atomic_dir, read_json, write_json, write_jsonl
 from glossrec.prompts import PromptPair
-from glossrec.splits import Splits, sample_users
+from glossrec.splits import Splits, prepare, sample_users
 from glossrec.rundir import RunDir
 
 __all__ = [
@@ -249,17 +251,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in root.iterdir()
              if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
     return max(found)[1] if found else None
-
-
-def _save_weights(model: Any, folder: Path, base_name: str) -> None:
-    """The trained weights: a LoRA adapter, or (full fine-tuning) the whole model."""
-    if not hasattr(model, "peft_config"):
-        model.save_pretrained(str(folder))
-        return
-    for cfg in model.peft_config.values():
-        cfg.base_model_name_or_path = base_name  # portable: the spec, not a cache path
-    # LoRA never touches the embeddings; "auto" would look for the base config by that name.
-    model.save_pretrained(str(folder), save_embedding_layers=False)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -588,7 +579,7 @@ class _Run:
         step = self.state.step
 
         def fill(tmp: Path) -> None:
-            _save_weights(self.model, tmp, self.cfg.model.name)
+            weights.save(self.model, tmp, self.cfg.model.name)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(_rng_state(), tmp / "rng.pt")
@@ -611,7 +602,7 @@ class _Run:
         name = f"best-step-{self.state.step:07d}"
         if self.group.main:
             atomic_dir(self.ckpt_root / name,
-                       lambda tmp: _save_weights(self.model, tmp, self.cfg.model.name))
+                       lambda tmp: weights.save(self.model, tmp, self.cfg.model.name))
         self.group.barrier()
         self.state.best_dir = name
 
@@ -624,7 +615,7 @@ class _Run:
             raise ConfigError(
                 f"{ckpt}: this checkpoint was made with different settings ({', '.join(diff)}); "
                 "use a new run folder or delete its checkpoints/ to start over")
-        _load_weights(self.model, ckpt, self.device)
+        weights.load_into(self.model, ckpt, self.device)
         self.optimizer.load_state_dict(torch_load(ckpt / "optimizer.pt", weights_only=False,
                                                   map_location=self.device))
         self.scheduler.load_state_dict(torch_load(ckpt / "scheduler.pt", weights_only=False))
@@ -723,8 +714,7 @@ def _trainable_model(cfg: RunConfig, device: str) -> tuple[Any, Any]:
     elif four_bit:
         raise ConfigError('train.method = "full" cannot train 4-bit weights; set '
                           "model.load_in_4bit = false")
-    if t.init_adapter is not None:
-        _init_weights(model, cfg, device)
+    _init_weights(model, cfg, device)
     trainable, total_params = count_parameters(model)
     log.info("%s: %s trainable of %s parameters", t.method, f"{trainable:,}", f"{total_params:,}")
     return model, tok
@@ -884,7 +874,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     if run.group.main:
         _write_final_adapter(run)
     run.group.barrier()
-    _load_weights(model, adapter, device)  # like load_best_model_at_end
+    weights.load_into(model, adapter, device)  # like load_best_model_at_end
     model.eval()
     n_batches = math.ceil(len(train_data) / t.batch_size)
     result = TrainResult(adapter, s.step, s.epoch + s.batch_in_epoch / max(n_batches, 1),
@@ -893,46 +883,18 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     return result
 
 
-def _load_weights(model: Any, folder: Path, device: str) -> None:
-    """Load weights saved by _save_weights into `model` (same method, same shapes)."""
-    from safetensors.torch import load_file
-
-    from glossrec.models import check_model_files
-
-    check_model_files(folder)
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors"),
-                                                   device=device))
-        return
-    state = load_file(str(folder / "model.safetensors"), device=device)
-    result = model.load_state_dict(state, strict=False)
-    # Tied output embeddings are saved once, under the input embeddings' name.
-    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
-    if missing or result.unexpected_keys:
-        raise ConfigError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
-                          f"unexpected {result.unexpected_keys[:3]})")
-
-
 def _init_weights(model: Any, cfg: RunConfig, device: str) -> None:
-    """train.init_adapter: continue from trained weights (a LoRA adapter of the same shape)."""
-    from glossrec.models import resolve_weights
-
-    folder = resolve_weights(cfg.train.init_adapter)  # type: ignore[arg-type]
-    if hasattr(model, "peft_config"):
-        saved = read_json(folder / "adapter_config.json") if (
-            folder / "adapter_config.json").is_file() else None
-        want = cfg.lora
-        if saved is None or saved.get("r") != want.r or saved.get("lora_alpha") != want.alpha \
-                or set(saved.get("target_modules") or []) != set(want.target_modules):
-            raise ConfigError(f"train.init_adapter: {folder} is not a LoRA adapter with this "
-                              f"run's [lora] settings (r={want.r}, alpha={want.alpha}, "
-                              f"target_modules={want.target_modules})")
-    elif not (folder / "model.safetensors").is_file():
-        raise ConfigError(f"train.init_adapter: {folder} holds no full model weights "
-                          '(model.safetensors), which train.method = "full" needs')
-    _load_weights(model, folder, device)
+    """Where training starts (glossrec.weights): train.init_adapter's weights when set, checked
+    to fit (a resume then loads the run's own checkpoint over them). model.weights is never a
+    starting point: it names the weights a run uses instead of training."""
+    if cfg.train.init_adapter is None:
+        if cfg.model.weights is not None:
+            log.warning("model.weights = %r is not where training starts (train.init_adapter "
+                        "is): training a fresh adapter, whose weights then come before "
+                        "model.weights", cfg.model.weights)
+        return
+    folder = weights.check_init(cfg.train.init_adapter, cfg.train.method, cfg.lora)  # type: ignore[arg-type]
+    weights.load_into(model, folder, device)
     log.info("initial weights from %s", folder)
 
 
@@ -949,11 +911,11 @@ def _write_final_adapter(run: _Run) -> Path:
                 if f.is_file() and f.name != "README.md":
                     shutil.copy2(f, tmp / f.name)
         else:
-            _save_weights(run.model, tmp, run.cfg.model.name)
+            weights.save(run.model, tmp, run.cfg.model.name)
             for extra in tmp.glob("README.md"):
                 extra.unlink()
         run.tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "glossrec_train.json", {
+        write_json(tmp / weights.TRAIN_INFO, {
             "model": run.cfg.model.name, "steps": s.step, "best_step": s.best_step,
             "best_valid_loss": s.best_loss, "stopped_early": s.stopped_early,
             "lora": run.cfg.lora.model_dump(mode="json"), "loss": run.cfg.train.loss,
@@ -974,29 +936,21 @@ def _prior(cfg: RunConfig, key: str) -> float:
     """A total (examples seen, seconds) behind train.init_adapter (0 for a fresh start)."""
     if cfg.train.init_adapter is None:
         return 0
-    from glossrec.models import resolve_weights
-
-    info = resolve_weights(cfg.train.init_adapter) / "glossrec_train.json"
-    return read_json(info).get(key, 0) if info.is_file() else 0
+    return weights.train_info(weights.resolve_weights(cfg.train.init_adapter)).get(key, 0)
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path,
                       on_step: Callable[[TrainState], None] | None = None,
                       ds: Dataset | None = None, splits: Splits | None = None) -> TrainResult:
     """Make the paper's prompts from the dataset's splits, and train. `ds` and `splits` are
-    loaded and made here unless a caller that has them (glossrec run) hands them over."""
-    from glossrec.data import load_dataset
+    loaded and made here (glossrec.splits.prepare) unless a caller that has them (glossrec
+    run) hands them over."""
     from glossrec.models import load_tokenizer
     from glossrec.prompts import PromptBuilder, make_pairs
-    from glossrec.splits import make_splits
 
-    if ds is None:
-        if cfg.data.path is None:
-            raise ConfigError("data.path is not set: name a dataset folder in the config or pass --data")
-        ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-        for line in ds.report.lines():
-            log.info("%s: %s", ds.name, line)
-    splits = splits or make_splits(ds, cfg.split)
+    prep = prepare(cfg, ds, splits)
+    ds, splits = prep.dataset, prep.splits
+    assert splits is not None
     t = cfg.train
     # Sample examples before rendering (cheaper); train() samples the same indices (no-op here).
     train_ex = subset(splits.train, t.max_examples, t.seed)

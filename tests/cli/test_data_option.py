@@ -27,7 +27,8 @@ def test_run_without_data_is_a_one_line_error_that_writes_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     code, out, err = cli(monkeypatch, capsys, "run", str(PAPER[0]), "--out", str(tmp_path / "run"))
     assert code == 2 and out == ""
-    assert err == "error: no dataset: give --data DIR or set [data] path in the config\n"
+    assert err == ("error: no dataset: data.path is not set; give --data DIR or set [data] path "
+                   "in the config\n")
     assert not (tmp_path / "run").exists()
 
 

@@ -149,7 +149,7 @@ def test_generate_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
         seen["cfg"] = cfg
         raise Stop("stopped by the test")
 
-    monkeypatch.setattr("glossrec.pipeline.users_to_sample", capture)
+    monkeypatch.setattr("glossrec.splits.users_to_sample", capture)
     code, _, err = cli(monkeypatch, capsys, "generate", "--run", str(run), "--set", "generate.num_beams=3",
                        "--set", "generate.num_return=2", "--set", "generate.constrain=catalog")
     assert code == 2 and "stopped by the test" in err

@@ -176,7 +176,7 @@ def test_teacher_forced_scores_match_a_direct_computation(peaky_lm: tuple[Any, A
     want = [_direct_logprob(model, enc[r], t) for r, t in pairs]
     with torch.inference_mode():
         plain = gen.item_logprobs(ids, mask, pairs)
-        cached = gen.item_logprobs(ids, mask, pairs, gen._prefill(ids, mask))
+        cached = gen.item_logprobs(ids, mask, pairs, gen.prefill(ids, mask))
     for (lp, n), (lp2, _), w, (_, t) in zip(plain, cached, want, pairs):
         assert n == len(t)
         assert lp == pytest.approx(w, abs=1e-3) and lp2 == pytest.approx(w, abs=1e-3)

@@ -100,7 +100,7 @@ def test_a_model_without_a_reusable_cache_falls_back(peaky_lm: tuple[Any, Any]) 
     prompts, hist = random_users(texts, 3, seed=1)
     gen = grounded(model, tok, trie, grounded_search="glossrec")
     want = gen.generate(prompts, exclude=hist)
-    gen._prefill = lambda ids, mask: None  # type: ignore[method-assign]
+    gen.prefill = lambda ids, mask: None  # type: ignore[method-assign]
     with _RowCounter(model) as rows:
         assert gen.generate(prompts, exclude=hist) == want
     assert rows.calls > 0

@@ -145,7 +145,7 @@ def dataset_dir(tmp_path: Path) -> Path:
 @pytest.fixture()
 def word_catalog(tmp_path: Path):
     from glossrec.data import load_dataset
-    from glossrec.serve.store import LiveCatalog
+    from glossrec.retrieve.live import LiveCatalog
 
     ds = load_dataset(write_dataset(tmp_path / "data"))
     return LiveCatalog.from_catalog(tmp_path / "index", ds.catalog, WordRetriever(),

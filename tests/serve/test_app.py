@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from glossrec.config import RunConfig
 from glossrec.serve import Recommender
 from glossrec.serve.app import ServeSettings, create_app
-from glossrec.serve.store import LiveCatalog
+from glossrec.retrieve.live import LiveCatalog
 
 from .conftest import FakeGenerator
 

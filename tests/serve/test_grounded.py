@@ -10,7 +10,7 @@ import pytest
 from glossrec.config import GenerateConfig, ModelConfig, RunConfig
 from glossrec.errors import ConfigError
 from glossrec.serve import Recommender
-from glossrec.serve.store import ItemRecord, LiveCatalog
+from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
 from .conftest import TITLES, FakeGenerator, WordRetriever
 
@@ -100,12 +100,12 @@ def test_grounded_mode_needs_a_trie_and_fills_it_from_the_catalog(
 
 def test_from_run_builds_a_grounded_generator(tmp_path: Path, grounded_cfg: RunConfig,
                                               dataset_dir: Path) -> None:
-    from glossrec.serve.recommender import write_config
+    from glossrec.rundir import RunDir
 
     cfg = grounded_cfg.model_copy(update={
         "data": grounded_cfg.data.model_copy(update={"path": dataset_dir}),
         "retrieve": grounded_cfg.retrieve.model_copy(update={"retriever": "bm25"})})
-    run = write_config(tmp_path / "run", cfg).parent
+    run = RunDir(tmp_path / "run").write_config(cfg).parent
     rec: Any = Recommender.from_run(run, mode="lm")
     assert len(rec._trie.trie) == len(TITLES)
     out = rec.recommend(["A2", "A9"], k=3)

@@ -9,7 +9,7 @@ from glossrec.baselines.neighbours import Popularity
 from glossrec.config import RunConfig
 from glossrec.errors import ConfigError
 from glossrec.serve import Recommender
-from glossrec.serve.store import ItemRecord, LiveCatalog
+from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
 
 def _pop(catalog: LiveCatalog, counts: dict[str, int]) -> tuple[Popularity, list[str]]:

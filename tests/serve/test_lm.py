@@ -8,7 +8,7 @@ import pytest
 
 from glossrec.config import ModelConfig, load_config
 from glossrec.serve import Recommender, Request
-from glossrec.serve.recommender import write_config
+from glossrec.rundir import RunDir
 
 from .conftest import write_dataset
 
@@ -21,7 +21,7 @@ def lm_run(tmp_path: Path, tiny_model_config: ModelConfig) -> Path:
         "generate": {"num_beams": 3, "num_return": 3, "max_new_tokens": 6, "batch_size": 4},
         "retrieve": {"retriever": "bm25"},
     })
-    return write_config(tmp_path / "run", cfg).parent
+    return RunDir(tmp_path / "run").write_config(cfg).parent
 
 
 def _save_adapter(run: Path, cfg_model: ModelConfig) -> None:

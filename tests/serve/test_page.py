@@ -15,7 +15,7 @@ from glossrec.config import ModelConfig, RunConfig, load_config
 from glossrec.serve import Recommender
 from glossrec.serve.app import ServeSettings, create_app
 from glossrec.serve.recommender import write_config
-from glossrec.serve.store import LiveCatalog
+from glossrec.retrieve.live import LiveCatalog
 
 from .conftest import TITLES, FakeGenerator, scored_run, write_dataset
 

@@ -5,7 +5,7 @@ import pytest
 from glossrec.config import RunConfig
 from glossrec.errors import DataError
 from glossrec.serve import HistoryEntry, Recommender, Request, UnknownItemsError
-from glossrec.serve.store import ItemRecord, LiveCatalog
+from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
 from .conftest import FakeGenerator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from glossrec.serve.store import POINTER, WRITE_DELAY_ENV, ItemRecord, LiveCatalog
+from glossrec.retrieve.live import POINTER, WRITE_DELAY_ENV, ItemRecord, LiveCatalog
 
 from .conftest import TITLES, running, start_server, stop_server
 

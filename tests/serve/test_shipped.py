@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from glossrec.errors import ConfigError
-from glossrec.models import SHIPPED, resolve_weights, shipped_config
+from glossrec.rundir import shipped_config
+from glossrec.weights import SHIPPED, resolve_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "beauty-sample"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from glossrec.errors import DataError
-from glossrec.serve.store import (
+from glossrec.retrieve.live import (
     POINTER, ItemRecord, LiveCatalog, UnknownItemsError, read_items_file,
 )
 

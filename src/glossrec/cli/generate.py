@@ -23,36 +23,31 @@ def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, u
                  batch_size: int | None = None, overwrite: bool = False,
                  show_progress: bool = True, workers: int | None = None,
                  overrides: dict[str, Any] | None = None) -> Path:
-    """Generate for a run directory: its config.toml, dataset and adapter/ (if trained).
+    """Generate for a run directory: its config.toml, dataset and trained weights (its own
+    adapter/, else model.weights: glossrec.weights' precedence rule).
 
     Users: --users N, else generate.max_users, else evaluate.users (so `evaluate` finds the
     same reproducible sample, drawn with evaluate.user_seed), else all users of the split.
     """
-    from glossrec.data import load_dataset
-    from glossrec.errors import ConfigError
     from glossrec.generate import generate_examples
-    from glossrec.pipeline import users_to_sample
     from glossrec.rundir import RunDir
-    from glossrec.splits import make_splits, sample_users
+    from glossrec.splits import prepare
 
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
     cfg = rd.read_config({"generate.batch_size": batch_size, "generate.workers": workers,
                           **(overrides or {})},
                          hint="make one with `glossrec train` or `glossrec run`")
-    if cfg.data.path is None:
-        raise ConfigError(f"{rd.config}: [data] path is not set")
     split = split or cfg.evaluate.split
-    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-    examples = sample_users(make_splits(ds, cfg.split).get(split), users_to_sample(cfg, users),
-                            cfg.evaluate.user_seed)
-    adapter_dir = rd.trained_adapter()
-    if adapter_dir is None:
-        print(f"note: {run_dir} has no trained adapter ({rd.adapter.name}/adapter_config.json); "
+    prep = prepare(cfg, split=split, users=users, where=rd.config)
+    ds, examples = prep.dataset, prep.examples
+    weights = rd.weights(cfg)  # the one precedence rule: the run's own, then model.weights
+    if weights is None:
+        print(f"note: {run_dir} has no trained weights ({rd.adapter.name}/ or model.weights); "
               f"generating with the base model {cfg.model.name}", file=sys.stderr)
     out = rd.generations(split)
     t0 = time.perf_counter()
-    generate_examples(cfg, examples, ds.catalog, adapter_dir, out, overwrite=overwrite,
+    generate_examples(cfg, examples, ds.catalog, weights, out, overwrite=overwrite,
                       extra_meta={"split": split, "dataset": str(cfg.data.path)},
                       show_progress=show_progress)
     print(f"{len(examples)} users ({split}) in {out} [{time.perf_counter() - t0:.1f}s]",

@@ -38,9 +38,8 @@ def _choice(value: str | None, allowed: tuple[str, ...], option: str) -> Any:
 
 def _catalog(run: Path) -> Any:
     from glossrec.rundir import RunDir
-    from glossrec.serve.recommender import MAKE_RUN, open_or_build_catalog
 
-    return open_or_build_catalog(run, RunDir(run).read_config(hint=MAKE_RUN))
+    return RunDir(run).open_catalog()
 
 
 def _cut(text: str, width: int) -> str:
@@ -73,8 +72,7 @@ def index(
     set_: SetOpt = None,
 ) -> None:
     """Make a servable run from a dataset alone (LIS mode, or LM mode with --model)."""
-    from glossrec.rundir import RunDir
-    from glossrec.serve.recommender import make_index_run
+    from glossrec.rundir import RunDir, make_index_run
 
     _choice(retriever, ("bm25", "dense"), "--retriever")
     run = make_index_run(data, retriever, out, config, encoder, model,  # type: ignore[arg-type]
@@ -131,7 +129,7 @@ def items_add(
 ) -> None:
     """Add (or replace) items; a running service sees them at its next request."""
     from glossrec.errors import DataError
-    from glossrec.serve.store import ItemRecord, read_items_file
+    from glossrec.retrieve.live import ItemRecord, read_items_file
 
     records: list[ItemRecord] = read_items_file(file) if file is not None else []
     if item_id is not None or title is not None:
@@ -161,7 +159,7 @@ def items_remove(run: RunOpt, item_ids: Annotated[list[str], typer.Argument(help
 def items_show(run: RunOpt, item_id: Annotated[str, typer.Argument(help="Item id.")],
                json_out: JsonOpt = False) -> None:
     """Show one item and the text that is indexed for it."""
-    from glossrec.serve.store import UnknownItemsError
+    from glossrec.retrieve.live import UnknownItemsError
 
     cat = _catalog(run)
     rec = cat.get(item_id)

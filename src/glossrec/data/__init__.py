@@ -35,16 +35,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from glossrec.errors import DataError
+from glossrec.errors import ConfigError, DataError
 from glossrec.io import iter_jsonl
+from glossrec.progress import say
+
+if TYPE_CHECKING:
+    from glossrec.config import RunConfig
 
 _WS = re.compile(r"\s+")
 
-__all__ = ["Catalog", "Dataset", "LoadReport", "load_dataset", "find_file", "clean_title"]
+__all__ = ["Catalog", "Dataset", "LoadReport", "load_dataset", "load_data", "find_file", "clean_title"]
 
 
 def clean_title(title: str, max_words: int = 25) -> str:
@@ -236,3 +240,20 @@ def load_dataset(path: str | Path, item_format: str = "Title: {title}",
     if not user_seen:
         raise DataError("no users (empty file)", seq_path)
     return Dataset(folder.name, catalog, users, seqs, report, folder)
+
+
+NO_DATASET = "no dataset: data.path is not set; give --data DIR or set [data] path in the config"
+
+
+def load_data(cfg: RunConfig, where: str | Path | None = None) -> Dataset:
+    """The config's dataset ([data] path, item_format, title_words), its load report on the
+    progress log: the one place a command, the pipeline or the service loads its dataset.
+
+    `where` (the config file the settings came from) starts the error when data.path is unset.
+    """
+    if cfg.data.path is None:
+        raise ConfigError(f"{where}: {NO_DATASET}" if where is not None else NO_DATASET)
+    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
+    for line in ds.report.lines():
+        say(f"{ds.name}: {line}")
+    return ds

@@ -11,12 +11,15 @@ Grounded generation (``generate.constrain = "catalog"``, hf backend only) limits
 catalog item texts (:mod:`glossrec.generate.constrain`); each user's history positions are
 passed along as ``exclude`` so they are not generated again.
 
-Modules: :mod:`~glossrec.generate.base` (the protocol, post-processing, the backend factory),
+Modules: :mod:`~glossrec.generate.base` (the protocol, post-processing),
+:mod:`~glossrec.generate.factory` (the backend factory),
 :mod:`~glossrec.generate.store` (the resumable generations file),
 :mod:`~glossrec.generate.stage` (a split's examples -> a generations file, with its settings
 fingerprint), :mod:`~glossrec.generate.distributed` (Ray Data over blocks of users),
-:mod:`~glossrec.generate.hf`, :mod:`~glossrec.generate.vllm` and
-:mod:`~glossrec.generate.constrain` (the backends and grounding).
+:mod:`~glossrec.generate.hf`, :mod:`~glossrec.generate.vllm` (the backends),
+:mod:`~glossrec.generate.constrain` (the catalog trie) and :mod:`~glossrec.generate.search`
+(grounded beam search over any model that offers its :class:`~glossrec.generate.search.
+SearchModel` interface; the hf backend does).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from glossrec.generate.base import (  # noqa: F401 (Exclusions: importable from here too)
-    Exclusions, Generator, encode_prompts, make_generator, postprocess,
+    Exclusions, Generator, encode_prompts, postprocess,
 )
+from glossrec.generate.factory import make_generator
 from glossrec.generate.stage import generate_examples, generation_fingerprint, meta_path  # noqa: F401
 from glossrec.generate.store import (  # noqa: F401 (private helpers: tests reach for them here)
     _absorb_parts, _part_files, _scan, generate_to_file, read_generations,

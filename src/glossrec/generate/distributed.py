@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glossrec.errors import import_optional
-from glossrec.generate.base import make_generator
+from glossrec.generate.factory import make_generator
 from glossrec.generate.store import _absorb_parts, generate_batches, write_part
 from glossrec.io import fault_point
 from glossrec.progress import bars_on

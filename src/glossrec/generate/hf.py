@@ -196,7 +196,7 @@ class HFGenerator:
         kept = None
         with torch.inference_mode(), autocast:
             if self.share_prefill and width > 1:
-                cache = self._prefill(input_ids, mask)
+                cache = self.prefill(input_ids, mask)
                 if cache is not None:
                     # The prompt's KV, kept for rescoring (one prompt copy, not num_beams).
                     kept = copy.deepcopy(cache) if rescore else None
@@ -263,7 +263,7 @@ class HFGenerator:
         """(sum log p(tokens | prompt row), len(tokens)) per (row, tokens) pair, teacher-forced.
 
         `input_ids`/`mask`: the left-padded prompts; `cache`: their prefill (all but the last
-        token, one row per prompt, from :meth:`_prefill`; consumed) or None to run the prompts
+        token, one row per prompt, from :meth:`prefill`; consumed) or None to run the prompts
         again. Rows are scored in chunks so the logits stay small, similar lengths together so
         they pad little.
         """
@@ -312,7 +312,7 @@ class HFGenerator:
             ids = torch.tensor(self.encode([self.prior_prompt]), dtype=torch.long,
                                device=self.device)
             mask = torch.ones_like(ids)
-            cache = self._prefill(ids, mask) if self.share_prefill and ids.shape[1] > 1 else None
+            cache = self.prefill(ids, mask) if self.share_prefill and ids.shape[1] > 1 else None
             items = [list(t) for t in self.trie.encode(missing)]
             scored = self.item_logprobs(ids, mask, [(0, t) for t in items], cache)
             self._prior.update((t, lp) for t, (lp, _) in zip(missing, scored))
@@ -322,7 +322,7 @@ class HFGenerator:
         """(KV cache of the whole prior_prompt, log p(next token | it) [vocab]): where every
         PMI-guided search starts, made once (the model does not change). None when the model's
         cache cannot be reused: each search step then runs its prefixes in full."""
-        ids = self._prior_prompt_ids()
+        ids = self.prior_prompt_ids()
         if self._prior_root is None and self._prior_kv is not None:
             cache = copy.deepcopy(self._prior_kv)  # the prompt but its last token, extended by it
             self._prior_root = (cache, self.prior_extend(cache, [0], ids[-1:]))
@@ -344,20 +344,20 @@ class HFGenerator:
                          cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float().log_softmax(-1)
 
-    def _prior_prompt_ids(self) -> list[int]:
+    def prior_prompt_ids(self) -> list[int]:
         """prior_prompt's ids; its KV (all but the last token; None: run it every time) is
         made with them, once."""
         if self._prior_ids is None:
             self._prior_ids = self.encode([self.prior_prompt])[0]
             ids = torch.tensor([self._prior_ids], dtype=torch.long, device=self.device)
-            self._prior_kv = (self._prefill(ids, torch.ones_like(ids))
+            self._prior_kv = (self.prefill(ids, torch.ones_like(ids))
                               if self.share_prefill and len(self._prior_ids) > 1 else None)
         return self._prior_ids
 
     def _prior_next(self, prefixes: list[list[int]]) -> torch.Tensor:
         """log p(next token | prior_prompt + prefix) per prefix, [n, vocab] in fp32. Prefixes
         are left-padded after the prompt so every row ends at the last position."""
-        prompt = self._prior_prompt_ids()
+        prompt = self.prior_prompt_ids()
         n, width = len(prefixes), 1 + max(len(p) for p in prefixes)
         cont = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
         cmask = torch.zeros_like(cont)
@@ -386,7 +386,7 @@ class HFGenerator:
         return self.model(input_ids=torch.cat([head, cont], dim=1), attention_mask=full,
                           position_ids=pos, use_cache=False, logits_to_keep=keep)
 
-    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
+    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
         """KV cache of all but the last prompt token, one row per prompt (the caller repeats it
         for each beam; generate then runs only the last prompt token per beam). None when the
         model's cache cannot be repeated: generate then prefills the usual way."""

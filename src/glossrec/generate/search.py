@@ -39,17 +39,42 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from glossrec.generate.constrain import Exclusion
+from glossrec.config import GenerateConfig
+from glossrec.generate.constrain import CatalogTrie, Exclusion
 
-if TYPE_CHECKING:
-    from glossrec.generate.hf import HFGenerator
+__all__ = ["Found", "SearchModel", "grounded_beam_search"]
 
-__all__ = ["Found", "grounded_beam_search"]
+
+class SearchModel(Protocol):
+    """What grounded search needs of a generator (:class:`~glossrec.generate.hf.HFGenerator`
+    offers it): the model, its catalog trie and settings, and three model-side steps."""
+
+    model: Any
+    """A causal LM called with input_ids, attention_mask, position_ids and a KV cache."""
+    trie: CatalogTrie | None
+    cfg: GenerateConfig
+    device: Any
+
+    def pad_left(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask) of token-id prompts, left-padded."""
+        ...
+
+    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
+        """KV cache of all but the last token of each row, or None when it cannot be made."""
+        ...
+
+    def prior_prompt_ids(self) -> list[int]:
+        """Token ids of the empty-history prompt (the item prior of prior_weight)."""
+        ...
+
+    def max_new_tokens(self) -> int:
+        """How many tokens a beam may write (the longest item, EOS included, at least)."""
+        ...
 
 _NONE: dict[int, int] = {}
 
@@ -85,7 +110,7 @@ class _Prompt:
     finished: list[tuple[np.float32, tuple[int, ...]]]
 
 
-def grounded_beam_search(gen: HFGenerator, batch: Sequence[Sequence[int]],
+def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
                          exclusions: Sequence[Exclusion] | None,
                          keep_prompt_cache: bool = False) -> Found | None:
     """Grounded beam search of one batch of token-id prompts (gen.trie, gen.cfg).
@@ -102,12 +127,12 @@ def grounded_beam_search(gen: HFGenerator, batch: Sequence[Sequence[int]],
     n_users = len(batch)
     rows_in = [list(p) for p in batch]
     if w > 0:
-        rows_in.append(gen._prior_prompt_ids())
+        rows_in.append(gen.prior_prompt_ids())
     input_ids, mask = gen.pad_left(rows_in)
     if input_ids.shape[1] < 2:
         return None
     input_ids, mask = input_ids.to(gen.device), mask.to(gen.device)
-    cache = gen._prefill(input_ids, mask)
+    cache = gen.prefill(input_ids, mask)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return None
     kept = None

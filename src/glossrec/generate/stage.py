@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from glossrec.errors import ConfigError
 from glossrec.fingerprint import differences, stage_inputs
-from glossrec.generate.base import Exclusions, Generator, make_generator
+from glossrec.generate.base import Exclusions, Generator
+from glossrec.generate.factory import make_generator
 from glossrec.generate.store import _absorb_parts, _part_files, generate_to_file
 from glossrec.io import read_json, write_json
 

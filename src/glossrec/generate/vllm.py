@@ -14,7 +14,6 @@ pure parts (request building, output decoding) are unit-tested with a fake vllm 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +48,12 @@ def import_vllm() -> VLLMApi:
 
 
 def _lora_rank(adapter_dir: Path) -> int:
-    cfg_path = adapter_dir / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
+    from glossrec.weights import lora_settings
+
     try:
-        return int(json.loads(cfg_path.read_text(encoding="utf-8")).get("r", 16))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise ConfigError(f"{cfg_path}: not a valid adapter config") from None
+        return int(lora_settings(adapter_dir).get("r", 16))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{adapter_dir}: not a valid adapter config (r)") from None
 
 
 def decode_output(output: Any, prompt_ids: list[int], tokenizer: Any, k: int) -> list[str]:

@@ -7,8 +7,11 @@ Modules: :mod:`~glossrec.retrieve.base` (the :class:`Retriever` interface, exact
 search loop the backends share), :mod:`~glossrec.retrieve.items` (:class:`ItemTable`: ids and
 texts by position), :mod:`~glossrec.retrieve.store` (versioned, crash-safe folders; the on-disk
 layout is described there), :mod:`~glossrec.retrieve.factory` (:func:`build_retriever`,
-:func:`load_retriever`), and the backends :mod:`~glossrec.retrieve.bm25`,
-:mod:`~glossrec.retrieve.dense` and :mod:`~glossrec.retrieve.faiss_index`.
+:func:`load_retriever`), the backends :mod:`~glossrec.retrieve.bm25`,
+:mod:`~glossrec.retrieve.dense` and :mod:`~glossrec.retrieve.faiss_index`, and
+:mod:`~glossrec.retrieve.live`, the live catalog (item records plus their index, versioned and
+journaled), which sits here, below both the batch pipeline and serving, so neither imports the
+other to reach it.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from glossrec.errors import ConfigError, GlossrecError
 from glossrec.serve.batching import MicroBatcher
 from glossrec.serve.recommender import Recommendation, Recommender, Request as RecRequest
-from glossrec.serve.store import ItemRecord, UnknownItemsError
+from glossrec.retrieve.live import ItemRecord, UnknownItemsError
 
 API_KEY_ENV = "GLOSSREC_API_KEY"
 STATIC_DIR = Path(__file__).with_name("static")
@@ -181,7 +181,7 @@ NOT_BLANK = f"[^{_WS}]"
 """Somewhere a character that is not whitespace."""
 CatalogId = Annotated[str, StringConstraints(
     min_length=1, max_length=256, pattern=f"^[^{_WS}\\x00-\\x1f]([^\\x00-\\x1f]*[^{_WS}\\x00-\\x1f])?$")]
-"""An id a catalog accepts (glossrec.serve.store.ItemRecord): no control characters, no
+"""An id a catalog accepts (glossrec.retrieve.live.ItemRecord): no control characters, no
 whitespace at either end."""
 HistoryId = Annotated[str, StringConstraints(min_length=1, pattern=NOT_BLANK)]
 """An id to look up: anything not blank (an id the catalog does not hold is a 422 naming it)."""

@@ -25,14 +25,10 @@ import numpy as np
 from glossrec.config import Ranking, RunConfig, load_config
 from glossrec.errors import ConfigError, DataError, GlossrecError
 from glossrec.retrieve.ranking import LIS, rank_texts
-from glossrec.rundir import RunDir
-# The run directory's names are owned by glossrec.rundir; re-exported here for older imports.
-from glossrec.rundir import (  # noqa: F401
-    ADAPTER_DIR as ADAPTER_DIR, CONFIG_FILE as CONFIG_FILE, INDEX_DIR as INDEX_DIR,
+from glossrec.retrieve.live import (
+    ItemRecord, LiveCatalog, RetrieverLoader, UnknownItemsError, WriteResult,
 )
-from glossrec.serve.store import (
-    ItemRecord, LiveCatalog, RetrieverLoader, UnknownItemsError, WriteResult, is_live_catalog,
-)
+from glossrec.rundir import MAKE_RUN, RunDir, make_index_run
 
 if TYPE_CHECKING:
     from glossrec.generate.constrain import CatalogTrie
@@ -41,10 +37,6 @@ Mode = Literal["lis", "lm"]
 # Ranking (paper | max | rrf) is glossrec.config's, imported above; re-exported for older imports.
 GenerateFn = Callable[..., list[list[str]]]
 """prompts (and, grounded, per-prompt exclusions) -> texts per prompt."""
-
-MAKE_RUN = "make one with `glossrec index --data DIR --out RUN_DIR`"
-"""How a servable run directory is made (the hint of a 'not a run directory' error)."""
-
 
 @dataclass(frozen=True)
 class HistoryEntry:
@@ -187,19 +179,6 @@ class TrieSync:
         return [self.keys[i] for i in item_ids if i in self.keys]
 
 
-def adapter_path(run_dir: Path, cfg: RunConfig | None = None) -> Path | None:
-    """The run's trained weights: its own adapter/ once training has finished, else the
-    config's model.weights (a shipped model's name or a folder), else None."""
-    from glossrec.models import is_full_model, resolve_weights
-
-    adir = RunDir(run_dir).adapter
-    if (adir / "adapter_config.json").is_file() or is_full_model(adir):
-        return adir
-    if cfg is not None and cfg.model.weights is not None:
-        return resolve_weights(cfg.model.weights)
-    return None
-
-
 class Recommender:
     """Recommendations from a live catalog, in LIS mode or LM (GLoSS) mode."""
 
@@ -266,11 +245,12 @@ class Recommender:
                  generator: Any = None, ranking: Ranking | None = None,
                  loader: RetrieverLoader | None = None) -> Recommender:
         """Serve a run directory: its config, live catalog (built from the dataset on first use)
-        and, in LM mode, its adapter. auto = LM when the run has a trained adapter, else LIS."""
-        run_dir = Path(run_dir)
-        cfg = RunDir(run_dir).read_config(hint=MAKE_RUN)
-        catalog = open_or_build_catalog(run_dir, cfg, loader)
-        adapter = adapter_path(run_dir, cfg)
+        and, in LM mode, its trained weights (its own, else model.weights: glossrec.weights).
+        auto = LM when the run has trained weights, else LIS."""
+        rd = RunDir(Path(run_dir))
+        cfg = rd.read_config(hint=MAKE_RUN)
+        catalog = rd.open_catalog(cfg, loader)
+        adapter = rd.weights(cfg)  # the one precedence rule: the run's own, then model.weights
         chosen: Mode = ("lm" if adapter is not None else "lis") if mode == "auto" else mode
         if chosen == "lm" and generator is None:
             from glossrec.generate import make_generator
@@ -287,7 +267,7 @@ class Recommender:
         """Write `cfg` as the run's config (if it has none yet) and serve that run."""
         run_dir = Path(run_dir)
         if not RunDir(run_dir).is_run():
-            write_config(run_dir, cfg)
+            RunDir(run_dir).write_config(cfg)
         return cls.from_run(run_dir, mode, generator, ranking)
 
     @classmethod
@@ -456,35 +436,31 @@ class Recommender:
         weighted rrf as offline (glossrec.hybrid). A model's items are mapped to the live
         catalog by id: an item removed since training drops out, an item added since is
         reachable through the text lists only."""
-        from glossrec.baselines import rank_histories
-        from glossrec.hybrid import Lists, fuse_lists, lis_lists, text_lists
+        from glossrec.hybrid import IdComponent, build_lists, fuse_lists
 
         hc = self.config.hybrid
         weights = dict(hc.weights or {})
         rrf_k = hc.rrf_k or self.config.retrieve.rrf_k
         k = max(r.k for r in todo)
-        depth = max(hc.depth, k)
         cat = self.catalog
         out: list[Recommendation] = []
         with cat.locked():
             exclude = [cat.positions(r.ids) if r.exclude else None for r in todo]
-            comps: list[Lists] = []
-            labels: list[list[list[str]]] = []  # per component, per row: what the row is
-            if weights.get("lis", 0) > 0:
-                comps.append(lis_lists(cat.retriever, [r.texts[-1] for r in todo], depth, exclude))
-                labels.append([[r.texts[-1]] for r in todo])
-            if self.mode == "lm" and weights.get("gloss", 0) > 0:
-                comps.append(text_lists(cat.retriever, [r.queries for r in todo], depth, exclude))
-                labels.append([[q] for r in todo for q in r.queries])
+            models = []
             for model, ids, mpos in self._id_models:
                 hist = [[mpos[i] for i in r.ids if i in mpos] for r in todo]
                 mex = [np.asarray(h, dtype=np.int64) if r.exclude else np.zeros(0, np.int64)
                        for h, r in zip(hist, todo)]
-                ranked, _ = rank_histories(model, hist, depth, mex)
-                live = np.where(ranked >= 0, cat.position_each([ids[p] if p >= 0 else "" for p in ranked.ravel()])
-                                .reshape(ranked.shape), -1)
-                comps.append(Lists.one_per_user(model.kind, live))
-                labels.append([[f"<{model.kind}>"] for _ in todo])
+                models.append(IdComponent(model, hist, mex, lambda p, ids=ids: cat.position_each(
+                    [ids[i] if i >= 0 else "" for i in p])))
+            comps = build_lists(hc, max(hc.depth, k), retriever=cat.retriever,
+                                last_texts=[r.texts[-1] for r in todo], exclude=exclude,
+                                texts=[r.queries for r in todo] if self.mode == "lm" else None,
+                                models=models, weights=weights)
+            # Per component, per row: the query texts (or <model>) that the row's items were found by.
+            labels = [[[r.texts[-1]] for r in todo] if c.name == "lis"
+                      else [[q] for r in todo for q in r.queries] if c.name == "gloss"
+                      else [[f"<{c.name}>"] for _ in todo] for c in comps]
             items, scores = fuse_lists(comps, weights, k, rrf_k)
             # A component with weight 0 takes no part in the fusion: it found nothing.
             used = [(c, labs) for c, labs in zip(comps, labels) if weights.get(c.name, 0) > 0]
@@ -511,57 +487,3 @@ def _hybrid_models(cfg: RunConfig) -> list[tuple[Any, list[str]]]:
     from glossrec.hybrid import load_id_model
 
     return [(load_id_model(run), load_item_ids(RunDir(run).baseline)) for run in cfg.hybrid.models]
-
-
-# ---- run directories -------------------------------------------------------------------------
-
-
-def write_config(run_dir: Path, cfg: RunConfig) -> Path:
-    """`cfg` as the run's config.toml (atomically); the path written."""
-    return RunDir(run_dir).write_config(cfg)
-
-
-def open_or_build_catalog(run_dir: Path, cfg: RunConfig,
-                          loader: RetrieverLoader | None = None) -> LiveCatalog:
-    """The run's live catalog; on first use it is indexed from the configured dataset."""
-    rd = RunDir(run_dir)
-    folder = rd.index
-    if is_live_catalog(folder):
-        return LiveCatalog.open(folder, loader)
-    if cfg.data.path is None:
-        raise ConfigError(f"{run_dir}: no live catalog in {folder.name}/ and no [data] path in "
-                          f"{rd.config.name} to build one from")
-    from glossrec.data import load_dataset
-    from glossrec.retrieve import build_retriever
-
-    ds = load_dataset(cfg.data.path, cfg.data.item_format, cfg.data.title_words)
-    return LiveCatalog.from_catalog(folder, ds.catalog, build_retriever(cfg.retrieve), loader)
-
-
-def make_index_run(data: str | Path, retriever: Literal["bm25", "dense"], out: str | Path,
-                   config: str | Path | None = None, encoder: str | None = None,
-                   weights: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
-    """A servable run directory from a dataset alone: config.toml + a live catalog.
-
-    LIS mode, or with `weights` (a shipped model's name, or a weights folder) LM mode: a shipped
-    model's own config (prompt and generation recipe) is the starting point unless `config` is
-    given. `overrides` (load_config's, dotted keys) apply last.
-    """
-    from glossrec.models import shipped_config
-
-    out = Path(out)
-    data = Path(data).expanduser().resolve()
-    base: dict[str, Any] = {"data.path": str(data), "retrieve.retriever": retriever}
-    if encoder:
-        base["retrieve.encoder"] = encoder
-    if weights is not None:
-        base["model.weights"] = weights
-        config = config if config is not None else shipped_config(weights)
-    cfg = load_config(config, {**base, **(overrides or {})})
-    index = RunDir(out).index
-    if is_live_catalog(index):
-        raise ConfigError(f"{out}: already has a live catalog; choose another --out or delete "
-                          f"{index}")
-    write_config(out, cfg)
-    open_or_build_catalog(out, cfg)
-    return out

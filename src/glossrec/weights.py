@@ -1,0 +1,231 @@
+"""Trained weights: their formats, how a name resolves to a folder, and which weights a run uses.
+
+Formats. A folder of trained weights is one of:
+
+- a LoRA adapter (``train.method = "lora"``, the paper): ``adapter_config.json`` +
+  ``adapter_model.safetensors``, applied on top of ``model.name``;
+- full weights (``train.method = "full"``): a whole transformers model folder, ``config.json``
+  + ``model.safetensors``, loaded in place of ``model.name``.
+
+Either may also hold ``glossrec_train.json`` (what its training did) and a tokenizer copy.
+:func:`save` writes both formats and :func:`load_into` reads them back into a model of the
+same shape; :func:`base_and_adapter` says what a generator loads for a folder.
+
+Names. ``model.weights`` and ``train.init_adapter`` take the name of a model this project ships
+(:data:`SHIPPED`: ``glossrec/shipped/NAME``, beside the config it was trained and is served
+with, :func:`glossrec.rundir.shipped_config`) or a path to a weights folder;
+:func:`resolve_weights` turns either into a folder.
+
+Precedence, the one rule that ``glossrec generate``, ``glossrec run`` and serving apply
+(:func:`run_weights`, called through :meth:`glossrec.rundir.RunDir.weights`):
+
+1. the run's own trained weights (``RUN/adapter``, LoRA or full) once training has written them;
+2. else ``model.weights``;
+3. else none: the base model ``model.name`` alone.
+
+Why the run's own weights come first: ``adapter/`` was trained for exactly this run's config,
+and a run that trained must never be scored with other weights; ``model.weights`` is how a run
+that does not train names the weights it uses instead. Training has its own starting point,
+never ``model.weights``: the run's latest checkpoint (a resume), else ``train.init_adapter``
+(:func:`check_init`), else a fresh adapter on the base model.
+
+This module sits below the stages: it imports only ``config``, ``errors`` and ``io`` (torch and
+peft inside the functions that need them), so training, generation, the run directory and
+serving all call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from glossrec.config import LoraConfig, ModelConfig
+from glossrec.errors import ConfigError, DataError
+from glossrec.io import read_json
+
+__all__ = [
+    "SHIPPED", "ADAPTER_FILES", "TRAIN_INFO", "Kind", "kind", "is_lora", "is_full_model",
+    "resolve_weights", "run_weights", "base_and_adapter", "lora_settings",
+    "train_info", "check_init", "save", "load_into", "check_model_files", "first_line",
+]
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "adapter_model.bin")
+"""The files of a LoRA adapter whose bytes a generation fingerprint covers."""
+FULL_CONFIG = "config.json"
+FULL_WEIGHTS = "model.safetensors"
+TRAIN_INFO = "glossrec_train.json"
+"""What training did (steps, examples seen, seconds), written beside the weights."""
+
+SHIPPED = MappingProxyType({
+    "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
+})
+"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME)."""
+_SHIPPED_DIR = Path(__file__).parent / "shipped"
+
+Kind = Literal["lora", "full"]
+
+
+def kind(folder: str | Path) -> Kind | None:
+    """"lora" for a LoRA adapter folder, "full" for a whole model folder, else None."""
+    folder = Path(folder)
+    if (folder / ADAPTER_CONFIG).is_file():
+        return "lora"
+    if (folder / FULL_CONFIG).is_file() and (folder / FULL_WEIGHTS).is_file():
+        return "full"
+    return None
+
+
+def is_lora(folder: str | Path) -> bool:
+    return kind(folder) == "lora"
+
+
+def is_full_model(folder: str | Path) -> bool:
+    """A fully fine-tuned model folder (train.method = "full"), as opposed to a LoRA adapter."""
+    return kind(folder) == "full"
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """A trained-weights folder: a shipped model's name, or a path to a LoRA adapter folder
+    (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
+    if isinstance(spec, str) and spec in SHIPPED:
+        folder = _SHIPPED_DIR / spec
+        if kind(folder) is None:
+            raise ConfigError(f"shipped model {spec!r}: {folder} is missing from this install")
+        check_model_files(folder)
+        return folder
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        known = ", ".join(sorted(SHIPPED))
+        raise ConfigError(f"{folder}: no such weights folder (or shipped model; known: {known})")
+    if kind(folder) is None:
+        raise ConfigError(f"{folder}: neither a LoRA adapter ({ADAPTER_CONFIG}) nor a model "
+                          f"folder ({FULL_CONFIG} + {FULL_WEIGHTS})")
+    check_model_files(folder)
+    return folder
+
+
+def check_model_files(folder: Path) -> None:
+    """Every JSON and safetensors file of a model, adapter or tokenizer folder reads: one cut
+    short or corrupt is a DataError naming it, before a library fails on it with a traceback.
+    Cheap: safetensors files are checked by their header and size, not read."""
+    from safetensors import safe_open
+
+    from glossrec.io import read_json
+
+    for path in sorted(Path(folder).glob("*.json")):
+        read_json(path)
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="np") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own SafetensorError (or OSError)
+            raise DataError(f"not a readable safetensors file, cut short or corrupt "
+                            f"({first_line(e)})", path) from None
+
+
+def first_line(e: BaseException) -> str:
+    """A library exception's message, first line only (for a one-line error)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+
+def run_weights(own: Path | None, configured: str | None) -> Path | None:
+    """The precedence rule (module docstring): the trained weights a run uses.
+
+    own: the run's adapter/ folder (None, or a folder without trained weights, when it has not
+    trained); configured: model.weights. None means the base model alone.
+    """
+    if own is not None and kind(own) is not None:
+        return Path(own)
+    if configured is not None:
+        return resolve_weights(configured)
+    return None
+
+
+def base_and_adapter(model: ModelConfig, weights: Path | None) -> tuple[ModelConfig, Path | None]:
+    """What to load for `weights`: (the model, the LoRA adapter to put on it or None).
+
+    Full weights replace the base model; a LoRA adapter rides on ``model.name``.
+    """
+    if weights is None:
+        return model, None
+    found = kind(weights)
+    if found == "full":
+        return model.model_copy(update={"name": str(weights)}), None
+    if found is None:
+        raise ConfigError(f"{weights}: not a LoRA adapter folder (no {ADAPTER_CONFIG}) nor a "
+                          f"model folder ({FULL_CONFIG} + {FULL_WEIGHTS})")
+    return model, Path(weights)
+
+
+def lora_settings(folder: Path) -> dict[str, Any]:
+    """A LoRA adapter's adapter_config.json (rank, alpha, target modules...)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not a LoRA adapter folder (no {ADAPTER_CONFIG})")
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: not a valid adapter config")
+    return settings
+
+
+def train_info(folder: Path) -> dict[str, Any]:
+    """The glossrec_train.json beside trained weights ({} when there is none)."""
+    path = Path(folder) / TRAIN_INFO
+    return read_json(path) if path.is_file() else {}
+
+
+def check_init(spec: str, method: str, lora: LoraConfig) -> Path:
+    """train.init_adapter resolved, and checked to fit a model trained by `method`: a LoRA
+    adapter with these [lora] settings, or full weights for train.method = "full"."""
+    folder = resolve_weights(spec)
+    if method == "lora":
+        saved = lora_settings(folder) if is_lora(folder) else None
+        if saved is None or saved.get("r") != lora.r or saved.get("lora_alpha") != lora.alpha \
+                or set(saved.get("target_modules") or []) != set(lora.target_modules):
+            raise ConfigError(f"train.init_adapter: {folder} is not a LoRA adapter with this "
+                              f"run's [lora] settings (r={lora.r}, alpha={lora.alpha}, "
+                              f"target_modules={lora.target_modules})")
+    elif not (folder / FULL_WEIGHTS).is_file():
+        raise ConfigError(f"train.init_adapter: {folder} holds no full model weights "
+                          f'({FULL_WEIGHTS}), which train.method = "full" needs')
+    return folder
+
+
+def save(model: Any, folder: Path, base_name: str) -> None:
+    """The trained weights of `model`: a LoRA adapter (a peft model), or the whole model."""
+    if not hasattr(model, "peft_config"):
+        model.save_pretrained(str(folder))
+        return
+    for cfg in model.peft_config.values():
+        cfg.base_model_name_or_path = base_name  # portable: the spec, not a cache path
+    # LoRA never touches the embeddings; "auto" would look for the base config by that name.
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+
+
+def load_into(model: Any, folder: Path, device: str) -> None:
+    """Load weights written by :func:`save` into `model` (same method, same shapes); a file cut
+    short or corrupt is a one-line error naming it."""
+    from safetensors.torch import load_file
+
+    check_model_files(Path(folder))
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(Path(folder) / ADAPTER_WEIGHTS),
+                                                   device=device))
+        return
+    state = load_file(str(Path(folder) / FULL_WEIGHTS), device=device)
+    result = model.load_state_dict(state, strict=False)
+    # Tied output embeddings are saved once, under the input embeddings' name.
+    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"{folder}: weights do not fit this model (missing {missing[:3]}, "
+                          f"unexpected {result.unexpected_keys[:3]})")
