@@ -173,7 +173,7 @@ def test_recommend_on_a_cut_short_adapter_prints_one_line(
     """`glossrec recommend --run RUN` in LM mode (the run has an adapter) whose
     adapter_model.safetensors is cut short: exit code 2 and one line naming that file."""
     from glossrec.config import load_config
-    from glossrec.serve.recommender import write_config
+    from glossrec.rundir import RunDir
     from tests.conftest import cli
     from tests.serve.conftest import write_dataset
 
@@ -183,7 +183,7 @@ def test_recommend_on_a_cut_short_adapter_prints_one_line(
         "generate": {"num_beams": 2, "num_return": 2, "max_new_tokens": 4},
         "retrieve": {"retriever": "bm25"},
     })
-    run = write_config(tmp_path / "run", cfg).parent
+    run = RunDir(tmp_path / "run").write_config(cfg).parent
     shutil.copytree(tiny_adapter, run / "adapter")
     bad = run / "adapter" / "adapter_model.safetensors"
     cut_short(bad)

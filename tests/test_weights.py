@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from glossrec.config import LoraConfig, load_config
@@ -35,7 +36,9 @@ def _lora(folder: Path) -> Path:
 def _full(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"")
+    from safetensors.numpy import save_file  # a readable file: resolving checks the header
+
+    save_file({"w": np.zeros(1, dtype=np.float32)}, str(folder / "model.safetensors"))
     return folder
 
 
