@@ -26,7 +26,7 @@ from glossrec.retrieve.base import Retriever
 from glossrec.retrieve.ranking import LIS, rank_texts
 from glossrec.rundir import RunDir
 from glossrec.splits import (  # noqa: F401 (the pipeline's prepare is glossrec.splits')
-    Example, Prepared, Splits, prepare, users_to_sample,
+    Example, Prepared, Splits, prepare, sample_users, users_to_sample,
 )
 
 
