@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from glossrec.config import ModelConfig, RunConfig, load_config
 from glossrec.serve import Recommender
 from glossrec.serve.app import ServeSettings, create_app
-from glossrec.serve.recommender import write_config
+from glossrec.rundir import RunDir
 from glossrec.retrieve.live import LiveCatalog
 
 from .conftest import TITLES, FakeGenerator, scored_run, write_dataset
@@ -114,7 +114,7 @@ def test_lm_mode_with_a_real_tiny_model_over_http(tmp_path: Path, tiny_model_con
         "generate": {"num_beams": 2, "num_return": 2, "max_new_tokens": 4, "batch_size": 2},
         "retrieve": {"retriever": "bm25"},
     })
-    run = write_config(tmp_path / "run", cfg).parent
+    run = RunDir(tmp_path / "run").write_config(cfg).parent
     with TestClient(create_app(Recommender.from_run(run, mode="lm"))) as c:
         r = c.post("/recommend", json={"history": ["A2", {"title": "argan oil mask"}], "k": 3})
     body = r.json()
