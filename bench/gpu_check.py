@@ -126,18 +126,6 @@ def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in _rows(run / "train_log.jsonl") if "loss" in r]
 
 
-def _uint8_tensors(obj: Any) -> int:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return int(obj.dtype == torch.uint8)
-    if isinstance(obj, dict):
-        return sum(_uint8_tensors(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_uint8_tensors(v) for v in obj)
-    return 0
-
-
 # --- the checks ------------------------------------------------------------------------------
 
 
@@ -163,6 +151,9 @@ def check_qlora(model: Path, data: Path, work: Path, rehearse: bool) -> str:
     from glossrec.models import load_model
     from glossrec.train import latest_checkpoint
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import uint8_tensors  # the test suite's check of an 8-bit optimizer state
+
     out = work / "qlora"
     sets = {**SMALL, "generate.constrain": "catalog"}
     if rehearse:  # the automatic choice is 4-bit on CUDA only
@@ -178,7 +169,7 @@ def check_qlora(model: Path, data: Path, work: Path, rehearse: bool) -> str:
                            f"found {len(quantized)} on {sorted(on)}")
     ckpt = latest_checkpoint(out)
     state = torch.load(ckpt / "optimizer.pt", weights_only=False, map_location="cpu")
-    if _uint8_tensors(state["state"]) == 0:
+    if uint8_tensors(state["state"]) == 0:
         raise RuntimeError("the optimizer state is not 8-bit (torch AdamW was used)")
     catalog = set(load_dataset(data).catalog.texts())
     texts = [t for r in _rows(out / "generations.jsonl") for t in r["texts"]]

@@ -13,6 +13,7 @@ import random
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,16 @@ def wait_for_checkpoint(proc, run: Path, timeout: float, tail: int = 3000) -> No
         assert proc.poll() is None, proc.stderr.read().decode()[-tail:]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.1)
+
+
+def uint8_tensors(obj: Any) -> int:
+    """uint8 tensors anywhere in a (nested) optimizer state (8-bit AdamW keeps its moments so)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return int(obj.dtype == torch.uint8)
+    if isinstance(obj, dict):
+        return sum(uint8_tensors(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(uint8_tensors(v) for v in obj)
+    return 0

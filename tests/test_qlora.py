@@ -29,7 +29,7 @@ from glossrec.config import LoraConfig
 from glossrec.models import bitsandbytes_missing
 from glossrec.train import latest_checkpoint
 
-from .conftest import _WORDS, build_tiny_lm, cli, write_tiny_dataset
+from .conftest import _WORDS, build_tiny_lm, cli, uint8_tensors, write_tiny_dataset
 from .retrieve.conftest import FakeEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_paper_qlora_recipe_trains_resumes_generates_and_scores_on_cpu(
     assert latest_checkpoint(killed).name == "step-0000002" and not (killed / "adapter").exists()
     # The paper's optimizer: 8-bit AdamW, whose saved moments are uint8 (torch AdamW's: float32).
     state = torch.load(latest_checkpoint(killed) / "optimizer.pt", weights_only=False)["state"]
-    assert _uint8_tensors(state) >= 2 * PROJECTIONS
+    assert uint8_tensors(state) >= 2 * PROJECTIONS
     loads.clear()
     code, out, err = cli(monkeypatch, capsys, *args, "--out", str(killed))
     assert code == 0, err[-2000:]
@@ -176,17 +176,6 @@ def test_paper_qlora_recipe_trains_resumes_generates_and_scores_on_cpu(
     texts = [t for row in _rows(free / "generations.jsonl") for t in row["texts"]]
     assert len(texts) == 4 and all(t.strip() for t in texts)
     assert json.loads((free / "metrics.json").read_text())["overall"]["users"] == 2
-
-
-def _uint8_tensors(obj: Any) -> int:
-    """uint8 tensors anywhere in a (nested) optimizer state."""
-    if isinstance(obj, torch.Tensor):
-        return int(obj.dtype == torch.uint8)
-    if isinstance(obj, dict):
-        return sum(_uint8_tensors(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_uint8_tensors(v) for v in obj)
-    return 0
 
 
 def _catalog_lines(folder: Path) -> list[str]:

@@ -217,7 +217,7 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         raise ShipError(f"{folder / PROVENANCE}: {len(runs)} runs recorded, the log has "
                         f"{len(spans)}")
     size = (folder / "adapter_model.safetensors").stat().st_size / 2**20
-    tr, gen, pr = cfg["train"], cfg["generate"], cfg["prompt"]
+    tr, pr = cfg["train"], cfg["prompt"]
     base = BASE_MODELS.get(info["model"], f"`{info['model']}` (see its own licence)")
     minutes = [(s["clock_s"] - runs[s["run"]].get("paused_s", 0.0)) / 60 for s in spans]
     decode = prov.get("decode", {})

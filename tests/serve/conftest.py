@@ -274,3 +274,18 @@ def serving_app(app, timeout: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture()
+def lm_run(tmp_path: Path, tiny_model_config) -> Path:
+    """An LM-mode run over the tiny dataset: the tiny random LM, 3 beams, BM25."""
+    from glossrec.config import load_config
+    from glossrec.rundir import RunDir
+
+    cfg = load_config(None, {
+        "data": {"path": str(write_dataset(tmp_path / "data"))},
+        "model": tiny_model_config.model_dump(mode="json", exclude_none=True),
+        "generate": {"num_beams": 3, "num_return": 3, "max_new_tokens": 6, "batch_size": 4},
+        "retrieve": {"retriever": "bm25"},
+    })
+    return RunDir(tmp_path / "run").write_config(cfg).parent

@@ -4,24 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
-from glossrec.config import ModelConfig, load_config
+from glossrec.config import ModelConfig
 from glossrec.serve import Recommender, Request
-from glossrec.rundir import RunDir
 
-from .conftest import write_dataset
-
-
-@pytest.fixture()
-def lm_run(tmp_path: Path, tiny_model_config: ModelConfig) -> Path:
-    cfg = load_config(None, {
-        "data": {"path": str(write_dataset(tmp_path / "data"))},
-        "model": tiny_model_config.model_dump(mode="json", exclude_none=True),
-        "generate": {"num_beams": 3, "num_return": 3, "max_new_tokens": 6, "batch_size": 4},
-        "retrieve": {"retriever": "bm25"},
-    })
-    return RunDir(tmp_path / "run").write_config(cfg).parent
 
 
 def _save_adapter(run: Path, cfg_model: ModelConfig) -> None:

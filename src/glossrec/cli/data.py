@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -30,6 +30,12 @@ def _echo_report(lines: list[str]) -> None:
         typer.echo(line)
 
 
+def _written(report: Any, out: Path) -> None:
+    """An importer's report, then where the dataset went."""
+    _echo_report(report.lines())
+    typer.echo(f"dataset written to {out}")
+
+
 @import_app.command("amazon")
 def import_amazon_cmd(
     reviews: Annotated[Path, typer.Option("--reviews", help="reviews_<Category>_5.json.gz")],
@@ -47,8 +53,7 @@ def import_amazon_cmd(
     report = import_amazon(reviews, meta, out, min_items=min_items,
                            title_words=title_words or None,
                            attributes=tuple(attr) if attr else DEFAULT_ATTRIBUTES)
-    _echo_report(report.lines())
-    typer.echo(f"dataset written to {out}")
+    _written(report, out)
 
 
 @import_app.command("csv")
@@ -71,8 +76,7 @@ def import_csv_cmd(
     cols = CsvColumns(user=user_col, item=item_col, time=time_col, title=title_col)
     report = import_csv(interactions, items, out, columns=cols, delimiter=delimiter,
                         min_items=min_items, title_words=title_words or None)
-    _echo_report(report.lines())
-    typer.echo(f"dataset written to {out}")
+    _written(report, out)
 
 
 @data_app.command("export")
@@ -110,8 +114,7 @@ def fetch_cmd(
     reviews, meta = fetch_category(category, raw_dir or out / "raw",
                                    base_url=base_url or DEFAULT_BASE_URL, force=force)
     report = import_amazon(reviews, meta, out, min_items=min_items, title_words=title_words or None)
-    _echo_report(report.lines())
-    typer.echo(f"dataset written to {out}")
+    _written(report, out)
 
 
 @data_app.command("stats")

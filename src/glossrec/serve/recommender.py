@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
-from glossrec.config import Ranking, RunConfig, load_config
+from glossrec.config import Ranking, RunConfig
 from glossrec.errors import ConfigError, DataError, GlossrecError
 from glossrec.retrieve.ranking import LIS, rank_texts
 from glossrec.retrieve.live import (
