@@ -4,7 +4,7 @@ at the same global batch, on the embedded SmolLM2-135M and real Beauty training 
 Each arm is the real command (``python -m glossrec.cli train --config C --out TMP
 --max-steps S [--processes N]``) in a fresh run folder: N torchrun processes (gloo), each with
 cores / N threads, each computing the gradient of its share of every 16-text step, summed
-across processes before the optimizer step (glossrec.train._Group). Examples/s are taken from
+across processes before the optimizer step (glossrec.train.parallel._Group). Examples/s are taken from
 the run's own training log over the steps after the first (warm-up and process-group setup
 excluded), so model loading is not in the ratio; wall time is reported too. The tests show the
 loss curves agree (tests/test_train_parallel.py: relative 1e-4); here the losses of both arms

@@ -73,12 +73,15 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: i
     from glossrec.models import load_tokenizer
     from glossrec.prompts import PromptBuilder, make_pairs
     from glossrec.splits import make_splits, sample_users
+    from glossrec.train import loop, loss as train_loss
 
     spec = dict(ARMS[arm])
     if not spec.pop("label_positions", True):
-        full_logits = tr.loss_sum
-        tr.loss_sum = lambda m, b, d, **kw: full_logits(m, b, d, False, False)  # type: ignore[assignment]
-        tr._release_freed_memory = lambda: None  # type: ignore[assignment]
+        full_logits = train_loss.loss_sum
+        # Where the loop's step and the validation loss look them up.
+        loop.loss_sum = train_loss.loss_sum = (  # type: ignore[assignment]
+            lambda m, b, d, **kw: full_logits(m, b, d, False, False))
+        loop._release_freed_memory = lambda: None  # type: ignore[assignment]
     cfg = load_config(None, {
         "data.path": str(data),
         "model": {"name": "embedded:smollm2", "load_in_4bit": spec.pop("load_in_4bit", False)},
@@ -92,14 +95,14 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: i
     pairs = make_pairs(examples, ds.catalog, builder, "train")
 
     optimizers: list[str] = []
-    make_optimizer = tr._optimizer
+    make_optimizer = loop._optimizer
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
         opt = make_optimizer(*args, **kwargs)
         optimizers.append(type(opt).__name__)
         return opt
 
-    tr._optimizer = recorded  # type: ignore[assignment]
+    loop._optimizer = recorded  # type: ignore[assignment]
     marks: list[tuple[float, Any]] = []
 
     def on_step(state: Any) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 
 
 def main() -> None:
-    from glossrec import train
+    from glossrec.train import checkpoints
     from glossrec.cli import main as glossrec
 
     kill_at = int(sys.argv[1])
-    save = train._Run.save_checkpoint
+    save = checkpoints._Run.save_checkpoint
 
     def save_then_die(run: Any) -> Path:
         path = save(run)
@@ -26,7 +26,7 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return path
 
-    train._Run.save_checkpoint = save_then_die  # type: ignore[method-assign]
+    checkpoints._Run.save_checkpoint = save_then_die  # type: ignore[method-assign]
     sys.argv = ["glossrec", *sys.argv[2:]]
     glossrec()
 

@@ -98,7 +98,7 @@ def test_the_layout_names_have_one_owner() -> None:
     names = ['"config.toml"', '"adapter"', '"manifest.json"', '"generations.jsonl"',
              '"generations.valid.jsonl"', '"metrics.json"', '"rankings.jsonl"', '"report.md"',
              '"report.png"', '"index"']
-    # Left where they are: train.py still names checkpoints/ and train_log.jsonl itself, and
+    # Left where they are: glossrec.train still names checkpoints/ and train_log.jsonl itself, and
     # "index" also keys timing dicts ("timing_s": {"index": ...}).
     allowed = {("pipeline.py", '"index"')}
     src = ROOT / "src" / "glossrec"

@@ -109,7 +109,7 @@ def test_train_save_load_gives_same_logits(tiny_lm_dir: Path, tok, tmp_path: Pat
 def test_early_stopping_keeps_best_adapter(tiny_lm_dir: Path, tok, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 1.0])
-    monkeypatch.setattr("glossrec.train.evaluate_loss", lambda *a, **k: next(losses))
+    monkeypatch.setattr("glossrec.train.checkpoints.evaluate_loss", lambda *a, **k: next(losses))
     data = helper.pairs(tok, 10)
     cfg = helper.config(tiny_lm_dir, eval_steps=1, patience=3, epochs=5, save_steps=100)
     run = tmp_path / "run"
@@ -228,12 +228,12 @@ def test_train_from_config_needs_data(tmp_path: Path) -> None:
 
 def test_cpu_bf16_default_needs_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
     from glossrec.config import TrainConfig
-    from glossrec.train import _use_bf16
+    from glossrec.train.optim import _use_bf16
 
-    monkeypatch.setattr("glossrec.train.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("glossrec.train.optim.cpu_has_native_bf16", lambda: False)
     assert _use_bf16(TrainConfig(), "cpu") is False  # emulated bf16 is ~8x slower here
     assert _use_bf16(TrainConfig(bf16=True), "cpu") is True
-    monkeypatch.setattr("glossrec.train.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("glossrec.train.optim.cpu_has_native_bf16", lambda: True)
     assert _use_bf16(TrainConfig(), "cpu") is True
     assert _use_bf16(TrainConfig(bf16=False), "cpu") is False
 
@@ -271,7 +271,7 @@ def test_label_position_loss_equals_full_logit_loss(tiny_lm_dir: Path, tok, loss
 
 
 def test_length_grouped_batches_are_a_shuffled_partition() -> None:
-    from glossrec.train import _epoch_batches
+    from glossrec.train.batching import _epoch_batches
 
     lengths = [(i * 37) % 101 for i in range(1000)]
     batches = _epoch_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
@@ -331,7 +331,7 @@ def test_constant_schedule_extends_over_runs(tiny_lm_dir: Path, tok, tmp_path: P
 
 def test_micro_batches_split_by_tokens_give_the_same_training(tiny_lm_dir: Path, tok,
                                                               tmp_path: Path) -> None:
-    from glossrec.train import _split_by_tokens
+    from glossrec.train.batching import _split_by_tokens
 
     lengths = [10, 50, 20, 40]
     parts = _split_by_tokens([0, 1, 2, 3], lengths, cap=80)
@@ -417,7 +417,7 @@ def test_whole_text_continuation_resumes_onto_the_same_curve(tiny_lm_dir: Path, 
 def test_the_paper_optimizer_where_bitsandbytes_runs_it(monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     from glossrec.config import TrainConfig
-    from glossrec.train import _optimizer
+    from glossrec.train.optim import _optimizer
 
     params = [torch.nn.Parameter(torch.zeros(8))]
     # Full-precision CPU training keeps torch AdamW; 4-bit QLoRA takes the paper's 8-bit AdamW.

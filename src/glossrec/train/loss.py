@@ -1,0 +1,171 @@
+"""Training texts as tokens, their labels, and the loss over the label positions.
+
+Loss: causal-LM cross-entropy over the whole training text ("full", the paper) or only over the
+target line + EOS ("target"). Labels come from the attention mask, never from the pad id: the pad
+token of SmolLM2 IS its EOS, and the EOS that ends a training text must be learned. The loss of
+one optimizer step is the mean over every label token of its accumulated micro-batches (not a
+mean of micro-batch means), so padding and batch composition do not reweight examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from glossrec.prompts import PromptPair
+from glossrec.train.optim import _autocast
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One training text as token ids; positions before `loss_start` are not labels."""
+
+    input_ids: tuple[int, ...]
+    loss_start: int = 0
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full",
+                 max_length: int | None = None) -> list[Encoded]:
+    """Token ids of prompt + target + EOS for each pair.
+
+    Prompt and target are tokenized separately (prompt with the tokenizer's special tokens, e.g.
+    a BOS), exactly as generation sees the prompt; the EOS id is appended, not parsed from text.
+    Pairs longer than `max_length` (only when not built by PromptBuilder) lose tokens from the
+    left.
+    """
+    if not pairs:
+        return []
+    eos = tokenizer.eos_token_id
+    prompts = tokenizer([p.prompt for p in pairs])["input_ids"]
+    targets = tokenizer([p.target for p in pairs], add_special_tokens=False)["input_ids"]
+    out, cut = [], 0
+    for p_ids, t_ids in zip(prompts, targets):
+        ids = list(p_ids) + list(t_ids) + [eos]
+        start = 0 if loss == "full" else len(p_ids)
+        if max_length is not None and len(ids) > max_length:
+            drop = len(ids) - max_length
+            ids, start, cut = ids[drop:], max(0, start - drop), cut + 1
+        out.append(Encoded(tuple(ids), start))
+    if cut:
+        log.warning("%d training texts exceeded %s tokens and were cut from the left",
+                    cut, max_length)
+    return out
+
+
+def make_labels(input_ids: Any, attention_mask: Any, loss_start: Any | None = None) -> Any:
+    """Labels = input ids where the attention mask is 1 and the position >= loss_start.
+
+    Masking by attention mask (not by pad id) keeps the final EOS as a label although
+    pad == EOS.
+    """
+    import torch
+
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
+    if loss_start is not None:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        labels = labels.masked_fill(pos[None, :] < loss_start[:, None], IGNORE)
+    return labels
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-pad a micro-batch to its longest text (dynamic padding, no packing)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        input_ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
+        attention[i, :len(e.input_ids)] = 1
+    starts = torch.tensor([e.loss_start for e in batch], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "labels": make_labels(input_ids, attention, starts)}
+
+
+def n_label_tokens(batch: dict[str, Any]) -> int:
+    """Tokens that are predicted (the first position predicts nothing after the shift)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+# Architectures whose logits are exactly lm_head(last hidden state): no logit scaling or
+# soft-capping between the two, so the head can be applied to label positions alone.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"})
+
+
+def _body_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) of a (peft-wrapped) causal LM whose head can be applied apart, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    get_decoder = getattr(base, "get_decoder", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if get_decoder is None or head is None:
+        return None
+    return get_decoder(), head
+
+
+def _right_padded(mask: Any) -> bool:
+    """Every row is ones then zeros (what `collate` builds)."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bool = True,
+             causal_only: bool = True) -> Any:
+    """Summed next-token cross-entropy over the batch's label tokens (float32).
+
+    With `label_positions` (the default) the LM head runs only on the hidden states that predict
+    a label: with target-only loss that is ~10% of the positions, and even with whole-text loss
+    the padding is skipped. The 49k-wide fp32 logits of every position are the largest tensors
+    of a SmolLM2 step. Models whose logits are not a plain head of the hidden state take the
+    full-logit path.
+
+    With `causal_only` a right-padded batch is run without its padding mask: a real token only
+    attends to earlier positions, all real, so its hidden state is the same, and the padding's
+    own outputs are never labels. Without a mask, SDPA runs its fused causal kernel instead of
+    materializing a mask and every attention matrix: a SmolLM2 micro-batch of 4 x 948 tokens
+    peaked at 1.7 GB instead of 8.8 GB (forward + backward). Both equal the reference loss
+    (tests/test_train.py).
+    """
+    import torch.nn.functional as F
+
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    targets = batch["labels"].to(device)[:, 1:]
+    attention = None if causal_only and _right_padded(mask) else mask
+    parts = _body_and_head(model) if label_positions else None
+    if parts is None:
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+    body, head = parts
+    hidden = body(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+    keep = targets != IGNORE
+    logits = head(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
+                  device: str, bf16: bool) -> float:
+    """Token-mean validation loss (length-sorted batches: less padding, same result)."""
+    import torch
+
+    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(order), batch_size):
+            batch = collate([data[i] for i in order[s:s + batch_size]], pad_id)
+            with _autocast(device, bf16):
+                total += float(loss_sum(model, batch, device))
+            count += n_label_tokens(batch)
+    if was_training:
+        model.train()
+    return total / max(count, 1)
