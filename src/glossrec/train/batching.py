@@ -53,9 +53,9 @@ def _split_by_tokens(batch: list[int], lengths: Sequence[int], cap: int | None) 
 def _release_freed_memory() -> None:
     """Return the allocator's freed pages to the OS (glibc's malloc_trim; a no-op elsewhere).
 
-    Micro-batches of different lengths leave glibc's heap fragmented, and freed memory is kept:
-    measured on full Beauty (bench/train_speed.py), peak RSS grew to ~10 GB over 3 steps whose
-    live tensors need a fraction of that. Trimming after each micro-batch costs milliseconds.
+    Micro-batches of different lengths leave glibc's heap fragmented, and freed memory is kept,
+    so peak RSS grows far beyond what the live tensors need (docs/results.md, "Training speed").
+    Trimming after each micro-batch costs milliseconds.
     """
     trim = _libc_malloc_trim()
     if trim is not None:

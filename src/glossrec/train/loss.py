@@ -129,8 +129,8 @@ def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bo
     With `causal_only` a right-padded batch is run without its padding mask: a real token only
     attends to earlier positions, all real, so its hidden state is the same, and the padding's
     own outputs are never labels. Without a mask, SDPA runs its fused causal kernel instead of
-    materializing a mask and every attention matrix: a SmolLM2 micro-batch of 4 x 948 tokens
-    peaked at 1.7 GB instead of 8.8 GB (forward + backward). Both equal the reference loss
+    materializing a mask and every attention matrix, which saves most of a long micro-batch's
+    peak memory (docs/results.md, "Training speed"). Both equal the reference loss
     (tests/test_train.py).
     """
     import torch.nn.functional as F
