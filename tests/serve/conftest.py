@@ -289,3 +289,39 @@ def lm_run(tmp_path: Path, tiny_model_config) -> Path:
         "retrieve": {"retriever": "bm25"},
     })
     return RunDir(tmp_path / "run").write_config(cfg).parent
+
+
+# ---- LM-mode batching ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def searches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records every grounded search call (glossrec's loop) as (prompts, exclusion lists)."""
+    from glossrec.generate import hf
+
+    calls: list[tuple[int, int]] = []
+    real = hf.grounded_beam_search
+
+    def spy(gen, batch, exclusions, *args, **kw):
+        calls.append((len(batch), len(exclusions) if exclusions is not None else 0))
+        found = real(gen, batch, exclusions, *args, **kw)
+        assert found is not None, "the tiny LM's cache is reusable: glossrec's loop must run"
+        return found
+
+    monkeypatch.setattr(hf, "grounded_beam_search", spy)
+    return calls
+
+
+async def post_together(app, histories: list[list[str]], k: int = 3) -> tuple[list[httpx.Response], dict]:
+    """POST /recommend for every history at once, in-process; the responses and /health after."""
+    import asyncio
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+        await app.state.batcher.start()
+        try:
+            rs = await asyncio.gather(*(c.post("/recommend", json={"history": h, "k": k})
+                                        for h in histories))
+            return list(rs), (await c.get("/health")).json()
+        finally:
+            await app.state.batcher.close()

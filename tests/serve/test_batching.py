@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -107,3 +108,62 @@ def test_rejects_bad_settings() -> None:
         MicroBatcher(lambda x: x, window_s=0.0, max_batch=0)
     with pytest.raises(ValueError):
         MicroBatcher(lambda x: x, window_s=-1.0)
+
+
+def test_the_window_follows_a_recent_batch_time_within_its_bounds() -> None:
+    b = MicroBatcher(lambda x: x, window_s=0.015, window_fraction=0.1, max_window_s=0.5)
+    assert b.current_window_s() == 0.015  # nothing measured yet
+    b.stats.record(8, 2.0)
+    assert b.current_window_s() == pytest.approx(0.2)
+    b.stats.record(8, 60.0)
+    assert b.current_window_s() == 0.5  # capped
+    fixed = MicroBatcher(lambda x: x, window_s=0.015)
+    fixed.stats.record(8, 60.0)
+    assert fixed.current_window_s() == 0.015
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda x: x, window_s=0.1, window_fraction=0.1, max_window_s=0.05)
+
+
+def _spread_submissions(window_fraction: float) -> list[list[int]]:
+    """A first batch that takes 0.4 s, then two requests 50 ms apart: the batches formed."""
+    calls: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(items)
+        if len(calls) == 1:
+            time.sleep(0.4)
+        return items
+
+    async def main() -> None:
+        b = MicroBatcher(fn, window_s=0.01, max_batch=8, window_fraction=window_fraction,
+                         max_window_s=1.0)
+        await b.submit(0)
+
+        async def late(i: int, delay: float) -> int:
+            await asyncio.sleep(delay)
+            return await b.submit(i)
+
+        await asyncio.gather(late(1, 0.0), late(2, 0.05))
+        await b.close()
+
+    asyncio.run(main())
+    return calls[1:]
+
+
+def test_a_window_that_follows_the_batch_time_gathers_requests_that_arrive_spread_out() -> None:
+    # 50 ms apart: a fixed 10 ms window splits them; a window of the last batch's whole time
+    # (0.4 s) gathers them.
+    assert _spread_submissions(0.0) == [[1], [2]]
+    assert _spread_submissions(1.0) == [[1, 2]]
+
+
+def test_each_batch_is_logged_at_debug_with_its_size(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        b = MicroBatcher(lambda items: items, window_s=0.05, max_batch=8)
+        await asyncio.gather(*(b.submit(i) for i in range(3)))
+        await b.close()
+
+    with caplog.at_level(logging.DEBUG, logger="glossrec.serve.batching"):
+        asyncio.run(main())
+    first = next(r.getMessage() for r in caplog.records if r.name == "glossrec.serve.batching")
+    assert first.startswith("batch of 3 request(s)")

@@ -3,21 +3,29 @@ them with LIS and the ID model, as `glossrec hybrid --generations ...` fused the
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from glossrec.config import ModelConfig, RunConfig
 from glossrec.io import write_jsonl
 from glossrec.pipeline import prepare, run_baseline, run_hybrid
 from glossrec.serve import Recommender
+from glossrec.serve.app import ServeSettings, create_app
 
-from .conftest import write_dataset
+from .conftest import post_together, write_dataset
 
 
-def test_serving_a_hybrid_run_with_the_lm(tmp_path: Path, tiny_model_config: ModelConfig) -> None:
+@pytest.fixture()
+def hybrid_run(tmp_path: Path, tiny_model_config: ModelConfig) -> Path:
+    """A hybrid (LIS + the LM's texts + popularity) whose LM search is the shipped recipe's
+    (grounded, prior_weight 1.0)."""
     data = write_dataset(tmp_path / "data")
     cfg = RunConfig(model=tiny_model_config).updated(
         data={"path": data}, split={"valid_fraction": 0.34},
-        generate={"num_beams": 3, "num_return": 3, "max_new_tokens": 4, "constrain": "catalog"},
+        generate={"num_beams": 3, "num_return": 3, "max_new_tokens": 4, "constrain": "catalog",
+                  "prior_weight": 1.0, "batch_size": 8},
         retrieve={"retriever": "bm25", "exclude_history": True},
         evaluate={"cutoffs": [5]},
         hybrid={"weights": {"lis": 4.0, "gloss": 1.0, "pop": 1.0}, "rrf_k": 10, "depth": 3})
@@ -27,8 +35,11 @@ def test_serving_a_hybrid_run_with_the_lm(tmp_path: Path, tiny_model_config: Mod
     write_jsonl(gens, ({"user_id": e.user_id, "texts": ["Title: Rose water facial toner spray"]}
                        for e in prep.examples))
     run_hybrid(cfg, [tmp_path / "pop"], tmp_path / "hybrid", generations={"test": gens})
+    return tmp_path / "hybrid"
 
-    rec = Recommender.from_run(tmp_path / "hybrid", mode="lm")
+
+def test_serving_a_hybrid_run_with_the_lm(hybrid_run: Path) -> None:
+    rec = Recommender.from_run(hybrid_run, mode="lm")
     assert rec.mode == "lm"
     out = rec.recommend(["A2", "A3"], k=6)
     assert len(out.items) == 6 and len({i.item_id for i in out.items}) == 6  # k is filled
@@ -39,4 +50,21 @@ def test_serving_a_hybrid_run_with_the_lm(tmp_path: Path, tiny_model_config: Mod
     rec.add_items([{"item_id": "NEW", "title": "Argan oil hair mask for dry hair"}])
     fresh = rec.recommend(["A2", "A3"], k=6)
     assert "NEW" in [i.item_id for i in fresh.items]  # the ID model has never seen it
+    rec.close()
+
+
+def test_concurrent_hybrid_requests_share_one_grounded_search(
+        hybrid_run: Path, searches: list[tuple[int, int]]) -> None:
+    rec = Recommender.from_run(hybrid_run, mode="lm")
+    histories = [["A2", "A3"], ["A4"], ["A7", "A8"], ["B1"]]
+    # Closes when full (max_batch 4): the long window only keeps a busy machine from splitting.
+    app = create_app(rec, ServeSettings(batch_window_ms=30_000, max_batch=4))
+    rs, health = asyncio.run(post_together(app, histories, k=6))
+    assert [r.status_code for r in rs] == [200] * 4
+    assert searches == [(4, 4)] and rec.generate_calls == 1
+    assert health["batching"]["sizes"] == {"4": 1}
+    for r in rs:  # every answer fuses its own LM texts with the other components
+        body = r.json()
+        assert "gloss" in {s for i in body["items"] for s in i["sources"]}
+        assert len(body["items"]) == 6
     rec.close()

@@ -193,7 +193,7 @@ def serve(
     root_path: Annotated[str, typer.Option("--root-path", help="URL prefix the proxy serves this under, e.g. /glossrec.")] = "",
     proxy_headers: Annotated[bool, typer.Option("--proxy-headers/--no-proxy-headers", help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips.")] = False,
     forwarded_allow_ips: Annotated[str, typer.Option("--forwarded-allow-ips", help="Proxy addresses whose forwarded headers are trusted.")] = "127.0.0.1",
-    batch_window_ms: Annotated[Optional[float], typer.Option("--batch-window-ms", min=0, help="Batching window; default 15 (LM) / 0 (LIS).")] = None,
+    batch_window_ms: Annotated[Optional[float], typer.Option("--batch-window-ms", min=0, help="Batching window (fixed); default 0 in LIS mode, and in LM mode 15 ms or a tenth of a recent batch's time, whichever is longer, up to 500 ms.")] = None,
     max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Largest batch; 1 = no batching. Default generate.batch_size (LM) / 64 (LIS).")] = None,
     max_history: Annotated[int, typer.Option("--max-history", min=1, help="Longest accepted history.")] = 200,
     max_k: Annotated[int, typer.Option("--max-k", min=1, help="Largest accepted k.")] = 100,

@@ -44,6 +44,10 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 log = logging.getLogger("glossrec.serve")
+LM_WINDOW_FRACTION = 0.1
+LM_MAX_WINDOW_S = 0.5
+"""LM mode's default batch window: LM_WINDOW_FRACTION of a recent batch's time, at least
+15 ms and at most LM_MAX_WINDOW_S (ServeSettings.batch_window_ms)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,15 +67,22 @@ class ServeSettings(BaseModel):
     max_title_chars: int = Field(500, ge=1)
     max_items_per_request: int = Field(1000, ge=1)
     batch_window_ms: float | None = Field(None, ge=0)
-    """Wait this long after a request for others to batch with it. None: 15 ms in LM mode
-    (a generate call is worth waiting for), 0 in LIS mode (batch only what is already queued)."""
+    """Wait this long after a request for others to batch with it. None: in LM mode 15 ms or
+    a tenth of a recent batch's time, whichever is longer, up to 500 ms (a generate call is
+    worth waiting for; why a fraction: glossrec.serve.batching); in LIS mode 0 (batch only
+    what is already queued)."""
     max_batch: int | None = Field(None, ge=1)
     """Largest batch; 1 turns batching off. None: generate.batch_size in LM mode, 64 in LIS."""
     api_key: SecretStr | None = None
 
     def window_s(self, mode: str) -> float:
+        """The shortest wait for a batch (the whole wait unless window_fraction says more)."""
         ms = self.batch_window_ms if self.batch_window_ms is not None else (15.0 if mode == "lm" else 0.0)
         return ms / 1000.0
+
+    def window_fraction(self, mode: str) -> float:
+        """The share of a recent batch's time to wait at most: LM mode's default only."""
+        return LM_WINDOW_FRACTION if self.batch_window_ms is None and mode == "lm" else 0.0
 
 
 def resolve_api_key(api_key_file: Path | None = None) -> SecretStr | None:
@@ -359,7 +370,8 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
     mode = recommender.mode
     max_batch = s.max_batch or (recommender.config.generate.batch_size if mode == "lm" else 64)
     batcher: MicroBatcher[RecRequest, Recommendation] = MicroBatcher(
-        recommender.recommend_many, s.window_s(mode), max_batch)
+        recommender.recommend_many, s.window_s(mode), max_batch,
+        window_fraction=s.window_fraction(mode), max_window_s=LM_MAX_WINDOW_S)
     RecommendIn, ItemIn, ItemsIn = _models(s)
     api_key = s.api_key.get_secret_value() if s.api_key else None
 
@@ -441,7 +453,8 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
                 "limits": {"max_k": s.max_k, "max_history": s.max_history,
                            "max_title_chars": s.max_title_chars},
                 "retriever": getattr(cat.retriever, "kind", "?"), "ranking": recommender.ranking,
-                "batching": {"window_ms": s.window_s(mode) * 1000, "max_batch": max_batch,
+                "batching": {"window_ms": round(batcher.current_window_s() * 1000, 1),
+                             "window_fraction": batcher.window_fraction, "max_batch": max_batch,
                              **batcher.stats.to_json()},
                 "generate_calls": recommender.generate_calls}
 

@@ -5,12 +5,22 @@ are read once per step for the whole batch). The batcher waits a short window af
 request for others to arrive, then hands up to ``max_batch`` of them to a worker thread in one
 call. Only one batch runs at a time (one model), so requests that arrive while it runs form the
 next batch without any waiting. ``max_batch=1`` turns batching off (one request per call).
+
+The window can follow the model's cost (``window_fraction``): it is then that fraction of a
+recent batch's time when that is longer than ``window_s``, up to ``max_window_s``. Requests sent
+together do not arrive together: between a batch's responses and its clients' next requests lie
+sending, reading and parsing, slow on a busy machine. A window shorter than that splits them,
+and under steady load the split repeats (a batch of 1, then of the other 7, then of 1 again):
+whoever was split off is queued alone when the batch it missed ends, and starts the next batch
+before the others are back. A wait of a fixed fraction of a batch's cost bounds what a lone
+request pays for it, and is long enough to gather the others when a batch takes seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +30,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+log = logging.getLogger(__name__)
+
+_RECENT_WEIGHT = 0.3
+"""Weight of the newest batch in BatchStats.recent_s (an exponential moving average)."""
+
 
 @dataclass
 class BatchStats:
@@ -28,6 +43,8 @@ class BatchStats:
     max_size: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
     busy_s: float = 0.0
+    recent_s: float = 0.0
+    """The time of a batch lately: a moving average that follows the newest batches."""
 
     def record(self, size: int, seconds: float) -> None:
         self.batches += 1
@@ -35,12 +52,14 @@ class BatchStats:
         self.max_size = max(self.max_size, size)
         self.sizes[size] = self.sizes.get(size, 0) + 1
         self.busy_s += seconds
+        self.recent_s = (seconds if self.batches == 1
+                         else (1 - _RECENT_WEIGHT) * self.recent_s + _RECENT_WEIGHT * seconds)
 
     def to_json(self) -> dict[str, object]:
         return {"batches": self.batches, "requests": self.requests, "max_size": self.max_size,
                 "mean_size": round(self.requests / self.batches, 3) if self.batches else 0.0,
                 "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "busy_s": round(self.busy_s, 3)}
+                "busy_s": round(self.busy_s, 3), "recent_s": round(self.recent_s, 3)}
 
 
 class MicroBatcher(Generic[T, R]):
@@ -52,14 +71,22 @@ class MicroBatcher(Generic[T, R]):
     """
 
     def __init__(self, fn: Callable[[list[T]], Sequence[R | BaseException]], window_s: float = 0.015,
-                 max_batch: int = 8) -> None:
+                 max_batch: int = 8, window_fraction: float = 0.0, max_window_s: float = 0.5) -> None:
+        """window_s: the wait after a batch's first request; with window_fraction > 0, the
+        wait is that fraction of a recent batch's time when longer, capped at max_window_s."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if window_s < 0:
             raise ValueError("window_s must be >= 0")
+        if window_fraction < 0:
+            raise ValueError("window_fraction must be >= 0")
+        if window_fraction > 0 and max_window_s < window_s:
+            raise ValueError("max_window_s must be >= window_s")
         self.fn = fn
         self.window_s = window_s
         self.max_batch = max_batch
+        self.window_fraction = window_fraction
+        self.max_window_s = max_window_s
         self.stats = BatchStats()
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -95,11 +122,17 @@ class MicroBatcher(Generic[T, R]):
         await self._queue.put((item, fut))
         return await fut
 
+    def current_window_s(self) -> float:
+        """How long the next batch waits for more requests after its first."""
+        if not self.window_fraction:
+            return self.window_s
+        return min(self.max_window_s, max(self.window_s, self.window_fraction * self.stats.recent_s))
+
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
         assert self._queue is not None
         batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.window_s
+        deadline = loop.time() + self.current_window_s()
         while len(batch) < self.max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -120,6 +153,9 @@ class MicroBatcher(Generic[T, R]):
             live = [(item, fut) for item, fut in batch if not fut.cancelled()]
             if not live:
                 continue
+            assert self._queue is not None
+            log.debug("batch of %d request(s) (window %.0f ms, %d queued behind it)", len(live),
+                      1000 * self.current_window_s(), self._queue.qsize())
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.fn, [i for i, _ in live])
