@@ -4,12 +4,22 @@ Starts ``glossrec serve`` on a free loopback port as a subprocess, drives it wit
 httpx async clients for a bounded time and request count, checks every response, and writes
 bench/results/serve_load.json.
 
-LM mode uses the embedded SmolLM2-135M WITHOUT fine-tuning (no adapter; ``--mode lm``): the
-texts it generates are not good recommendations, but the cost of a request (prompt, beam
+Mode ``lm`` uses the embedded SmolLM2-135M WITHOUT fine-tuning (no adapter; ``--mode lm``):
+the texts it generates are not good recommendations, but the cost of a request (prompt, beam
 search, retrieval, fusion) is the real one, which is what a load test measures.
 
-    .venv/bin/python bench/serve_load.py                    # both modes, defaults below
+Mode ``lm-model`` serves a trained model (``--lm-model``, the shipped ``smollm2-beauty`` by
+default) from a run made as ``glossrec index --model NAME`` makes it, so with the model's own
+recipe (for the shipped one: catalog-grounded, PMI-guided search). Histories are exactly
+``--lm-max-history`` items of real users. For each ``--lm-windows`` arm (``default``: the
+server's own batch window; a number: ``--batch-window-ms``) one server answers 1 client, then
+8 (``--lm-clients``), each a fixed number of requests (``--lm-model-requests``); per phase it
+records latency, throughput, the server's CPU time and the batch sizes it formed (/health).
+
+    .venv/bin/python bench/serve_load.py                    # lis and lm, defaults below
     .venv/bin/python bench/serve_load.py --modes lis --duration 20
+    .venv/bin/python bench/serve_load.py --modes lm-model --data ../shared/data/amazon2014/beauty \
+        --out bench/results/serve_load--lm-shipped.json     # the shipped model, 1 and 8 clients
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, code_version  # noqa: E402
+from _common import ROOT, code_version, machine  # noqa: E402
 
 
 @dataclass
@@ -158,15 +168,97 @@ async def drive(url: str, histories: list[list[str]], k: int, concurrency: int, 
     return stats
 
 
-def load_histories(data: Path, n: int, max_len: int, seed: int) -> tuple[list[list[str]], set[str]]:
+def load_histories(data: Path, n: int, max_len: int, seed: int,
+                   min_len: int = 2) -> tuple[list[list[str]], set[str]]:
+    """n random users' histories (all but their last item), the newest max_len items of each;
+    only users with at least min_len history items; and every catalog id."""
     from glossrec.data import load_dataset
 
     ds = load_dataset(data)
     rng = random.Random(seed)
-    users = [s for s in ds.sequences if len(s) >= 3]
+    users = [s for s in ds.sequences if len(s) - 1 >= max(min_len, 2)]
     picks = rng.sample(users, min(n, len(users)))
     ids = ds.catalog.ids
     return [[ids[i] for i in s[:-1][-max_len:]] for s in picks], set(ids)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The batches a phase formed: the difference of two /health "batching" readings."""
+    sizes = {k: v - before["sizes"].get(k, 0) for k, v in after["sizes"].items()}
+    sizes = {k: v for k, v in sorted(sizes.items(), key=lambda kv: int(kv[0])) if v}
+    batches, requests = after["batches"] - before["batches"], after["requests"] - before["requests"]
+    return {"batches": batches, "requests": requests, "sizes": sizes,
+            "mean_size": round(requests / batches, 2) if batches else None,
+            "busy_s": round(after["busy_s"] - before["busy_s"], 2),
+            "window_ms_at_end": after["window_ms"]}
+
+
+def lm_model_study(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The trained model served as a user would serve it: 1 client, then 8, per window arm."""
+    from glossrec.config import load_config
+    from glossrec.serve import make_index_run
+
+    t0 = time.perf_counter()
+    run = make_index_run(a.data, a.retriever, workdir / "lm-model-run", weights=a.lm_model)
+    index_s = time.perf_counter() - t0
+    gen = load_config(run / "config.toml").generate
+    n = a.lm_max_history
+    histories, known = load_histories(a.data, a.users, n, a.seed, min_len=n)
+    clients = [int(c) for c in a.lm_clients.split(",")]
+    counts = [int(c) for c in a.lm_model_requests.split(",")]
+    if len(counts) != len(clients):
+        raise SystemExit("--lm-model-requests needs one count per --lm-clients entry")
+    arms: dict[str, Any] = {}
+    for window in [w.strip() for w in a.lm_windows.split(",") if w.strip()]:
+        args = ["--mode", "lm"] + ([] if window == "default" else ["--batch-window-ms", window])
+        name = f"window_{window}"
+        print(f"[{name}] starting: glossrec serve {' '.join(args)}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        proc, url = start(run, args, workdir / f"{name}.log")
+        arm: dict[str, Any] = {"serve_args": args, "startup_s": round(time.perf_counter() - t0, 1),
+                               "phases": []}
+        try:
+            # Untimed: first-call costs (the prior's cache, allocator); also the window's first
+            # measure of a batch's time.
+            asyncio.run(drive(url, histories[-1:], a.k, 1, 900, a.lm_warmup, known, a.timeout))
+            for conc, count in zip(clients, counts):
+                before = httpx.get(url + "/health", timeout=60).json()
+                load0, cpu0 = os.getloadavg()[0], cpu_seconds(proc.pid)
+                stats = asyncio.run(drive(url, histories, a.k, conc, a.lm_duration, count, known,
+                                          a.timeout))
+                cpu = cpu_seconds(proc.pid) - cpu0
+                after = httpx.get(url + "/health", timeout=60).json()
+                phase = {"clients": conc, "requests": count, **stats.summary(),
+                         "server_cpu_s": round(cpu, 1),
+                         "server_cpu_s_per_request": round(cpu / count, 2) if count else None,
+                         "loadavg_1m_before": round(load0, 2),
+                         "loadavg_1m_after": round(os.getloadavg()[0], 2),
+                         "batches": batch_delta(before["batching"], after["batching"]),
+                         "generate_calls": after["generate_calls"] - before["generate_calls"]}
+                arm["phases"].append(phase)
+                print(f"[{name}] {conc} client(s): {phase['requests_ok']} ok / {phase['errors']} "
+                      f"errors, {phase['requests_per_s']} req/s, p50 {phase['latency_ms']['p50']} "
+                      f"ms, p95 {phase['latency_ms']['p95']} ms; batches {phase['batches']['sizes']}",
+                      file=sys.stderr, flush=True)
+        finally:
+            stop(proc)
+        arms[name] = arm
+    return {"model": a.lm_model, "run": f"glossrec index --model {a.lm_model} --retriever {a.retriever}",
+            "index_s": round(index_s, 1), "history_items": n, "distinct_histories": len(histories),
+            "catalog_items": len(known),
+            "generate": {k: getattr(gen, k) for k in (
+                "constrain", "prior_weight", "grounded_search", "grounded_score", "num_beams",
+                "num_return", "max_new_tokens", "batch_size")},
+            "arms": arms}
 
 
 def one_run(name: str, run: Path, serve_args: list[str], histories: list[list[str]], known: set[str],
@@ -204,7 +296,7 @@ def merge(stats: list[RunStats]) -> RunStats:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "beauty-sample")
-    p.add_argument("--modes", default="lis,lm", help="comma list of lis, lm")
+    p.add_argument("--modes", default="lis,lm", help="comma list of lis, lm, lm-model")
     p.add_argument("--retriever", default="bm25", choices=["bm25", "dense"])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--users", type=int, default=400, help="distinct histories to cycle through")
@@ -230,6 +322,13 @@ def main() -> None:
     p.add_argument("--num-beams", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--stop-at-newline", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--lm-model", default="smollm2-beauty",
+                   help="lm-model: a shipped model's name or a weights folder (glossrec index --model)")
+    p.add_argument("--lm-clients", default="1,8", help="lm-model: concurrent clients per phase")
+    p.add_argument("--lm-model-requests", default="6,24",
+                   help="lm-model: requests per phase, one count per --lm-clients entry")
+    p.add_argument("--lm-windows", default="default",
+                   help="lm-model: batch window arms, 'default' (the server's) or ms, e.g. default,15")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     a = p.parse_args()
 
@@ -237,12 +336,19 @@ def main() -> None:
     from glossrec.serve import make_index_run
 
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"lis", "lm", "lm-model"}
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)} (lis, lm, lm-model)")
     histories, known = load_histories(a.data, a.users, a.max_history, a.seed)
     results: dict[str, Any] = {}
     code_at_start = code_version()
+    machine_at_start = machine()
     with tempfile.TemporaryDirectory(prefix="glossrec-load-") as tmp:
         workdir = Path(tmp)
-        run = make_index_run(a.data, a.retriever, workdir / "run")
+        if "lm-model" in modes:
+            results["lm_model"] = lm_model_study(a, workdir)
+        # lis and lm share one LIS-made run (lm rewrites its [generate]).
+        run = make_index_run(a.data, a.retriever, workdir / "run") if {"lis", "lm"} & set(modes) else None
         if "lis" in modes:
             results["lis"] = one_run("lis", run, ["--mode", "lis"], histories, known, a,
                                      a.lis_concurrency, a.lis_duration, a.lis_requests, a.warmup,
@@ -276,25 +382,31 @@ def main() -> None:
     if "lm_batched" in results and "lm_unbatched" in results:
         b, u = results["lm_batched"]["requests_per_s"], results["lm_unbatched"]["requests_per_s"]
         results["lm_batching_throughput_gain"] = round(b / u, 2) if b and u else None
-    report = {
+    report: dict[str, Any] = {
         "what": "glossrec serve load test (bench/serve_load.py)",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "cpu": machine_at_start["cpu"],
+                    "loadavg_1m_at_start": machine_at_start["load_avg_1m"],
                     "loadavg_at_end": os.getloadavg(), "python": platform.python_version()},
         "code_at_start": code_at_start, "code_at_end": code_version(),
         "data": str(a.data), "retriever": a.retriever, "k": a.k, "distinct_histories": len(histories),
-        "lm_model": "embedded:smollm2 (SmolLM2-135M-Instruct), NOT fine-tuned, no adapter",
-        "lm_generation": {"num_beams": a.num_beams, "num_return": a.num_beams,
-                          "history_items": a.lm_max_history,
-                          "max_new_tokens": a.max_new_tokens, "stop_at_newline": a.stop_at_newline},
         "results": results,
     }
+    if "lm" in modes:
+        report["lm_model"] = "embedded:smollm2 (SmolLM2-135M-Instruct), NOT fine-tuned, no adapter"
+        report["lm_generation"] = {"num_beams": a.num_beams, "num_return": a.num_beams,
+                                   "history_items": a.lm_max_history,
+                                   "max_new_tokens": a.max_new_tokens,
+                                   "stop_at_newline": a.stop_at_newline}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     from glossrec.io import write_json
 
     write_json(a.out, report)
     print(json.dumps(results, indent=1))
     print(f"wrote {a.out}", file=sys.stderr)
-    if any(r.get("errors") for r in results.values() if isinstance(r, dict) and "errors" in r):
+    phases = [ph for arm in results.get("lm_model", {}).get("arms", {}).values() for ph in arm["phases"]]
+    if any(r.get("errors") for r in [*results.values(), *phases] if isinstance(r, dict) and "errors" in r):
         sys.exit(1)
 
 
