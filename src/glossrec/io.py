@@ -7,7 +7,8 @@ Every write that must survive a crash (kill -9 included) goes through one of thr
   then swapped into place in one rename: ``renameat2(RENAME_EXCHANGE)`` on Linux);
 - :class:`Versions`: a folder of numbered versions and a pointer file naming the current one,
   for state that readers may be reading while a writer publishes (a retriever's saves, the
-  live catalog).
+  live catalog). A version can also be built in two steps (:meth:`Versions.stage`, then
+  :meth:`Versions.publish_staged`), so that the long part runs without the writers' lock.
 
 :func:`fault_point` is where the crash tests stop a writer (an environment variable names the
 point and a delay); it does nothing otherwise.
@@ -16,16 +17,19 @@ point and a delay); it does nothing otherwise.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -203,6 +207,16 @@ def atomic_dir(final: Path, fill: Callable[[Path], None], keep_others: bool = Fa
     return final
 
 
+@dataclass
+class Staged:
+    """A complete version built by :meth:`Versions.stage`, not yet published. ``fd`` holds an
+    flock on its folder while this process may still publish it, so that another writer's
+    sweep leaves it alone (the lock dies with the process: a crashed build is swept)."""
+
+    path: Path
+    fd: int
+
+
 class Versions:
     """Numbered versions in a folder and a pointer file naming the current one.
 
@@ -211,6 +225,11 @@ class Versions:
     deletes older versions. A crash between any two steps leaves the pointer naming a complete
     version (the old one or the new one); leftovers are swept by the next publish. One writer
     at a time (callers hold a lock or serialise writes); readers never lock.
+
+    In two steps, for a version that takes long to write: :meth:`stage` fills and fsyncs it
+    under a temporary name without the writers' lock (other writers may publish meanwhile);
+    :meth:`publish_staged`, under the lock, adds the last files and publishes it as above, or
+    :meth:`discard` drops it.
 
     folder/POINTER     names the current version: {"version": NAME} (json_pointer) or NAME
     folder/PREFIXnnnnnn/  one complete version
@@ -282,7 +301,7 @@ class Versions:
         self.folder.mkdir(parents=True, exist_ok=True)
         previous = self.read_pointer() if self.exists() else None
         self.sweep()
-        name = f"{self.prefix}{max(self._numbers(), default=0) + 1:06d}"
+        name = self._next_name()
         tmp = self.folder / f".tmp-{name}-{os.getpid()}"
         tmp.mkdir()
         try:
@@ -292,11 +311,63 @@ class Versions:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return self._make_current(name, previous, keep_previous)
+
+    def _next_name(self) -> str:
+        return f"{self.prefix}{max(self._numbers(), default=0) + 1:06d}"
+
+    def _make_current(self, name: str, previous: str | None, keep_previous: bool) -> Path:
+        """The last steps of a publish: the renamed version made durable, then current, then
+        the older versions pruned."""
         fsync_path(self.folder)
         fault_point("publish")
         self._write_pointer(name)
         self.prune({name, previous} if keep_previous and previous else {name})
         return self.folder / name
+
+    def stage(self, fill: Callable[[Path], None]) -> Staged:
+        """Fill a new version under a temporary name and fsync it; no writers' lock needed.
+        Publish it with :meth:`publish_staged` or drop it with :meth:`discard`."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f".stage-{self.prefix}{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir()
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        staged = Staged(path, fd)
+        try:
+            fill(path)
+            fsync_tree(path)
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def publish_staged(self, staged: Staged, finish: Callable[[Path, str], None] | None = None,
+                       keep_previous: bool = False) -> Path:
+        """Make a staged version current (the caller holds the writers' lock):
+        ``finish(folder, name)`` writes its last files knowing the name it will have, then it
+        is published as :meth:`publish` does. On an error it is discarded."""
+        previous = self.read_pointer() if self.exists() else None
+        name = self._next_name()
+        try:
+            if finish is not None:
+                finish(staged.path, name)
+                fsync_tree(staged.path)
+            os.rename(staged.path, self.folder / name)
+        except BaseException:
+            self.discard(staged)
+            raise
+        os.close(staged.fd)
+        return self._make_current(name, previous, keep_previous)
+
+    @staticmethod
+    def discard(staged: Staged) -> None:
+        """Remove a staged version that will not be published."""
+        shutil.rmtree(staged.path, ignore_errors=True)
+        try:
+            os.close(staged.fd)
+        except OSError:
+            pass
 
     def _write_pointer(self, name: str) -> None:
         with atomic_write(self.folder / self.pointer) as f:
@@ -304,9 +375,13 @@ class Versions:
         fsync_path(self.folder)
 
     def sweep(self) -> None:
-        """Remove what crashed writers left: temporary versions and pointer temp files."""
+        """Remove what crashed writers left: temporary versions, staged versions no live
+        process holds, and pointer temp files."""
         for p in self.folder.glob(f".tmp-{self.prefix}*"):
             shutil.rmtree(p, ignore_errors=True)
+        for p in self.folder.glob(f".stage-{self.prefix}*"):
+            if _unheld(p):
+                shutil.rmtree(p, ignore_errors=True)
         for p in self.folder.glob(f".{self.pointer}.*.tmp"):
             p.unlink(missing_ok=True)
 
@@ -316,3 +391,18 @@ class Versions:
             if self.is_version(p.name) and p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
         self.sweep()
+
+
+def _unheld(path: Path) -> bool:
+    """True if no process holds the flock of this folder (its stager is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the lock we may have taken
