@@ -56,6 +56,7 @@ def test_cli_writes_reach_a_running_service(bm25_run: Path) -> None:
     with running(bm25_run) as srv, srv.client() as c:
         other = LiveCatalog.open(bm25_run / "index")  # e.g. `glossrec items add` meanwhile
         other.add([ItemRecord("CLI-1", "Volcanic clay detox mask")])
+        other.close(wait=True)
         assert _top(c, [{"title": "volcanic clay detox mask"}])[0] == "CLI-1"
 
 

@@ -274,7 +274,7 @@ class LiveCatalog:
         folder.mkdir(parents=True, exist_ok=True)
         cat = cls(folder, records, retriever, formatter, "", loader or _default_loader)
         with cat._writer_locks():
-            cat._compact_locked()  # from "": replaces whatever the folder held
+            cat._compact_locked(record=False)  # from "": replaces whatever the folder held
         return cat
 
     @classmethod
@@ -640,6 +640,12 @@ class LiveCatalog:
         thread = self._compactor
         return thread is not None and thread.is_alive()
 
+    def compaction_status(self) -> dict[str, Any]:
+        """Journal length and limit, whether a compaction runs, and the latest one's figures."""
+        last = self.compactions[-1] if self.compactions else None
+        return {"journaled": self.seq, "journal_limit": self._limit(), "running": self.compacting,
+                "started": self.compaction_count, "last": None if last is None else last.to_json()}
+
     def close(self, wait: bool = False) -> None:
         """End background work: let a compaction under way publish (`wait`), or abandon it
         (its staged folder is removed; the journal holds every write, so nothing is lost).
@@ -684,10 +690,11 @@ class LiveCatalog:
                        getattr(self.retriever, "kind", "?"), self.formatter.item_format,
                        self.formatter.title_words)
 
-    def _compact_locked(self) -> None:
-        """Snapshot the state holding the locks all along (the live objects, no copies)."""
+    def _compact_locked(self, record: bool = True) -> None:
+        """Snapshot the state holding the locks all along (the live objects, no copies);
+        `record`: count it in :attr:`compactions` (create's first snapshot is not one)."""
         state = self._freeze(FrozenRetriever(self.retriever.ids, self.retriever.write), copy=False)
-        stats = self._new_stats(background=False)
+        stats = self._new_stats(background=False) if record else CompactionStats(False)
         try:
             self._build_and_publish(state, stats, None)
         except BaseException:
