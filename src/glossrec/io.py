@@ -316,13 +316,14 @@ class Versions:
     def _next_name(self) -> str:
         return f"{self.prefix}{max(self._numbers(), default=0) + 1:06d}"
 
-    def _make_current(self, name: str, previous: str | None, keep_previous: bool) -> Path:
+    def _make_current(self, name: str, previous: str | None, keep_previous: bool,
+                      trash: list[Path] | None = None) -> Path:
         """The last steps of a publish: the renamed version made durable, then current, then
-        the older versions pruned."""
+        the older versions pruned (into `trash`, see :meth:`prune`)."""
         fsync_path(self.folder)
         fault_point("publish")
         self._write_pointer(name)
-        self.prune({name, previous} if keep_previous and previous else {name})
+        self.prune({name, previous} if keep_previous and previous else {name}, trash)
         return self.folder / name
 
     def stage(self, fill: Callable[[Path], None]) -> Staged:
@@ -343,22 +344,23 @@ class Versions:
         return staged
 
     def publish_staged(self, staged: Staged, finish: Callable[[Path, str], None] | None = None,
-                       keep_previous: bool = False) -> Path:
+                       keep_previous: bool = False, trash: list[Path] | None = None) -> Path:
         """Make a staged version current (the caller holds the writers' lock):
-        ``finish(folder, name)`` writes its last files knowing the name it will have, then it
-        is published as :meth:`publish` does. On an error it is discarded."""
+        ``finish(folder, name)`` writes its last files knowing the name it will have (each
+        fsynced: :func:`atomic_write`), then it is published as :meth:`publish` does, older
+        versions pruned into `trash` if given. On an error it is discarded."""
         previous = self.read_pointer() if self.exists() else None
         name = self._next_name()
         try:
             if finish is not None:
                 finish(staged.path, name)
-                fsync_tree(staged.path)
+                fsync_path(staged.path)  # the rest was fsynced by stage()
             os.rename(staged.path, self.folder / name)
         except BaseException:
             self.discard(staged)
             raise
         os.close(staged.fd)
-        return self._make_current(name, previous, keep_previous)
+        return self._make_current(name, previous, keep_previous, trash)
 
     @staticmethod
     def discard(staged: Staged) -> None:
@@ -376,21 +378,38 @@ class Versions:
 
     def sweep(self) -> None:
         """Remove what crashed writers left: temporary versions, staged versions no live
-        process holds, and pointer temp files."""
+        process holds, pruned versions not yet deleted, and pointer temp files."""
         for p in self.folder.glob(f".tmp-{self.prefix}*"):
             shutil.rmtree(p, ignore_errors=True)
         for p in self.folder.glob(f".stage-{self.prefix}*"):
             if _unheld(p):
                 shutil.rmtree(p, ignore_errors=True)
+        for p in self.folder.glob(f".trash-{self.prefix}*"):
+            shutil.rmtree(p, ignore_errors=True)
         for p in self.folder.glob(f".{self.pointer}.*.tmp"):
             p.unlink(missing_ok=True)
 
-    def prune(self, keep: set[str]) -> None:
-        """Delete every version not in `keep` (also complete ones a crash left unpublished)."""
+    def prune(self, keep: set[str], trash: list[Path] | None = None) -> None:
+        """Delete every version not in `keep` (also complete ones a crash left unpublished).
+        `trash` given: they are only renamed out of the way (``.trash-...``, one rename each)
+        and appended to it, for the caller to delete with :meth:`empty_trash` once it has
+        released its locks."""
+        self.sweep()
         for p in self.folder.iterdir():
             if self.is_version(p.name) and p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
-        self.sweep()
+                if trash is None:
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    gone = self.folder / f".trash-{p.name}-{os.getpid()}-{secrets.token_hex(4)}"
+                    os.rename(p, gone)
+                    trash.append(gone)
+
+    @staticmethod
+    def empty_trash(trash: list[Path]) -> None:
+        """Delete what :meth:`prune` put in `trash` (no lock needed: nothing reads it)."""
+        for p in trash:
+            shutil.rmtree(p, ignore_errors=True)
+        trash.clear()
 
 
 def _unheld(path: Path) -> bool:

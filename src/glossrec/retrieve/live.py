@@ -661,6 +661,7 @@ class LiveCatalog:
         closed or the retriever has no frozen copy."""
         if self.compacting:
             return  # one at a time; the journal grows meanwhile and the next write retries
+        t0 = time.perf_counter()
         frozen = self.retriever.frozen() if self.background and not self._closed else None
         if frozen is None:
             try:
@@ -668,7 +669,6 @@ class LiveCatalog:
             except Exception:
                 logger.exception("catalog compaction failed; the journal holds every write")
             return
-        t0 = time.perf_counter()
         state = self._freeze(frozen, copy=True)
         stats = self._new_stats(background=True)
         stats.freeze_ms = (time.perf_counter() - t0) * 1000
@@ -720,17 +720,19 @@ class LiveCatalog:
             stats.outcome = "abandoned"
             return
         stats.build_s = time.perf_counter() - t0
+        trash: list[Path] = []
         with self._writer_locks() if cancel is not None else nullcontext():
             t0 = time.perf_counter()
-            self._publish(versions, staged, state, stats, cancel)
+            self._publish(versions, staged, state, stats, cancel, trash)
             stats.publish_ms = (time.perf_counter() - t0) * 1000
+        versions.empty_trash(trash)  # the pruned old version, deleted after the locks
         if stats.outcome == "published":
             logger.info("catalog compaction: %s, %d items in %.1f s (%d writes carried over, "
                         "%.0f ms under the locks)", stats.version, stats.items, stats.build_s,
                         stats.tail, stats.publish_ms + stats.freeze_ms)
 
     def _publish(self, versions: Versions, staged: Staged, state: _Frozen,
-                 stats: CompactionStats, cancel: threading.Event | None) -> None:
+                 stats: CompactionStats, cancel: threading.Event | None, trash: list[Path]) -> None:
         """Make the staged snapshot of `state` current (hold the locks), its journal the
         entries written since the freeze; discard it if the catalog moved to another snapshot
         meanwhile or the compaction was abandoned."""
@@ -761,7 +763,7 @@ class LiveCatalog:
             })
 
         try:
-            path = versions.publish_staged(staged, finish, keep_previous=True)
+            path = versions.publish_staged(staged, finish, keep_previous=True, trash=trash)
         except BaseException:
             if not fresh:
                 self._reload()  # the pointer may or may not have moved: follow the disk
@@ -806,15 +808,19 @@ class LiveCatalog:
                     if cancel.is_set():
                         raise _Abandoned()
                     time.sleep(0)
-                f.write(json.dumps(state.items[iid].to_json(), ensure_ascii=False) + "\n")
+                f.write(_JSON.encode(state.items[iid].to_json()) + "\n")
         if cancel is not None and cancel.is_set():
             raise _Abandoned()
         (tmp / "retriever").mkdir()
         state.retriever.write(tmp / "retriever")
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)
+"""One encoder for every line: json.dumps with options builds a new one per call."""
+
+
 def _journal_line(entry: Mapping[str, Any]) -> bytes:
-    return (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+    return (_JSON.encode(entry) + "\n").encode("utf-8")
 
 
 def read_items_file(path: str | Path) -> list[ItemRecord]:
