@@ -210,3 +210,13 @@ def test_a_staged_version_survives_other_publishes_and_gets_the_next_number(tmp_
     dropped = v.stage(lambda d: None)
     v.discard(dropped)
     assert not dropped.path.exists()
+
+
+def test_write_json_strings_writes_what_write_json_writes(tmp_path: Path) -> None:
+    from glossrec.io import write_json, write_json_strings
+
+    for values in ([], ["a"], ["é\"x\\", "tab\there", "\u2028", "z"] * 3):
+        write_json(tmp_path / "a.json", values)
+        write_json_strings(tmp_path / "b.json", values, chunk=5)
+        assert (tmp_path / "b.json").read_bytes() == (tmp_path / "a.json").read_bytes()
+        assert json.loads((tmp_path / "b.json").read_text()) == values

@@ -63,6 +63,7 @@ from glossrec.data import Catalog
 from glossrec.errors import DataError, GlossrecError
 from glossrec.io import (
     FAULT_ENV, Staged, Versions, atomic_write, fault_point, iter_jsonl, read_json, write_json,
+    yield_gil,
 )
 from glossrec.retrieve.base import FrozenRetriever, Retriever
 
@@ -721,10 +722,13 @@ class LiveCatalog:
             return
         stats.build_s = time.perf_counter() - t0
         trash: list[Path] = []
-        with self._writer_locks() if cancel is not None else nullcontext():
-            t0 = time.perf_counter()
-            self._publish(versions, staged, state, stats, cancel, trash)
-            stats.publish_ms = (time.perf_counter() - t0) * 1000
+        try:
+            with self._writer_locks() if cancel is not None else nullcontext():
+                t0 = time.perf_counter()
+                self._publish(versions, staged, state, stats, cancel, trash)
+                stats.publish_ms = (time.perf_counter() - t0) * 1000
+        finally:
+            versions.discard(staged)  # not published: dropped (published: nothing to do)
         versions.empty_trash(trash)  # the pruned old version, deleted after the locks
         if stats.outcome == "published":
             logger.info("catalog compaction: %s, %d items in %.1f s (%d writes carried over, "
@@ -796,7 +800,7 @@ class LiveCatalog:
     def _write_snapshot(tmp: Path, state: _Frozen, cancel: threading.Event | None) -> None:
         """items.jsonl and the retriever's files of `state` (meta.json comes at publish, when
         the version's name is known). In the background it checks `cancel` and lets the
-        serving threads have the GIL every few thousand items."""
+        serving threads have the GIL every 256 items."""
         ids = state.retriever.ids
         with atomic_write(tmp / "items.jsonl") as f:
             half = len(ids) // 2
@@ -804,10 +808,10 @@ class LiveCatalog:
                 if n == half:
                     f.flush()
                     fault_point("items")
-                if cancel is not None and n % 4096 == 0:
+                if cancel is not None and n % 256 == 0:
                     if cancel.is_set():
                         raise _Abandoned()
-                    time.sleep(0)
+                    yield_gil()
                 f.write(_JSON.encode(state.items[iid].to_json()) + "\n")
         if cancel is not None and cancel.is_set():
             raise _Abandoned()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from glossrec.errors import DataError
-from glossrec.io import Versions, atomic_write, read_json, write_json
+from glossrec.io import Versions, atomic_write, read_json, write_json, write_json_strings
 from glossrec.retrieve.items import ItemTable
 
 __all__ = [
@@ -89,8 +89,8 @@ def write_meta(version: Path, kind: str, settings: dict[str, Any], n_items: int)
 
 
 def write_items(version: Path, ids: Sequence[str], texts: Sequence[str]) -> None:
-    write_json(version / "ids.json", ids)
-    write_json(version / "texts.json", texts)
+    write_json_strings(version / "ids.json", ids)
+    write_json_strings(version / "texts.json", texts)
 
 
 def read_items(version: Path, n_items: int) -> ItemTable:
