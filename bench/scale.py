@@ -14,11 +14,12 @@ journaled and fsynced before it returns): median / p90 / max latency, one compac
 
 BM25 (``bm25_live``): a live catalog of N synthetic Zipf-worded titles, then two arms on it in
 one process: catalog compaction in the write that reaches the journal limit (``inline``, the
-behaviour before background compaction) and in a background thread (``background``). Per add:
-the steady search before it, the journaled add, the first search after it; the adds that started
-a compaction, and each compaction's figures (freeze, build, publish). ``--journal-limit`` sets
-the writes between compactions (default: the catalog's, capped at half of ``--adds`` so that each
-arm crosses one). Then 20 removals and one BM25 segment compaction (the main segment rebuilt).
+behaviour before background compaction) and in a background thread (``background``), ``--adds``
+adds each, in blocks ordered inline, background, background, inline. Per add: the steady search
+before it, the journaled add, the first search after it; the adds that started a compaction,
+and each compaction's figures (freeze, build, publish). ``--journal-limit`` sets the writes
+between compactions (default: the catalog's, capped at a quarter of ``--adds`` so that each block
+crosses two). Then 20 removals and one BM25 segment compaction (the main segment rebuilt).
 
 BM25 over HTTP (``bm25_http``): the same synthetic titles as a dataset folder, indexed with
 ``glossrec index --retriever bm25`` and served by ``glossrec serve`` (LIS mode, an API key for
@@ -173,38 +174,41 @@ def synthetic_titles(n: int, seed: int = 0, vocab: int = 50_000) -> list[str]:
 
 def bm25_part(n: int, adds: int, journal_limit: int | None, out: Any) -> None:
     """In a child process: a live BM25 catalog of n synthetic titles (journaled writes, as the
-    service makes them), then two arms on the same catalog, one after the other: catalog
-    compaction in the write (``inline``, as before background compaction) and in a background
-    thread (``background``). Per arm, per add: the steady search before it, the add, the first
-    search after it; the adds that started a compaction and the compactions' figures. Then 20
-    removals and one BM25 segment compaction; peak RSS."""
+    service makes them), then two arms on the same catalog: catalog compaction in the write
+    (``inline``, as before background compaction) and in a background thread (``background``),
+    in blocks of adds / 2 ordered inline, background, background, inline, so that a load that
+    drifts during the run weighs on both alike. Per add: the steady search before it, the add,
+    the first search after it; the adds that started a compaction and the compactions' figures.
+    Then 20 removals and one BM25 segment compaction; peak RSS."""
     from glossrec.retrieve.bm25 import BM25Retriever
     from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
     titles = synthetic_titles(n)
-    queries = [[t] for t in synthetic_titles(adds, seed=1)]
+    queries = [[t] for t in synthetic_titles(2 * adds, seed=1)]
     folder = Path(tempfile.mkdtemp(prefix="glossrec-scale-bm25-"))
     try:
         r = BM25Retriever()
         t0 = time.perf_counter()
         cat = LiveCatalog.create(folder / "index", [ItemRecord(f"i{j}", t[7:]) for j, t in enumerate(titles)], r)
         create_s = time.perf_counter() - t0
-        cat.journal_limit = journal_limit or min(cat._limit(), max(1, adds // 2))
+        cat.journal_limit = journal_limit or min(cat._limit(), max(1, adds // 4))
         t0 = time.perf_counter()
         r.search(queries[0], 10)  # builds the main segment
         build_s = time.perf_counter() - t0
-        arms = {}
-        for arm in ("inline", "background"):
+        arms: dict[str, dict[str, list[Any]]] = {}
+        done = 0
+        for arm, size in zip(("inline", "background", "background", "inline"),
+                             (adds // 2, adds // 2, adds - adds // 2, adds - adds // 2)):
             cat.background = arm == "background"
-            arms[arm] = _bm25_arm(cat, arm, adds, queries)
+            _bm25_block(cat, arm, range(done, done + size), queries, arms.setdefault(arm, {}))
+            done += size
         remove = []
         for j in range(min(adds, 20)):
             t0 = time.perf_counter()
             cat.remove([f"i{j}"])
             remove.append(time.perf_counter() - t0)
         cat.close(wait=True)
-        last = f"ba-new{adds - 1}"
-        found = r.ids[r.search([f"fresh item {adds - 1} background"], 1)[0][0, 0]] == last
+        found = r.ids[r.search([f"fresh item {done - 1} inline"], 1)[0][0, 0]] == f"new{done - 1}"
         reopened = LiveCatalog.open(folder / "index")
         pending = r.pending
         t0 = time.perf_counter()
@@ -212,7 +216,8 @@ def bm25_part(n: int, adds: int, journal_limit: int | None, out: Any) -> None:
         compact_s = time.perf_counter() - t0
         out.put({"items": n, "adds_per_arm": adds, "create_s": round(create_s, 1),
                  "first_build_s": round(build_s, 1), "journal_limit": cat.journal_limit,
-                 "arms": arms, "remove_ms_median": _ms(remove, 50),
+                 "arms": {arm: _bm25_summary(m) for arm, m in arms.items()},
+                 "remove_ms_median": _ms(remove, 50),
                  "pending_before_segment_compaction": pending,
                  "segment_compaction_s": round(compact_s, 1), "added_item_found": bool(found),
                  "reopened_holds_every_write": reopened.retriever.ids == r.ids,
@@ -225,42 +230,50 @@ def _ms(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)) * 1000, 2) if xs else None
 
 
-def _bm25_arm(cat: Any, arm: str, adds: int, queries: list[list[str]]) -> dict[str, Any]:
-    """`adds` single-item adds, each between two searches; which adds started a compaction."""
+def _bm25_block(cat: Any, arm: str, adds: range, queries: list[list[str]],
+                m: dict[str, list[Any]]) -> None:
+    """Single-item adds, each between two searches, into `m`'s lists; which adds started a
+    compaction; then wait for a background one to end (so that it does not run into the next
+    block) and keep every compaction's figures."""
     from glossrec.retrieve.live import ItemRecord
 
     r = cat.retriever
-    steady, add, after, during = [], [], [], []
-    compacting_adds: list[dict[str, float]] = []
     started = cat.compaction_count
-    for j in range(adds):
+    for j in adds:
         t0 = time.perf_counter()
         r.search(queries[j], 10)
-        steady.append(time.perf_counter() - t0)
+        m.setdefault("steady", []).append(time.perf_counter() - t0)
         before = cat.compaction_count
         t0 = time.perf_counter()
-        cat.add([ItemRecord(f"{arm[:2]}-new{j}", f"fresh item {j} {arm} w1 w2")])
-        add.append(time.perf_counter() - t0)
+        cat.add([ItemRecord(f"new{j}", f"fresh item {j} {arm} w1 w2")])
+        m.setdefault("add", []).append(time.perf_counter() - t0)
         running = cat.compacting
         t0 = time.perf_counter()
         r.search(queries[j], 10)
-        after.append(time.perf_counter() - t0)
+        m.setdefault("after", []).append(time.perf_counter() - t0)
         if running:
-            during.append(after[-1])
+            m.setdefault("during", []).append(m["after"][-1])
         if cat.compaction_count > before:
-            compacting_adds.append({"add_ms": round(add[-1] * 1000, 2),
-                                    "search_after_ms": round(after[-1] * 1000, 2)})
+            m.setdefault("compacting_adds", []).append(
+                {"add_ms": round(m["add"][-1] * 1000, 2), "search_after_ms": round(m["after"][-1] * 1000, 2)})
     t0 = time.perf_counter()
     cat.wait_compacted()
-    wait_s = time.perf_counter() - t0
-    compactions = list(cat.compactions)[-(cat.compaction_count - started):] if cat.compaction_count > started else []
-    return {"adds": adds, "add_ms_median": _ms(add, 50), "add_ms_p95": _ms(add, 95), "add_ms_max": _ms(add, 100),
-            "search_after_add_ms_median": _ms(after, 50), "search_after_add_ms_p95": _ms(after, 95),
-            "search_after_add_ms_max": _ms(after, 100),
+    m.setdefault("wait_s", []).append(round(time.perf_counter() - t0, 1))
+    new = cat.compaction_count - started
+    m.setdefault("compactions", []).extend(c.to_json() for c in list(cat.compactions)[len(cat.compactions) - new:])
+
+
+def _bm25_summary(m: dict[str, list[Any]]) -> dict[str, Any]:
+    add, after, steady, during = (m.get(k, []) for k in ("add", "after", "steady", "during"))
+    return {"adds": len(add), "add_ms_median": _ms(add, 50), "add_ms_p95": _ms(add, 95),
+            "add_ms_max": _ms(add, 100), "search_after_add_ms_median": _ms(after, 50),
+            "search_after_add_ms_p95": _ms(after, 95), "search_after_add_ms_max": _ms(after, 100),
             "steady_search_ms_median": _ms(steady, 50), "steady_search_ms_p95": _ms(steady, 95),
-            "search_while_compacting_ms_median": _ms(during, 50), "searches_while_compacting": len(during),
-            "compacting_adds": compacting_adds, "wait_for_last_compaction_s": round(wait_s, 1),
-            "compactions": [c.to_json() for c in compactions]}
+            "search_while_compacting_ms_median": _ms(during, 50),
+            "searches_while_compacting": len(during),
+            "compacting_adds": m.get("compacting_adds", []),
+            "wait_for_compaction_after_each_block_s": m.get("wait_s", []),
+            "compactions": m.get("compactions", [])}
 
 
 def dataset_part(n: int, folder: str, users: int, out: Any) -> None:
@@ -589,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="adds per arm: FAISS live catalog, and each BM25 live-catalog arm")
     ap.add_argument("--journal-limit", type=int, default=None,
                     help="BM25 live arm: writes between catalog compactions (default: the "
-                         "catalog's, one per 1,000 items, capped at --adds / 2 so that each "
-                         "arm crosses a compaction)")
+                         "catalog's, one per 1,000 items, capped at --adds / 4 so that each "
+                         "block of adds crosses two compactions)")
     ap.add_argument("--no-http", action="store_true", help="skip the BM25-over-HTTP arm")
     ap.add_argument("--http-rates", type=float, nargs="+", default=[1, 10, 100],
                     help="HTTP arm: writes per second under the recommend stream")
