@@ -179,27 +179,40 @@ class ItemRetriever(Retriever):
         return {}
 
     def frozen(self) -> FrozenRetriever:
-        """Settings, ids and texts as lists copied now, plus :meth:`_frozen_arrays`."""
+        """Settings, ids and texts as lists copied now, plus :meth:`_arrays` held still."""
+        return self._writer(frozen=True)
+
+    def write(self, folder: Path) -> None:
+        self._writer(frozen=False).write(folder)
+
+    def _writer(self, frozen: bool) -> FrozenRetriever:
         from glossrec.retrieve.store import write_array, write_items, write_meta
 
         kind, settings = self.kind, self.settings()
-        ids, texts = list(self._items.ids), list(self._items.texts)
-        arrays = self._frozen_arrays()
+        ids, texts = self._items.ids, self._items.texts
+        if frozen:
+            ids, texts = list(ids), list(texts)
+        arrays = self._arrays(frozen)
 
         def write(folder: Path) -> None:
-            write_meta(folder, kind, settings, len(ids))
-            write_items(folder, ids, texts)
-            for name, arr in arrays.items():
-                write_array(folder / name, arr)
+            try:
+                write_meta(folder, kind, settings, len(ids))
+                write_items(folder, ids, texts)
+                for name, arr in arrays.items():
+                    write_array(folder / name, arr)
+            finally:
+                if frozen:
+                    self._frozen_written()
 
         return FrozenRetriever(ids, write)
 
-    def _frozen_arrays(self) -> dict[str, np.ndarray]:
-        """Per-item arrays to save (file name -> array) that later writes leave unchanged."""
+    def _arrays(self, frozen: bool) -> dict[str, np.ndarray]:
+        """Per-item arrays to save (file name -> array); `frozen`: later writes must leave
+        them as they are until :meth:`_frozen_written`."""
         return {}
 
-    def write(self, folder: Path) -> None:
-        self.frozen().write(folder)
+    def _frozen_written(self) -> None:
+        """A frozen copy has been written (or failed): its arrays need not stay still."""
 
     def _search_chunks(self, queries: Sequence[Any], k: int, exclude: Sequence[np.ndarray] | None,
                        step: int, rank: RankChunk, desc: str,

@@ -581,6 +581,10 @@ class BM25Retriever(ItemRetriever):
         with self._lock:
             return super().frozen()
 
+    def write(self, folder: Path) -> None:
+        with self._lock:
+            super().write(folder)
+
     @classmethod
     def load(cls, folder: Path) -> BM25Retriever:
         r, _, items = open_saved(cls, folder)

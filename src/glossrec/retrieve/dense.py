@@ -202,11 +202,16 @@ class DenseRetriever(ItemRetriever):
         return emb
 
     # ----------------------------------------------------------------- persistence
-    def _frozen_arrays(self) -> dict[str, np.ndarray]:
-        """The embeddings without a copy: an add appends past these rows, a removal makes a
-        new matrix, and a replacement among them copies the buffer first (``_shared_rows``)."""
-        self._shared_rows = len(self._emb)
+    def _arrays(self, frozen: bool) -> dict[str, np.ndarray]:
+        """The embeddings without a copy. Frozen: an add appends past these rows, a removal
+        makes a new matrix, and a replacement among them copies the buffer first, until the
+        copy is written (``_shared_rows``)."""
+        if frozen:
+            self._shared_rows = len(self._emb)
         return {"embeddings.npy": self.embeddings}
+
+    def _frozen_written(self) -> None:
+        self._shared_rows = 0
 
     @classmethod
     def load(cls, folder: Path) -> DenseRetriever:
