@@ -662,20 +662,24 @@ class LiveCatalog:
         closed or the retriever has no frozen copy."""
         if self.compacting:
             return  # one at a time; the journal grows meanwhile and the next write retries
-        t0 = time.perf_counter()
-        frozen = self.retriever.frozen() if self.background and not self._closed else None
-        if frozen is None:
-            try:
+        stats: CompactionStats | None = None
+        try:  # the write is in the journal: a compaction that fails is logged, not raised
+            t0 = time.perf_counter()
+            frozen = self.retriever.frozen() if self.background and not self._closed else None
+            if frozen is None:
                 self._compact_locked()
-            except Exception:
-                logger.exception("catalog compaction failed; the journal holds every write")
-            return
-        state = self._freeze(frozen, copy=True)
-        stats = self._new_stats(background=True)
-        stats.freeze_ms = (time.perf_counter() - t0) * 1000
-        self._compactor = threading.Thread(target=self._compact_background, args=(state, stats),
-                                           name="catalog-compact", daemon=True)
-        self._compactor.start()
+                return
+            state = self._freeze(frozen, copy=True)
+            stats = self._new_stats(background=True)
+            stats.freeze_ms = (time.perf_counter() - t0) * 1000
+            self._compactor = threading.Thread(target=self._compact_background,
+                                               args=(state, stats), name="catalog-compact",
+                                               daemon=True)
+            self._compactor.start()
+        except Exception:
+            if stats is not None:
+                stats.outcome = "failed"
+            logger.exception("catalog compaction failed; the journal holds every write")
 
     def _new_stats(self, background: bool) -> CompactionStats:
         stats = CompactionStats(background, items=len(self._items), folded=self.seq)
