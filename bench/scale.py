@@ -12,20 +12,28 @@ time), peak RSS. Then the live catalog (FAISS flat): create, then 200 single-ite
 journaled and fsynced before it returns): median / p90 / max latency, one compaction
 (a full snapshot), and bytes per item on disk.
 
-BM25 (``bm25_live``): a live catalog of N synthetic Zipf-worded titles; per add: the steady
-search before it, the journaled add, the first search after it; then 20 removals and one
-compaction (the main segment rebuilt over the live catalog).
+BM25 (``bm25_live``): a live catalog of N synthetic Zipf-worded titles, then two arms on it in
+one process: catalog compaction in the write that reaches the journal limit (``inline``, the
+behaviour before background compaction) and in a background thread (``background``), ``--adds``
+adds each, in blocks ordered inline, background, background, inline. Per add: the steady search
+before it, the journaled add, the first search after it; the adds that started a compaction,
+and each compaction's figures (freeze, build, publish). ``--journal-limit`` sets the writes
+between compactions (default: the catalog's, capped at a quarter of ``--adds`` so that each block
+crosses two). Then 20 removals and one BM25 segment compaction (the main segment rebuilt).
 
 BM25 over HTTP (``bm25_http``): the same synthetic titles as a dataset folder, indexed with
 ``glossrec index --retriever bm25`` and served by ``glossrec serve`` (LIS mode, an API key for
 writes) on a free 127.0.0.1 port, as a user runs them; the index's and the server's peak RSS.
 Then, from httpx clients in this process: one client's recommends with no writes, then
-``--http-reps`` times an add (a new item) followed at once by a recommend; then for no writes and
+``--http-reps`` times an add (a new item) followed at once by a recommend, after untimed adds
+that bring the catalog's journal near its limit so that these adds cross a compaction (which
+adds started one, and the compaction's figures from /health); then for no writes and
 each ``--http-rates`` writes per second (open loop: adds are sent on schedule whether or not
 earlier ones have answered), ``--http-clients`` back-to-back recommend loops for
 ``--http-window`` seconds: recommend p50/p95/p99, add p50/p95/max, and how many snapshots the
 catalog's own store wrote meanwhile. The goal checked: the median recommend right after an add
-is at most 3 x the steady one + 100 ms, and the median add is under 100 ms.
+is at most 3 x the steady one + 100 ms, and the median add is under 100 ms, with a compaction
+among those adds.
 
 Run alone on an idle machine (about 10 minutes at 1M items on 2 cores, plus the BM25 arms):
   .venv/bin/python bench/scale.py [--items 1000000]
@@ -137,8 +145,7 @@ def catalog_part(n: int, adds: int, out: Any) -> None:
             lat.append((time.perf_counter() - t0) * 1000)
         hit = r.search_embeddings(r.embeddings[-1:], 1)[0][0, 0]
         t0 = time.perf_counter()
-        with cat._lock, cat._file_lock():
-            cat.snapshot, cat.seq, cat._offset = cat._write_version(), 0, 0
+        cat.compact()
         compact_s = time.perf_counter() - t0
         out.put({"items": n, "adds": adds, "create_s": round(create_s, 1),
                  "add_ms_median": round(float(np.median(lat)), 2),
@@ -165,58 +172,108 @@ def synthetic_titles(n: int, seed: int = 0, vocab: int = 50_000) -> list[str]:
     return out
 
 
-def bm25_part(n: int, adds: int, out: Any) -> None:
+def bm25_part(n: int, adds: int, journal_limit: int | None, out: Any) -> None:
     """In a child process: a live BM25 catalog of n synthetic titles (journaled writes, as the
-    service makes them): add latency, the first search after an add, steady search, removal,
-    compaction, peak RSS."""
+    service makes them), then two arms on the same catalog: catalog compaction in the write
+    (``inline``, as before background compaction) and in a background thread (``background``),
+    in blocks of adds / 2 ordered inline, background, background, inline, so that a load that
+    drifts during the run weighs on both alike. Per add: the steady search before it, the add,
+    the first search after it; the adds that started a compaction and the compactions' figures.
+    Then 20 removals and one BM25 segment compaction; peak RSS."""
     from glossrec.retrieve.bm25 import BM25Retriever
     from glossrec.retrieve.live import ItemRecord, LiveCatalog
 
     titles = synthetic_titles(n)
-    queries = [[t] for t in synthetic_titles(adds, seed=1)]
+    queries = [[t] for t in synthetic_titles(2 * adds, seed=1)]
     folder = Path(tempfile.mkdtemp(prefix="glossrec-scale-bm25-"))
     try:
         r = BM25Retriever()
         t0 = time.perf_counter()
         cat = LiveCatalog.create(folder / "index", [ItemRecord(f"i{j}", t[7:]) for j, t in enumerate(titles)], r)
         create_s = time.perf_counter() - t0
+        cat.journal_limit = journal_limit or min(cat._limit(), max(1, adds // 4))
         t0 = time.perf_counter()
         r.search(queries[0], 10)  # builds the main segment
         build_s = time.perf_counter() - t0
-        steady, add, after, remove = [], [], [], []
-        for j in range(adds):
-            t0 = time.perf_counter()
-            r.search(queries[j], 10)
-            steady.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            cat.add([ItemRecord(f"new{j}", f"fresh item {j} w1 w2")])
-            add.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            r.search(queries[j], 10)
-            after.append(time.perf_counter() - t0)
+        arms: dict[str, dict[str, list[Any]]] = {}
+        done = 0
+        for arm, size in zip(("inline", "background", "background", "inline"),
+                             (adds // 2, adds // 2, adds - adds // 2, adds - adds // 2)):
+            cat.background = arm == "background"
+            _bm25_block(cat, arm, range(done, done + size), queries, arms.setdefault(arm, {}))
+            done += size
+        remove = []
         for j in range(min(adds, 20)):
             t0 = time.perf_counter()
             cat.remove([f"i{j}"])
             remove.append(time.perf_counter() - t0)
-        found = r.ids[r.search([f"fresh item {adds - 1}"], 1)[0][0, 0]] == f"new{adds - 1}"
+        cat.close(wait=True)
+        found = r.ids[r.search([f"fresh item {done - 1} inline"], 1)[0][0, 0]] == f"new{done - 1}"
+        reopened = LiveCatalog.open(folder / "index")
         pending = r.pending
         t0 = time.perf_counter()
         r.compact()
         compact_s = time.perf_counter() - t0
-
-        def ms(xs: list[float], q: float) -> float:
-            return round(float(np.percentile(xs, q)) * 1000, 2)
-
-        out.put({"items": n, "adds": adds, "create_s": round(create_s, 1),
-                 "first_build_s": round(build_s, 1),
-                 "add_ms_median": ms(add, 50), "add_ms_p95": ms(add, 95), "add_ms_max": ms(add, 100),
-                 "search_after_add_ms_median": ms(after, 50), "search_after_add_ms_p95": ms(after, 95),
-                 "steady_search_ms_median": ms(steady, 50), "steady_search_ms_p95": ms(steady, 95),
-                 "remove_ms_median": ms(remove, 50), "pending_before_compaction": pending,
-                 "compaction_s": round(compact_s, 1), "added_item_found": bool(found),
-                 "journal_limit": cat._limit(), "peak_rss_mb": round(peak_rss_mb())})
+        out.put({"items": n, "adds_per_arm": adds, "create_s": round(create_s, 1),
+                 "first_build_s": round(build_s, 1), "journal_limit": cat.journal_limit,
+                 "arms": {arm: _bm25_summary(m) for arm, m in arms.items()},
+                 "remove_ms_median": _ms(remove, 50),
+                 "pending_before_segment_compaction": pending,
+                 "segment_compaction_s": round(compact_s, 1), "added_item_found": bool(found),
+                 "reopened_holds_every_write": reopened.retriever.ids == r.ids,
+                 "peak_rss_mb": round(peak_rss_mb())})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ms(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)) * 1000, 2) if xs else None
+
+
+def _bm25_block(cat: Any, arm: str, adds: range, queries: list[list[str]],
+                m: dict[str, list[Any]]) -> None:
+    """Single-item adds, each between two searches, into `m`'s lists; which adds started a
+    compaction; then wait for a background one to end (so that it does not run into the next
+    block) and keep every compaction's figures."""
+    from glossrec.retrieve.live import ItemRecord
+
+    r = cat.retriever
+    started = cat.compaction_count
+    for j in adds:
+        t0 = time.perf_counter()
+        r.search(queries[j], 10)
+        m.setdefault("steady", []).append(time.perf_counter() - t0)
+        before = cat.compaction_count
+        t0 = time.perf_counter()
+        cat.add([ItemRecord(f"new{j}", f"fresh item {j} {arm} w1 w2")])
+        m.setdefault("add", []).append(time.perf_counter() - t0)
+        running = cat.compacting
+        t0 = time.perf_counter()
+        r.search(queries[j], 10)
+        m.setdefault("after", []).append(time.perf_counter() - t0)
+        if running:
+            m.setdefault("during", []).append(m["after"][-1])
+        if cat.compaction_count > before:
+            m.setdefault("compacting_adds", []).append(
+                {"add_ms": round(m["add"][-1] * 1000, 2), "search_after_ms": round(m["after"][-1] * 1000, 2)})
+    t0 = time.perf_counter()
+    cat.wait_compacted()
+    m.setdefault("wait_s", []).append(round(time.perf_counter() - t0, 1))
+    new = cat.compaction_count - started
+    m.setdefault("compactions", []).extend(c.to_json() for c in list(cat.compactions)[len(cat.compactions) - new:])
+
+
+def _bm25_summary(m: dict[str, list[Any]]) -> dict[str, Any]:
+    add, after, steady, during = (m.get(k, []) for k in ("add", "after", "steady", "during"))
+    return {"adds": len(add), "add_ms_median": _ms(add, 50), "add_ms_p95": _ms(add, 95),
+            "add_ms_max": _ms(add, 100), "search_after_add_ms_median": _ms(after, 50),
+            "search_after_add_ms_p95": _ms(after, 95), "search_after_add_ms_max": _ms(after, 100),
+            "steady_search_ms_median": _ms(steady, 50), "steady_search_ms_p95": _ms(steady, 95),
+            "search_while_compacting_ms_median": _ms(during, 50),
+            "searches_while_compacting": len(during),
+            "compacting_adds": m.get("compacting_adds", []),
+            "wait_for_compaction_after_each_block_s": m.get("wait_s", []),
+            "compactions": m.get("compactions", [])}
 
 
 def dataset_part(n: int, folder: str, users: int, out: Any) -> None:
@@ -374,26 +431,61 @@ class HttpLoad:
                 **_pcts("recommend", rec, (50, 95, 99)), "adds": len(add),
                 "adds_per_s": round(len(add) / wall, 1), **_pcts("add", add, (50, 95, 100))}
 
+    async def compaction(self, c: httpx.AsyncClient) -> dict[str, Any]:
+        """The service's catalog compaction status (GET /health)."""
+        return (await c.get("/health")).json()["compaction"]
+
+    async def fill_to_compaction(self, c: httpx.AsyncClient, reps: int) -> int:
+        """Untimed adds until the journal is `reps` // 2 writes short of its limit, so that the
+        timed adds that follow cross a compaction half-way; returns how many were sent."""
+        st = await self.compaction(c)
+        fill = (st["journal_limit"] - st["journaled"] - reps // 2) % st["journal_limit"]
+        for _ in range(fill):
+            await self.add(c)
+        return fill
+
+    async def settled_compaction(self, c: httpx.AsyncClient, timeout_s: float = 900) -> dict[str, Any]:
+        """The status once no compaction runs (bounded wait)."""
+        deadline = time.monotonic() + timeout_s
+        st = await self.compaction(c)
+        while st["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            st = await self.compaction(c)
+        return st
+
     async def add_then_recommend(self, reps: int, pause_s: float = 0.1) -> dict[str, Any]:
         """One client: single recommends with no writes, then `reps` times an add followed at
-        once by a recommend; and whether the last added item is found by its own title."""
+        once by a recommend, crossing a catalog compaction half-way (untimed adds bring the
+        journal near its limit first); and whether the last added item is found by its own
+        title."""
         async with self.client(1) as c:
             steady = [(await self.recommend(c))[0] for _ in range(reps)]
+            fill = await self.fill_to_compaction(c, reps)
+            started = (await self.compaction(c))["started"]
             add, after, title = [], [], ""
+            compacting: list[dict[str, float]] = []
             for _ in range(reps):
                 dt, title = await self.add(c)
                 add.append(dt)
                 after.append((await self.recommend(c))[0])
+                now = (await self.compaction(c))["started"]  # untimed: did that add start one?
+                if now > started:
+                    compacting.append({"add_ms": round(dt * 1000, 1),
+                                       "recommend_after_ms": round(after[-1] * 1000, 1)})
+                    started = now
                 await asyncio.sleep(pause_s)
             _, body = await self.recommend(c, [{"title": title}])
+            settled = await self.settled_compaction(c)
         found = bool(body) and body["items"][0]["title"] == title
 
         def ok(xs: list[float]) -> list[float]:
             return [x for x in xs if not math.isnan(x)]
 
         return {"reps": reps, **_pcts("steady_recommend", ok(steady), (50, 95)),
-                **_pcts("recommend_after_add", ok(after), (50, 95)),
-                **_pcts("add", ok(add), (50, 95, 100)), "added_item_found": found}
+                **_pcts("recommend_after_add", ok(after), (50, 95, 100)),
+                **_pcts("add", ok(add), (50, 95, 100)), "added_item_found": found,
+                "untimed_adds_before": fill, "compacting_adds": compacting,
+                "last_compaction": settled["last"]}
 
 
 def _pcts(name: str, xs: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
@@ -447,12 +539,15 @@ def http_arm(n: int, rates: list[float], window_s: float, clients: int, reps: in
     under = [r["add_ms_p95"] for r in res["rates"] if r["add_ms_p95"] is not None]
     res["goal"] = {
         "rule": "median recommend right after an add <= 3 x steady recommend + 100 ms (one "
-                "client), and adds < 100 ms (median of the single-client adds)",
+                "client), and adds < 100 ms (median of the single-client adds); the "
+                "single-client adds cross a catalog compaction",
+        "compaction_crossed": bool(one["compacting_adds"]),
         "after_add_limit_ms": None if steady is None else round(3 * steady + 100, 1),
         "after_add_ok": None if after is None or steady is None else after <= 3 * steady + 100,
         "add_ok": None if add is None else add < 100,
         "add_p95_under_writes_ok": bool(under) and max(under) < 100}
     res["goal"]["pass"] = bool(res["goal"]["after_add_ok"] and res["goal"]["add_ok"]
+                               and res["goal"]["compaction_crossed"]
                                and not res["errors"] and one["added_item_found"])
     return res
 
@@ -465,8 +560,13 @@ def print_http(res: dict[str, Any]) -> None:
           f"first recommend {res['first_recommend_s']} s, server peak RSS "
           f"{res['server_peak_rss_mb']} MB")
     print(f"one client, {one['reps']} reps: steady recommend p50 {one['steady_recommend_ms_p50']} ms; "
-          f"add p50 {one['add_ms_p50']} / p95 {one['add_ms_p95']} ms, then recommend p50 "
-          f"{one['recommend_after_add_ms_p50']} / p95 {one['recommend_after_add_ms_p95']} ms")
+          f"add p50 {one['add_ms_p50']} / p95 {one['add_ms_p95']} / max {one['add_ms_max']} ms, "
+          f"then recommend p50 {one['recommend_after_add_ms_p50']} / p95 "
+          f"{one['recommend_after_add_ms_p95']} / max {one['recommend_after_add_ms_max']} ms")
+    last = one["last_compaction"] or {}
+    print(f"adds that started a catalog compaction: {one['compacting_adds']}; that compaction: "
+          f"{last.get('outcome')}, built in {last.get('build_s')} s, "
+          f"{last.get('publish_ms')} ms under the locks, {last.get('tail')} writes carried over")
     print_columns(res["rates"], [
         ("writes/s", "writes_per_s", "{:g}"), ("adds/s done", "adds_per_s", "{}"),
         ("recommends", "recommends", "{}"), ("rec/s", "recommends_per_s", "{}"),
@@ -498,7 +598,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="FAISS index kinds to measure (none: --kinds with no value)")
     ap.add_argument("--no-live-faiss", action="store_true", help="skip the FAISS live-catalog arm")
     ap.add_argument("--no-bm25", action="store_true", help="skip the BM25 live-catalog arm")
-    ap.add_argument("--adds", type=int, default=200)
+    ap.add_argument("--adds", type=int, default=200,
+                    help="adds per arm: FAISS live catalog, and each BM25 live-catalog arm")
+    ap.add_argument("--journal-limit", type=int, default=None,
+                    help="BM25 live arm: writes between catalog compactions (default: the "
+                         "catalog's, one per 1,000 items, capped at --adds / 4 so that each "
+                         "block of adds crosses two compactions)")
     ap.add_argument("--no-http", action="store_true", help="skip the BM25-over-HTTP arm")
     ap.add_argument("--http-rates", type=float, nargs="+", default=[1, 10, 100],
                     help="HTTP arm: writes per second under the recommend stream")
@@ -518,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         r["recall@10"] = (None if ref is None else
                           round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])), 4))
     live = None if args.no_live_faiss else _child(catalog_part, args.items, args.adds)
-    bm25 = None if args.no_bm25 else _child(bm25_part, args.items, args.adds)
+    bm25 = None if args.no_bm25 else _child(bm25_part, args.items, args.adds, args.journal_limit)
     http = None
     if not args.no_http:
         with tempfile.TemporaryDirectory(prefix="glossrec-scale-http-") as tmp:

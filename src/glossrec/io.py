@@ -7,7 +7,8 @@ Every write that must survive a crash (kill -9 included) goes through one of thr
   then swapped into place in one rename: ``renameat2(RENAME_EXCHANGE)`` on Linux);
 - :class:`Versions`: a folder of numbered versions and a pointer file naming the current one,
   for state that readers may be reading while a writer publishes (a retriever's saves, the
-  live catalog).
+  live catalog). A version can also be built in two steps (:meth:`Versions.stage`, then
+  :meth:`Versions.publish_staged`), so that the long part runs without the writers' lock.
 
 :func:`fault_point` is where the crash tests stop a writer (an environment variable names the
 point and a delay); it does nothing otherwise.
@@ -16,16 +17,20 @@ point and a delay); it does nothing otherwise.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import IO, Any
 
@@ -102,6 +107,34 @@ def write_json(path: Path, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=1, ensure_ascii=False)
         f.write("\n")
+
+
+GIL_PAUSE_S = 1e-4
+"""How long :func:`yield_gil` sleeps: long enough that a thread waiting for the GIL gets it."""
+
+
+def yield_gil() -> None:
+    """Let the process's other threads run Python for a moment. A long pure-Python job in a
+    background thread (a live catalog's snapshot) calls it every few hundred microseconds of
+    work: otherwise a serving thread that blocks on I/O waits up to the interpreter's switch
+    interval (5 ms) for the GIL after every system call."""
+    time.sleep(GIL_PAUSE_S)
+
+
+def write_json_strings(path: Path, values: Sequence[str], chunk: int = 4096) -> None:
+    """A JSON list of strings, the bytes :func:`write_json` writes, encoded `chunk` strings at a
+    time in C with :func:`yield_gil` between chunks (a million titles in a snapshot)."""
+    with atomic_write(path) as f:
+        if not values:
+            f.write("[]\n")
+            return
+        f.write("[\n ")
+        for start in range(0, len(values), chunk):
+            if start:
+                f.write(",\n ")
+                yield_gil()
+            f.write(",\n ".join(map(encode_basestring, values[start:start + chunk])))
+        f.write("\n]\n")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -203,6 +236,17 @@ def atomic_dir(final: Path, fill: Callable[[Path], None], keep_others: bool = Fa
     return final
 
 
+@dataclass
+class Staged:
+    """A complete version built by :meth:`Versions.stage`, not yet published. ``fd`` holds an
+    flock on its folder while this process may still publish it, so that another writer's
+    sweep leaves it alone (the lock dies with the process: a crashed build is swept)."""
+
+    path: Path
+    fd: int
+    """-1 once published or discarded."""
+
+
 class Versions:
     """Numbered versions in a folder and a pointer file naming the current one.
 
@@ -211,6 +255,11 @@ class Versions:
     deletes older versions. A crash between any two steps leaves the pointer naming a complete
     version (the old one or the new one); leftovers are swept by the next publish. One writer
     at a time (callers hold a lock or serialise writes); readers never lock.
+
+    In two steps, for a version that takes long to write: :meth:`stage` fills and fsyncs it
+    under a temporary name without the writers' lock (other writers may publish meanwhile);
+    :meth:`publish_staged`, under the lock, adds the last files and publishes it as above, or
+    :meth:`discard` drops it.
 
     folder/POINTER     names the current version: {"version": NAME} (json_pointer) or NAME
     folder/PREFIXnnnnnn/  one complete version
@@ -282,7 +331,7 @@ class Versions:
         self.folder.mkdir(parents=True, exist_ok=True)
         previous = self.read_pointer() if self.exists() else None
         self.sweep()
-        name = f"{self.prefix}{max(self._numbers(), default=0) + 1:06d}"
+        name = self._next_name()
         tmp = self.folder / f".tmp-{name}-{os.getpid()}"
         tmp.mkdir()
         try:
@@ -292,11 +341,66 @@ class Versions:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return self._make_current(name, previous, keep_previous)
+
+    def _next_name(self) -> str:
+        return f"{self.prefix}{max(self._numbers(), default=0) + 1:06d}"
+
+    def _make_current(self, name: str, previous: str | None, keep_previous: bool,
+                      trash: list[Path] | None = None) -> Path:
+        """The last steps of a publish: the renamed version made durable, then current, then
+        the older versions pruned (into `trash`, see :meth:`prune`)."""
         fsync_path(self.folder)
         fault_point("publish")
         self._write_pointer(name)
-        self.prune({name, previous} if keep_previous and previous else {name})
+        self.prune({name, previous} if keep_previous and previous else {name}, trash)
         return self.folder / name
+
+    def stage(self, fill: Callable[[Path], None]) -> Staged:
+        """Fill a new version under a temporary name and fsync it; no writers' lock needed.
+        Publish it with :meth:`publish_staged` or drop it with :meth:`discard`."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f".stage-{self.prefix}{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir()
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        staged = Staged(path, fd)
+        try:
+            fill(path)
+            fsync_tree(path)
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
+
+    def publish_staged(self, staged: Staged, finish: Callable[[Path, str], None] | None = None,
+                       keep_previous: bool = False, trash: list[Path] | None = None) -> Path:
+        """Make a staged version current (the caller holds the writers' lock):
+        ``finish(folder, name)`` writes its last files knowing the name it will have (each
+        fsynced: :func:`atomic_write`), then it is published as :meth:`publish` does, older
+        versions pruned into `trash` if given. On an error it is discarded."""
+        previous = self.read_pointer() if self.exists() else None
+        name = self._next_name()
+        try:
+            if finish is not None:
+                finish(staged.path, name)
+                fsync_path(staged.path)  # the rest was fsynced by stage()
+            os.rename(staged.path, self.folder / name)
+        except BaseException:
+            self.discard(staged)
+            raise
+        os.close(staged.fd)
+        staged.fd = -1
+        return self._make_current(name, previous, keep_previous, trash)
+
+    @staticmethod
+    def discard(staged: Staged) -> None:
+        """Remove a staged version that will not be published (once published: nothing)."""
+        if staged.fd < 0:
+            return
+        shutil.rmtree(staged.path, ignore_errors=True)
+        os.close(staged.fd)
+        staged.fd = -1
 
     def _write_pointer(self, name: str) -> None:
         with atomic_write(self.folder / self.pointer) as f:
@@ -304,15 +408,51 @@ class Versions:
         fsync_path(self.folder)
 
     def sweep(self) -> None:
-        """Remove what crashed writers left: temporary versions and pointer temp files."""
+        """Remove what crashed writers left: temporary versions, staged versions no live
+        process holds, pruned versions not yet deleted, and pointer temp files."""
         for p in self.folder.glob(f".tmp-{self.prefix}*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.folder.glob(f".stage-{self.prefix}*"):
+            if _unheld(p):
+                shutil.rmtree(p, ignore_errors=True)
+        for p in self.folder.glob(f".trash-{self.prefix}*"):
             shutil.rmtree(p, ignore_errors=True)
         for p in self.folder.glob(f".{self.pointer}.*.tmp"):
             p.unlink(missing_ok=True)
 
-    def prune(self, keep: set[str]) -> None:
-        """Delete every version not in `keep` (also complete ones a crash left unpublished)."""
+    def prune(self, keep: set[str], trash: list[Path] | None = None) -> None:
+        """Delete every version not in `keep` (also complete ones a crash left unpublished).
+        `trash` given: they are only renamed out of the way (``.trash-...``, one rename each)
+        and appended to it, for the caller to delete with :meth:`empty_trash` once it has
+        released its locks."""
+        self.sweep()
         for p in self.folder.iterdir():
             if self.is_version(p.name) and p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
-        self.sweep()
+                if trash is None:
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    gone = self.folder / f".trash-{p.name}-{os.getpid()}-{secrets.token_hex(4)}"
+                    os.rename(p, gone)
+                    trash.append(gone)
+
+    @staticmethod
+    def empty_trash(trash: list[Path]) -> None:
+        """Delete what :meth:`prune` put in `trash` (no lock needed: nothing reads it)."""
+        for p in trash:
+            shutil.rmtree(p, ignore_errors=True)
+        trash.clear()
+
+
+def _unheld(path: Path) -> bool:
+    """True if no process holds the flock of this folder (its stager is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the lock we may have taken

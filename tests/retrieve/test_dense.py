@@ -128,3 +128,34 @@ def test_local_encoder_path_is_stored_absolute(tmp_path, monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)
     assert DenseRetriever(encoder="my-encoder").settings()["encoder"] == str(tmp_path / "my-encoder")
     assert DenseRetriever(encoder="intfloat/e5-small-v2").encoder == "intfloat/e5-small-v2"
+
+
+@pytest.mark.parametrize("cls_name", ["DenseRetriever", "FaissRetriever"])
+def test_frozen_copy_writes_the_state_it_was_taken_at(tmp_path, catalog, fake_encoder,
+                                                      cls_name: str) -> None:
+    from glossrec.retrieve import load_retriever
+    from glossrec.retrieve import faiss_index
+
+    ids, texts = catalog
+    cls = DenseRetriever if cls_name == "DenseRetriever" else faiss_index.FaissRetriever
+    r = cls(encoder="fake")
+    r.index(ids, texts)
+    r.add(["grow"], ["Title: buffer grows"])  # embeddings now live in the growing buffer
+    frozen = r.frozen()
+    want = r.embeddings.copy()
+    # Writes after the freeze: appends into the same buffer, a replacement (copy-on-write),
+    # another append, a removal.
+    r.add(["new1"], ["Title: Bamboo toothbrush"])
+    r.add(["item3", "new2"], ["Title: replaced text entirely", "Title: Rose water"])
+    r.remove(["item0"])
+    assert frozen.ids == [*ids, "grow"]
+    (tmp_path / "f").mkdir()
+    frozen.write(tmp_path / "f")
+    back = load_retriever(tmp_path / "f")
+    assert back.ids == [*ids, "grow"] and back.texts == [*texts, "Title: buffer grows"]
+    assert np.array_equal(back.embeddings, want)
+    # The live retriever has every write, and writes it all.
+    assert r.ids[-2:] == ["new1", "new2"] and "item0" not in r.ids
+    (tmp_path / "live").mkdir()
+    r.write(tmp_path / "live")
+    assert np.array_equal(load_retriever(tmp_path / "live").embeddings, r.embeddings)

@@ -111,7 +111,6 @@ def test_fault_at_each_save_step_leaves_old_or_new(tmp_path: Path, catalog,
 
     if step == "write":
         monkeypatch.setattr(rt, "write_items", boom)  # mid-write of the new version
-        monkeypatch.setattr("glossrec.retrieve.bm25.write_items", boom)
     elif step == "rename":
         monkeypatch.setattr(os, "rename", boom)
     elif step == "current":
@@ -196,3 +195,28 @@ def test_item_table_semantics() -> None:
     assert t.ids == ["b", "d"]
     with pytest.raises(ValueError, match="duplicate item ids: 'q'"):
         ItemTable(["q", "q"], ["1", "2"])
+
+
+def test_a_staged_version_survives_other_publishes_and_gets_the_next_number(tmp_path: Path) -> None:
+    v = Versions(tmp_path / "vs", "CURRENT", "v-")
+    v.publish(lambda d: (d / "x").write_text("1"))
+    staged = v.stage(lambda d: (d / "x").write_text("staged"))
+    v.publish(lambda d: (d / "x").write_text("2"))  # its sweep leaves a held stage alone
+    assert staged.path.is_dir() and v.read_pointer() == "v-000002"
+    names: list[str] = []
+    path = v.publish_staged(staged, lambda d, name: names.append(name), keep_previous=True)
+    assert names == ["v-000003"] and path == v.current() and (path / "x").read_text() == "staged"
+    assert sorted(p.name for p in v.folder.iterdir()) == ["CURRENT", "v-000002", "v-000003"]
+    dropped = v.stage(lambda d: None)
+    v.discard(dropped)
+    assert not dropped.path.exists()
+
+
+def test_write_json_strings_writes_what_write_json_writes(tmp_path: Path) -> None:
+    from glossrec.io import write_json, write_json_strings
+
+    for values in ([], ["a"], ["é\"x\\", "tab\there", "\u2028", "z"] * 3):
+        write_json(tmp_path / "a.json", values)
+        write_json_strings(tmp_path / "b.json", values, chunk=5)
+        assert (tmp_path / "b.json").read_bytes() == (tmp_path / "a.json").read_bytes()
+        assert json.loads((tmp_path / "b.json").read_text()) == values

@@ -47,6 +47,8 @@ def _err(r: httpx.Response, status: int) -> dict:
 def test_health_and_recommend(client: TestClient) -> None:
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["mode"] == "lis" and h["items"] == 12
+    assert h["compaction"] == {"journaled": 0, "journal_limit": 1, "running": False,
+                               "started": 0, "last": None}
     r = client.post("/recommend", json={"history": ["A9", {"item_id": "A2"}], "k": 3})
     body = r.json()
     assert r.status_code == 200 and body["mode"] == "lis" and len(body["items"]) == 3

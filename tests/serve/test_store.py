@@ -59,16 +59,33 @@ def test_invalid_items_are_rejected_with_field(word_catalog: LiveCatalog) -> Non
     assert word_catalog.version == "catalog-000001"
 
 
-def test_failed_save_rolls_back_memory(word_catalog: LiveCatalog, monkeypatch) -> None:
-    def boom(folder: Path) -> None:
+def test_failed_journal_append_rolls_back_memory(word_catalog: LiveCatalog, monkeypatch) -> None:
+    def boom(entry: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(word_catalog.retriever, "write", boom)
+    monkeypatch.setattr(word_catalog, "_append", boom)
     with pytest.raises(OSError):
         word_catalog.add([ItemRecord("N1", "Lavender bath salts")])
     assert "N1" not in word_catalog and "N1" not in word_catalog.retriever.ids
-    assert not list(word_catalog.folder.glob(".tmp-*"))
     assert _open(word_catalog.folder).version == "catalog-000001"
+
+
+def test_failed_compaction_keeps_the_journaled_write(word_catalog: LiveCatalog, monkeypatch) -> None:
+    def boom(folder: Path) -> None:
+        raise OSError("disk full")
+
+    folder = word_catalog.folder
+    monkeypatch.setattr(word_catalog.retriever, "write", boom)  # the snapshot fails, not the write
+    res = word_catalog.add([ItemRecord("N1", "Lavender bath salts")])
+    assert res.version == "catalog-000001+000001" and "N1" in word_catalog
+    assert word_catalog.compactions[-1].outcome == "failed"
+    assert not list(folder.glob(".tmp-*")) and not list(folder.glob(".stage-*"))
+    back = _open(folder)
+    assert back.version == "catalog-000001+000001" and "N1" in back
+    monkeypatch.undo()
+    word_catalog.add([ItemRecord("N2", "Jade roller")])  # the next write compacts
+    assert word_catalog.version == "catalog-000002"
+    assert {"N1", "N2"} <= set(_open(folder).retriever.ids)
 
 
 def test_crash_leftovers_are_ignored_and_swept(word_catalog: LiveCatalog) -> None:

@@ -144,14 +144,18 @@ def items_add(
         records.append(ItemRecord(item_id, title, attrs))
     if not records:
         raise DataError("nothing to add: give --id and --title, or --file")
-    res = _catalog(run).add(records)
+    cat = _catalog(run)
+    res = cat.add(records)
+    cat.close(wait=True)  # a compaction this write started finishes before the process ends
     typer.echo(f"added {len(res.added)}, replaced {len(res.replaced)}; catalog {res.version}")
 
 
 @items_app.command("remove")
 def items_remove(run: RunOpt, item_ids: Annotated[list[str], typer.Argument(help="Item ids to remove.")]) -> None:
     """Remove items (all or none: an unknown id fails the command)."""
-    res = _catalog(run).remove(item_ids)
+    cat = _catalog(run)
+    res = cat.remove(item_ids)
+    cat.close(wait=True)
     typer.echo(f"removed {len(res.removed)}; catalog {res.version}")
 
 
@@ -218,6 +222,9 @@ def serve(
           f"({getattr(rec.catalog.retriever, 'kind', '?')}), writes "
           f"{'need the API key' if key else 'are open'}; docs at http://{host}:{port}{root_path}/docs",
           file=sys.stderr, flush=True)
-    uvicorn.run(create_app(rec, settings), host=host, port=port, root_path=root_path,
-                proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
-                log_level=log_level, workers=1)
+    try:
+        uvicorn.run(create_app(rec, settings), host=host, port=port, root_path=root_path,
+                    proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
+                    log_level=log_level, workers=1)
+    finally:
+        rec.close()  # abandons a catalog compaction under way (the journal holds its writes)

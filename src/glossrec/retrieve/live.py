@@ -8,33 +8,52 @@ Layout of ``RUN_DIR/index/`` (a service and the CLI may share it)::
         items.jsonl          one {"item_id", "title", ...attributes} per item, in index order
         retriever/           the retriever's plain files (Retriever.write)
         journal.jsonl        writes since this snapshot: {"seq", "op": "add"|"remove", ...}
+    .stage-catalog-PID-XXXX/ a snapshot being built (compaction), not yet a version
     .lock                    fcntl lock serialising writers across processes
 
-Why: a write publishes a complete new version through :class:`glossrec.io.Versions` (the one
-owner of versioned storage): built under a temporary name, fsynced once, renamed into place,
-and only then ``CATALOG`` replaced atomically. A crash at any moment (kill -9 included) leaves
-``CATALOG`` naming a complete folder: the old state or the new one, never a mix. Leftover
-temporary folders are swept by the next writer. Readers in other processes notice a new pointer
-(:meth:`LiveCatalog.refresh`) and reload.
+Writes cost O(change): a write is applied in memory, appended to the current snapshot's journal
+and fsynced before it returns (a line cut off by kill -9 was never acknowledged and is ignored).
+Readers in other processes replay the journal's new lines (:meth:`LiveCatalog.refresh`).
 
-Writes cost O(change): a write is appended to the current snapshot's journal and fsynced (a
-line cut off by kill -9 was never acknowledged and is ignored); every ``journal_limit`` writes
-(by default one per 1,000 items, so a 12k catalog snapshots every 12 writes and a small one at
-every write) the state is compacted into a new snapshot. Readers replay the journal's new lines
-(:meth:`LiveCatalog.refresh`).
+Compaction folds the journal into a new snapshot once it holds ``journal_limit`` writes (by
+default one per 1,000 items, so the cost of a snapshot, O(catalog), is shared by 1,000 writes).
+It runs off the request path, in a background thread (one at a time per catalog):
+
+1. freeze: the write that reaches the limit, still holding the locks, takes a consistent copy
+   of the state at its journal position (the items dict copied, the retriever's
+   :meth:`~glossrec.retrieve.base.Retriever.frozen` copy: lists copied, arrays copy-on-write),
+   starts the thread and returns as any write does;
+2. build: the thread writes that copy as a complete folder under a temporary name
+   (:meth:`glossrec.io.Versions.stage`) holding no lock, neither the in-process lock that
+   searches take nor the cross-process fcntl lock; writes go on appending to the journal;
+3. publish, under both locks: the journal entries written since the freeze are copied
+   (renumbered from 1) into the new folder's journal, which then becomes current through
+   :class:`glossrec.io.Versions` (fsynced, renamed into place, then ``CATALOG`` replaced
+   atomically); the in-memory state already holds those writes, so nothing is reloaded. If
+   another process published a snapshot meanwhile, the built folder is discarded.
+
+A crash at any moment (kill -9 included) leaves ``CATALOG`` naming a complete folder whose
+snapshot plus journal hold every acknowledged write: before the pointer moves, the old folder
+and its journal; after, the new one with the journal's tail. A staged folder left by a dead
+process is swept by the next publish. :attr:`LiveCatalog.background` False (or a retriever
+without a frozen copy) compacts in the write that reaches the limit, holding the locks;
+:meth:`LiveCatalog.compact` compacts now; :meth:`LiveCatalog.close` waits for or abandons a
+running compaction.
 """
 
 from __future__ import annotations
 
 import fcntl
 import heapq
-import os
 import json
+import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +61,22 @@ import numpy as np
 
 from glossrec.data import Catalog
 from glossrec.errors import DataError, GlossrecError
-from glossrec.io import FAULT_ENV, Versions, atomic_write, fault_point, iter_jsonl, read_json, write_json
-from glossrec.retrieve.base import Retriever
+from glossrec.io import (
+    FAULT_ENV, Staged, Versions, atomic_write, fault_point, iter_jsonl, read_json, write_json,
+    yield_gil,
+)
+from glossrec.retrieve.base import FrozenRetriever, Retriever
+
+logger = logging.getLogger(__name__)
 
 POINTER = "CATALOG"
 JOURNAL = "journal.jsonl"
 """Inside a version folder: the writes made since that snapshot, one JSON line each."""
 FORMAT = "glossrec-live-catalog/1"
 WRITE_DELAY_ENV = FAULT_ENV
-"""The crash tests' fault points (glossrec.io.fault_point): "items" (mid items.jsonl) or
-"publish" (new folder in place, pointer not yet replaced)."""
+"""The crash tests' fault points (glossrec.io.fault_point): "journal" (mid journal line),
+"items" (a compaction mid items.jsonl: in the background thread, or in the write when
+compaction is synchronous) or "publish" (new folder in place, pointer not yet replaced)."""
 _MAX_ID_CHARS = 256
 
 RetrieverLoader = Callable[[Path], Retriever]
@@ -111,6 +136,53 @@ class WriteResult:
     version: str
 
 
+@dataclass
+class CompactionStats:
+    """One compaction: its size, where its time went, and how it ended."""
+
+    background: bool
+    items: int = 0
+    folded: int = 0
+    """Journal entries the snapshot holds (the journal's length at the freeze)."""
+    freeze_ms: float = 0.0
+    """The consistent copy taken under the locks (background only)."""
+    build_s: float = 0.0
+    """Writing the snapshot's files (without the locks in the background)."""
+    publish_ms: float = 0.0
+    """Under the locks: the journal's tail copied, the folder renamed, the pointer replaced."""
+    tail: int = 0
+    """Writes made during the build, carried into the new snapshot's journal."""
+    outcome: str = "running"
+    """running, published, discarded (another writer published first), abandoned (close), failed."""
+    version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("freeze_ms", "build_s", "publish_ms"):
+            out[key] = round(out[key], 3)
+        return out
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """The state at one journal position (`seq` entries, `offset` bytes of the journal of
+    `snapshot`, "" for a new catalog), held still so that a snapshot of it can be written
+    while writes go on."""
+
+    snapshot: str
+    seq: int
+    offset: int
+    items: Mapping[str, ItemRecord]
+    retriever: FrozenRetriever
+    kind: str
+    item_format: str
+    title_words: int
+
+
+class _Abandoned(Exception):
+    """A background compaction stopped by :meth:`LiveCatalog.close`."""
+
+
 def _default_loader(folder: Path) -> Retriever:
     from glossrec.retrieve import load_retriever
 
@@ -132,7 +204,11 @@ class LiveCatalog:
 
     Thread-safe: one re-entrant lock guards the in-memory state (searches hold it too, so a
     search never sees a half-applied change); an fcntl lock serialises writers across processes.
+    A compaction builds its snapshot in a background thread holding neither (module docstring).
     """
+
+    background = True
+    """Compact in a background thread; False: in the write that reaches ``journal_limit``."""
 
     def __init__(self, folder: Path, items: dict[str, ItemRecord], retriever: Retriever,
                  formatter: Catalog, version: str, loader: RetrieverLoader,
@@ -155,6 +231,14 @@ class LiveCatalog:
         self._pos: dict[str, int] | None = None
         self._folded: tuple[str, list[tuple[str, ItemRecord]]] | None = None
         """(version, casefolded title + record per item): the title search's table."""
+        self._compactor: threading.Thread | None = None
+        self._stop = threading.Event()
+        """Set by close(): a background compaction under way is abandoned."""
+        self._closed = False
+        self.compactions: deque[CompactionStats] = deque(maxlen=100)
+        """The latest compactions, oldest first (benchmarks and /health read them)."""
+        self.compaction_count = 0
+        """Compactions started by this object."""
         self._check_consistent(full=True)
 
     @property
@@ -190,8 +274,8 @@ class LiveCatalog:
             raise ValueError("indexed=True but the retriever holds other items than `items`")
         folder.mkdir(parents=True, exist_ok=True)
         cat = cls(folder, records, retriever, formatter, "", loader or _default_loader)
-        with cat._file_lock():
-            cat.snapshot = cat._write_version()
+        with cat._writer_locks():
+            cat._compact_locked(record=False)  # from "": replaces whatever the folder held
         return cat
 
     @classmethod
@@ -311,7 +395,7 @@ class LiveCatalog:
         with open(self._journal, "ab") as f:
             if f.tell() > self._offset:
                 f.truncate(self._offset)
-            line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+            line = _journal_line(entry)
             half = len(line) // 2
             f.write(line[:half])
             f.flush()
@@ -481,28 +565,32 @@ class LiveCatalog:
     def _write(self, check: Callable[[], None],
                apply: Callable[[], tuple[list[str], list[str], list[str]]],
                entry: dict[str, Any]) -> WriteResult:
-        """Apply a change in memory and persist it before returning: as a journal entry
-        (O(change)), or, every `journal_limit` writes, as a new snapshot (compaction)."""
-        with self._lock, self._file_lock():
-            # Another process may have written since we loaded: apply on top of its state.
-            if self._read_pointer(self.folder) != self.snapshot:
-                self._reload()
-            else:
-                self._catch_up()
+        """Apply a change in memory and append it to the journal (fsynced) before returning,
+        O(change); the write that brings the journal to `journal_limit` entries starts a
+        compaction."""
+        with self._writer_locks():
+            self._sync_with_disk()  # another process may have written since: apply on top
             check()
             try:
                 added, replaced, removed = apply()
                 self._check_consistent()
-                if self.seq + 1 >= self._limit():
-                    self.snapshot, self.seq, self._offset = self._write_version(), 0, 0
-                else:
-                    self._append({"seq": self.seq + 1, **entry})
-                    self.seq += 1
+                self._append({"seq": self.seq + 1, **entry})
+                self.seq += 1
             except BaseException:
                 # Roll the in-memory state back to what is on disk, then report the failure.
                 self._reload()
                 raise
+            if self.seq >= self._limit():
+                self._compact_due()
             return WriteResult(added, replaced, removed, self.version)
+
+    def _sync_with_disk(self) -> None:
+        """Follow other processes' writes (hold the locks): reload a newer snapshot, or apply
+        the journal entries appended since."""
+        if self._read_pointer(self.folder) != self.snapshot:
+            self._reload()
+        else:
+            self._catch_up()
 
     def _reload(self) -> None:
         self._items, self.retriever, self.formatter, self.snapshot = self._load_current(
@@ -510,6 +598,12 @@ class LiveCatalog:
         self.seq, self._offset = 0, 0
         self._pos = None
         self._catch_up()
+
+    @contextmanager
+    def _writer_locks(self) -> Iterator[None]:
+        """Both locks, in the order every writer takes them."""
+        with self._lock, self._file_lock():
+            yield
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -521,28 +615,220 @@ class LiveCatalog:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def _write_version(self) -> str:
-        """Publish the in-memory state as a new version (hold the locks); the version it
-        replaces stays for readers that opened it just before."""
-        return catalog_versions(self.folder).publish(self._write_files, keep_previous=True).name
+    # ---- compaction: the journal folded into a new snapshot ------------------------------------
 
-    def _write_files(self, tmp: Path) -> None:
-        ids = list(self.retriever.ids)
+    def compact(self) -> str:
+        """Snapshot the current state now, in this thread, after any background compaction
+        under way; returns the new version. Errors are raised (a write's own compaction only
+        logs them: its write is in the journal either way)."""
+        self.wait_compacted()
+        with self._writer_locks():
+            self._sync_with_disk()
+            self._compact_locked()
+            return self.version
+
+    def wait_compacted(self, timeout: float | None = None) -> bool:
+        """Wait for a background compaction under way; False if it still runs after `timeout`."""
+        thread = self._compactor
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    @property
+    def compacting(self) -> bool:
+        """A background compaction is under way."""
+        thread = self._compactor
+        return thread is not None and thread.is_alive()
+
+    def compaction_status(self) -> dict[str, Any]:
+        """Journal length and limit, whether a compaction runs, and the latest one's figures."""
+        last = self.compactions[-1] if self.compactions else None
+        return {"journaled": self.seq, "journal_limit": self._limit(), "running": self.compacting,
+                "started": self.compaction_count, "last": None if last is None else last.to_json()}
+
+    def close(self, wait: bool = False) -> None:
+        """End background work: let a compaction under way publish (`wait`), or abandon it
+        (its staged folder is removed; the journal holds every write, so nothing is lost).
+        Writes after this compact in the write. Do not call it holding :meth:`locked`."""
+        self._closed = True
+        if not wait:
+            self._stop.set()
+        self.wait_compacted()
+
+    def _compact_due(self) -> None:
+        """The journal reached its limit (hold the locks): start a background compaction
+        unless one runs; compact here when background compaction is off, the catalog is
+        closed or the retriever has no frozen copy."""
+        if self.compacting:
+            return  # one at a time; the journal grows meanwhile and the next write retries
+        stats: CompactionStats | None = None
+        try:  # the write is in the journal: a compaction that fails is logged, not raised
+            t0 = time.perf_counter()
+            frozen = self.retriever.frozen() if self.background and not self._closed else None
+            if frozen is None:
+                self._compact_locked()
+                return
+            state = self._freeze(frozen, copy=True)
+            stats = self._new_stats(background=True)
+            stats.freeze_ms = (time.perf_counter() - t0) * 1000
+            self._compactor = threading.Thread(target=self._compact_background,
+                                               args=(state, stats), name="catalog-compact",
+                                               daemon=True)
+            self._compactor.start()
+        except Exception:
+            if stats is not None:
+                stats.outcome = "failed"
+            logger.exception("catalog compaction failed; the journal holds every write")
+
+    def _new_stats(self, background: bool) -> CompactionStats:
+        stats = CompactionStats(background, items=len(self._items), folded=self.seq)
+        self.compactions.append(stats)
+        self.compaction_count += 1
+        return stats
+
+    def _freeze(self, retriever: FrozenRetriever, copy: bool) -> _Frozen:
+        """The state at this journal position (hold the locks); `copy`: the items dict copied,
+        so that later writes leave it as it is (the retriever's copy is the caller's)."""
+        return _Frozen(self.snapshot, self.seq, self._offset,
+                       dict(self._items) if copy else self._items, retriever,
+                       getattr(self.retriever, "kind", "?"), self.formatter.item_format,
+                       self.formatter.title_words)
+
+    def _compact_locked(self, record: bool = True) -> None:
+        """Snapshot the state holding the locks all along (the live objects, no copies);
+        `record`: count it in :attr:`compactions` (create's first snapshot is not one)."""
+        state = self._freeze(FrozenRetriever(self.retriever.ids, self.retriever.write), copy=False)
+        stats = self._new_stats(background=False) if record else CompactionStats(False)
+        try:
+            self._build_and_publish(state, stats, None)
+        except BaseException:
+            stats.outcome = "failed"
+            raise
+
+    def _compact_background(self, state: _Frozen, stats: CompactionStats) -> None:
+        try:
+            self._build_and_publish(state, stats, self._stop)
+        except Exception:
+            stats.outcome = "failed"
+            logger.exception("background catalog compaction failed; the journal holds every write")
+
+    def _build_and_publish(self, state: _Frozen, stats: CompactionStats,
+                           cancel: threading.Event | None) -> None:
+        """Build a snapshot of `state`, then publish it under the locks. `cancel` given: the
+        background, which holds no lock while it builds; else the caller holds both."""
+        versions = catalog_versions(self.folder)
+        t0 = time.perf_counter()
+        try:
+            staged = versions.stage(lambda tmp: self._write_snapshot(tmp, state, cancel))
+        except _Abandoned:
+            stats.outcome = "abandoned"
+            return
+        stats.build_s = time.perf_counter() - t0
+        trash: list[Path] = []
+        try:
+            with self._writer_locks() if cancel is not None else nullcontext():
+                t0 = time.perf_counter()
+                self._publish(versions, staged, state, stats, cancel, trash)
+                stats.publish_ms = (time.perf_counter() - t0) * 1000
+        finally:
+            versions.discard(staged)  # not published: dropped (published: nothing to do)
+        versions.empty_trash(trash)  # the pruned old version, deleted after the locks
+        if stats.outcome == "published":
+            logger.info("catalog compaction: %s, %d items in %.1f s (%d writes carried over, "
+                        "%.0f ms under the locks)", stats.version, stats.items, stats.build_s,
+                        stats.tail, stats.publish_ms + stats.freeze_ms)
+
+    def _publish(self, versions: Versions, staged: Staged, state: _Frozen,
+                 stats: CompactionStats, cancel: threading.Event | None, trash: list[Path]) -> None:
+        """Make the staged snapshot of `state` current (hold the locks), its journal the
+        entries written since the freeze; discard it if the catalog moved to another snapshot
+        meanwhile or the compaction was abandoned."""
+        fresh = state.snapshot == ""  # create(): nothing to follow
+        if cancel is not None and cancel.is_set():
+            versions.discard(staged)
+            stats.outcome = "abandoned"
+            return
+        if not fresh and (self._read_pointer(self.folder) != state.snapshot
+                          or self.snapshot != state.snapshot):
+            versions.discard(staged)  # another writer published first: its state wins
+            stats.outcome = "discarded"
+            logger.info("catalog compaction discarded: %s was replaced meanwhile", state.snapshot)
+            return
+        if not fresh:
+            self._catch_up()  # entries other processes appended to the same journal
+        tail = b"" if fresh else self._journal_tail(state)
+        n_tail = self.seq - state.seq
+
+        def finish(folder: Path, name: str) -> None:
+            if tail:
+                with atomic_write(folder / JOURNAL, "wb") as f:
+                    f.write(tail)
+            write_json(folder / "meta.json", {
+                "format": FORMAT, "version": name, "retriever": state.kind,
+                "n_items": len(state.retriever.ids), "item_format": state.item_format,
+                "title_words": state.title_words, "written_at": time.time(),
+            })
+
+        try:
+            path = versions.publish_staged(staged, finish, keep_previous=True, trash=trash)
+        except BaseException:
+            if not fresh:
+                self._reload()  # the pointer may or may not have moved: follow the disk
+            raise
+        self.snapshot, self.seq, self._offset = path.name, n_tail, len(tail)
+        stats.outcome, stats.tail, stats.version = "published", n_tail, path.name
+
+    def _journal_tail(self, state: _Frozen) -> bytes:
+        """The journal's entries after `state`'s position, renumbered from 1 for the new
+        snapshot (hold the locks, caught up)."""
+        if self.seq == state.seq:
+            return b""
+        with open(self._journal, "rb") as f:
+            f.seek(state.offset)
+            data = f.read(self._offset - state.offset)
+        lines = data.split(b"\n")[:-1]
+        if len(lines) != self.seq - state.seq:
+            raise DataError(f"journal holds {len(lines)} entries after {state.seq}, expected "
+                            f"{self.seq - state.seq}", self._journal)
+        out = []
+        for n, raw in enumerate(lines, start=1):
+            entry = json.loads(raw)
+            if entry.get("seq") != state.seq + n:
+                raise DataError(f"journal entry out of sequence ({raw[:80]!r})", self._journal)
+            entry["seq"] = n
+            out.append(_journal_line(entry))
+        return b"".join(out)
+
+    @staticmethod
+    def _write_snapshot(tmp: Path, state: _Frozen, cancel: threading.Event | None) -> None:
+        """items.jsonl and the retriever's files of `state` (meta.json comes at publish, when
+        the version's name is known). In the background it checks `cancel` and lets the
+        serving threads have the GIL every 256 items."""
+        ids = state.retriever.ids
         with atomic_write(tmp / "items.jsonl") as f:
             half = len(ids) // 2
             for n, iid in enumerate(ids):
                 if n == half:
                     f.flush()
                     fault_point("items")
-                f.write(json.dumps(self._items[iid].to_json(), ensure_ascii=False) + "\n")
+                if cancel is not None and n % 256 == 0:
+                    if cancel.is_set():
+                        raise _Abandoned()
+                    yield_gil()
+                f.write(_JSON.encode(state.items[iid].to_json()) + "\n")
+        if cancel is not None and cancel.is_set():
+            raise _Abandoned()
         (tmp / "retriever").mkdir()
-        self.retriever.write(tmp / "retriever")
-        write_json(tmp / "meta.json", {
-            "format": FORMAT, "version": Versions.version_name(tmp),
-            "retriever": getattr(self.retriever, "kind", "?"),
-            "n_items": len(ids), "item_format": self.formatter.item_format,
-            "title_words": self.formatter.title_words, "written_at": time.time(),
-        })
+        state.retriever.write(tmp / "retriever")
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False)
+"""One encoder for every line: json.dumps with options builds a new one per call."""
+
+
+def _journal_line(entry: Mapping[str, Any]) -> bytes:
+    return (_JSON.encode(entry) + "\n").encode("utf-8")
 
 
 def read_items_file(path: str | Path) -> list[ItemRecord]:

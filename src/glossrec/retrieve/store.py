@@ -15,14 +15,14 @@ reads either layout. One writer per folder at a time (callers serialise saves).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glossrec.errors import DataError
-from glossrec.io import Versions, atomic_write, read_json, write_json
+from glossrec.io import Versions, atomic_write, read_json, write_json, write_json_strings
 from glossrec.retrieve.items import ItemTable
 
 __all__ = [
@@ -88,9 +88,9 @@ def write_meta(version: Path, kind: str, settings: dict[str, Any], n_items: int)
                                 "settings": settings})
 
 
-def write_items(version: Path, table: ItemTable) -> None:
-    write_json(version / "ids.json", table.ids)
-    write_json(version / "texts.json", table.texts)
+def write_items(version: Path, ids: Sequence[str], texts: Sequence[str]) -> None:
+    write_json_strings(version / "ids.json", ids)
+    write_json_strings(version / "texts.json", texts)
 
 
 def read_items(version: Path, n_items: int) -> ItemTable:

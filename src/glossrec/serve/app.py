@@ -456,7 +456,8 @@ def create_app(recommender: Recommender, settings: Optional[ServeSettings] = Non
                 "batching": {"window_ms": round(batcher.current_window_s() * 1000, 1),
                              "window_fraction": batcher.window_fraction, "max_batch": max_batch,
                              **batcher.stats.to_json()},
-                "generate_calls": recommender.generate_calls}
+                "generate_calls": recommender.generate_calls,
+                "compaction": cat.compaction_status()}
 
     @app.post("/recommend", response_model=RecommendOut, summary="Recommend items for a history",
               responses=_errors(400, 413, 415, 422, 500))

@@ -290,6 +290,8 @@ class Recommender:
         return rec
 
     def close(self) -> None:
+        """Stop the catalog's background work, then remove a temporary run directory."""
+        self.catalog.close()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
