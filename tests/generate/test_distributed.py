@@ -82,10 +82,10 @@ def test_killed_job_resumes_with_no_user_lost_or_duplicated(
          "--batch-size", "2", "--workers", "2"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480
         while not list(run_dir.glob("generations.jsonl.part-*")):
             assert job.poll() is None, job.stderr.read().decode() if job.stderr else ""
-            assert time.monotonic() < deadline, "no block was finished in 240 s"
+            assert time.monotonic() < deadline, "no block was finished in 480 s (Ray starts slowly on a loaded machine)"
             time.sleep(0.1)
     finally:
         os.killpg(job.pid, signal.SIGKILL)
