@@ -3,6 +3,7 @@ publishing, discarding, abandoning, other processes, and kill -9 at random momen
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -161,6 +162,19 @@ def test_synchronous_compaction_when_background_is_off(tmp_path: Path) -> None:
     assert cat.compactions[-1].background is False and cat.compactions[-1].outcome == "published"
     cat.add([ItemRecord("n3", "zzword3 cream")])
     assert cat.compact() == "catalog-000003" and _exact(_open(cat.folder))
+
+
+def test_a_new_catalogs_first_snapshot_is_not_announced_as_a_compaction(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="glossrec.retrieve.live")
+    cat = _bm25_catalog(tmp_path / "index")
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert not cat.compactions
+    cat.background = False
+    for j in range(3):
+        cat.add([ItemRecord(f"n{j}", f"zzword{j} cream")])
+    announced = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(announced) == 1 and "catalog-000002, 63 items" in announced[0]
 
 
 def test_a_dead_builders_staged_folder_is_swept(tmp_path: Path) -> None:

@@ -699,9 +699,10 @@ class LiveCatalog:
         """Snapshot the state holding the locks all along (the live objects, no copies);
         `record`: count it in :attr:`compactions` (create's first snapshot is not one)."""
         state = self._freeze(FrozenRetriever(self.retriever.ids, self.retriever.write), copy=False)
-        stats = self._new_stats(background=False) if record else CompactionStats(False)
+        stats = (self._new_stats(background=False) if record
+                 else CompactionStats(False, items=len(self._items), folded=self.seq))
         try:
-            self._build_and_publish(state, stats, None)
+            self._build_and_publish(state, stats, None, announce=record)
         except BaseException:
             stats.outcome = "failed"
             raise
@@ -714,9 +715,10 @@ class LiveCatalog:
             logger.exception("background catalog compaction failed; the journal holds every write")
 
     def _build_and_publish(self, state: _Frozen, stats: CompactionStats,
-                           cancel: threading.Event | None) -> None:
+                           cancel: threading.Event | None, announce: bool = True) -> None:
         """Build a snapshot of `state`, then publish it under the locks. `cancel` given: the
-        background, which holds no lock while it builds; else the caller holds both."""
+        background, which holds no lock while it builds; else the caller holds both.
+        `announce`: log the compaction at INFO (a new catalog's first snapshot is not one)."""
         versions = catalog_versions(self.folder)
         t0 = time.perf_counter()
         try:
@@ -735,7 +737,7 @@ class LiveCatalog:
             versions.discard(staged)  # not published: dropped (published: nothing to do)
         versions.empty_trash(trash)  # the pruned old version, deleted after the locks
         if stats.outcome == "published":
-            logger.info("catalog compaction: %s, %d items in %.1f s (%d writes carried over, "
+            logger.log(logging.INFO if announce else logging.DEBUG, "catalog compaction: %s, %d items in %.1f s (%d writes carried over, "
                         "%.0f ms under the locks)", stats.version, stats.items, stats.build_s,
                         stats.tail, stats.publish_ms + stats.freeze_ms)
 
