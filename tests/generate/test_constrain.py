@@ -34,8 +34,9 @@ def prompt_of(history: list[str]) -> str:
 
 def grounded(model: Any, tok: Any, trie: CatalogTrie, **cfg: Any) -> HFGenerator:
     share = cfg.pop("share_prefill", True)
+    shared = cfg.pop("shared_prompts", True)
     return HFGenerator(model, tok, GenerateConfig(constrain="catalog", **cfg), trie=trie,
-                       share_prefill=share)
+                       share_prefill=share, shared_prompts=shared)
 
 
 def random_users(texts: list[str], n: int, seed: int = 0) -> tuple[list[str], list[list[int]]]:

@@ -7,17 +7,20 @@ from typing import Any
 
 import pytest
 
+from glossrec.config import GenerateConfig
 from glossrec.generate.constrain import CatalogTrie
 from glossrec.generate.hf import HFGenerator
+from glossrec.generate.shared_kv import supported
 
-from .test_constrain import catalog_texts, grounded, random_users
+from .test_constrain import catalog_texts, grounded, prompt_of, random_users
 
 
 class _RowCounter:
-    """Counts the rows of every forward pass of a model (wraps its forward)."""
+    """Counts the rows of every forward pass of a model, the passes, and the passes of one
+    token per row (the search's steps) (wraps its forward)."""
 
     def __init__(self, model: Any) -> None:
-        self.model, self.rows, self.calls = model, 0, 0
+        self.model, self.rows, self.calls, self.steps = model, 0, 0, 0
         self.real = model.forward
 
     def __enter__(self) -> _RowCounter:
@@ -27,6 +30,7 @@ class _RowCounter:
             ids = k.get("input_ids", a[0] if a else None)
             self.rows += int(ids.shape[0])
             self.calls += 1
+            self.steps += int(ids.shape[1] == 1)
             return self.real(*a, **k)
         self.model.forward = forward
         return self
@@ -59,9 +63,9 @@ def test_same_hypotheses_in_the_same_order_as_transformers(peaky_lm: tuple[Any, 
         want = theirs.generate(prompts, exclude=hist)
     assert all(len(row) == num_beams for row in want)      # the precondition of "the same"
     assert got == want
-    # Only live beams run (fewer rows), and the prior rides in the beams' pass (fewer passes).
+    # Only live beams run (fewer rows), and the prior rides in the beams' pass (fewer steps).
     assert a.rows < b.rows
-    assert a.calls < b.calls if prior_weight else a.calls <= b.calls
+    assert a.steps < b.steps if prior_weight else a.steps <= b.steps
 
 
 def test_re_ranked_scores_and_single_prompts_agree(peaky_lm: tuple[Any, Any]) -> None:
@@ -104,3 +108,93 @@ def test_a_model_without_a_reusable_cache_falls_back(peaky_lm: tuple[Any, Any]) 
     with _RowCounter(model) as rows:
         assert gen.generate(prompts, exclude=hist) == want
     assert rows.calls > 0
+
+
+# ---- each prompt's KV once (glossrec.generate.shared_kv) against one copy per row ------------
+
+
+def _gqa_lm(tok: Any, tiny_lm_dir: Any) -> Any:
+    """The tiny LM's shape with grouped-query attention (4 heads, 2 KV heads), peaked weights."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_lm_dir)
+    config.num_key_value_heads = 2
+    model = LlamaForCausalLM(config)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3, generator=gen)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kv_heads", ["all", "grouped"])
+@pytest.mark.parametrize("prior_weight,score", [(0.0, "beam"), (1.0, "beam"), (1.0, "pmi"),
+                                                (0.0, "length")])
+def test_shared_prompt_kv_gives_the_copied_kv_search(peaky_lm: tuple[Any, Any], tiny_lm_dir: Any,
+                                                     kv_heads: str, prior_weight: float,
+                                                     score: str) -> None:
+    """Prompts of different lengths in one batch, history excluded, one prompt with an empty
+    history (all of it shared with the prior's prompt; without the prior, which would score
+    all its items alike): each prompt's KV once gives the items,
+    in the order, of one KV copy per row, and of transformers' loop; it prefills fewer tokens
+    (the template's beginning comes from the prior's prompt, nothing is padded), and the rows
+    it counts are the rows the model ran."""
+    model, tok = peaky_lm
+    if kv_heads == "grouped":
+        model = _gqa_lm(tok, tiny_lm_dir)
+    texts = catalog_texts(120, seed=5)
+    trie = CatalogTrie.from_texts(tok, texts)
+    prompts, hist = random_users(texts, 10, seed=3)
+    if not prior_weight:  # with the prior, its own prompt would score every item 0: all ties
+        prompts[-1], hist[-1] = prompt_of([]), []
+    settings = dict(num_beams=4, num_return=4, batch_size=5, prior_weight=prior_weight,
+                    grounded_score=score)
+    shared, copied = (grounded(model, tok, trie, shared_prompts=s, **settings) for s in (True, False))
+    theirs = grounded(model, tok, trie, grounded_search="transformers", **settings)
+    lengths = [len(ids) for ids in shared.encode(prompts)]
+    assert len(set(lengths[:5])) > 2 and len(set(lengths[5:])) > 2  # padding in each batch
+    shared.prior_prompt_cache()  # made once per model, outside the counts
+    with _RowCounter(model) as rows:
+        got = shared.generate(prompts, exclude=hist)
+    want = copied.generate(prompts, exclude=hist)
+    assert got == want == theirs.generate(prompts, exclude=hist)
+    assert sum(len(row) for row in got) > 3 * len(prompts)
+    if score == "beam":  # (re-ranking runs the model again)
+        assert rows.rows == (shared.work.logit_rows + shared.work.beam_rows
+                             + shared.work.prior_rows)
+    assert shared.work.beam_rows == copied.work.beam_rows
+    assert shared.work.prior_rows == copied.work.prior_rows
+    assert (shared.work.prior_rows > 0) == (prior_weight > 0)
+    assert shared.work.prefill_tokens < copied.work.prefill_tokens
+    assert shared.work.step_keys < copied.work.step_keys
+
+
+def test_shared_prompt_kv_without_a_common_beginning(peaky_lm: tuple[Any, Any]) -> None:
+    """A prior prompt that shares no token with the users' prompts: every prompt is prefilled
+    in full, and the search is still the copied-KV one."""
+    model, tok = peaky_lm
+    texts = catalog_texts(80, seed=2)
+    trie = CatalogTrie.from_texts(tok, texts)
+    prompts, hist = random_users(texts, 4, seed=8)
+    cfg = GenerateConfig(constrain="catalog", prior_weight=1.0, batch_size=4)
+    shared, copied = (HFGenerator(model, tok, cfg, trie=trie, prior_prompt="Title: gel\n",
+                                  shared_prompts=s) for s in (True, False))
+    assert shared.encode(prompts)[0][0] != shared.prior_prompt_ids()[0]
+    assert shared.generate(prompts, exclude=hist) == copied.generate(prompts, exclude=hist)
+    assert shared.work.prefill_tokens == sum(len(ids) - 1 for ids in shared.encode(prompts))
+
+
+def test_shared_prompt_kv_needs_full_attention_everywhere(peaky_lm: tuple[Any, Any]) -> None:
+    """A sliding-window model is not supported (its search copies the KV per row); the Llama
+    is."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    model, _ = peaky_lm
+    assert supported(model)
+    small = dict(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, intermediate_size=32)
+    assert supported(Qwen2ForCausalLM(Qwen2Config(**small)))
+    sliding = Qwen2Config(**small, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    assert not supported(Qwen2ForCausalLM(sliding))

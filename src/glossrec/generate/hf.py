@@ -35,7 +35,7 @@ from glossrec.config import PAPER_TEMPLATE, GenerateConfig
 from glossrec.errors import ConfigError
 from glossrec.generate.base import encode_prompts, postprocess
 from glossrec.generate.constrain import CatalogTrie
-from glossrec.generate.search import grounded_beam_search
+from glossrec.generate.search import SearchWork, grounded_beam_search
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,12 @@ class HFGenerator:
 
     def __init__(self, model: Any, tokenizer: Any, cfg: GenerateConfig | None = None,
                  max_prompt_tokens: int = 1024 - 50, share_prefill: bool = True,
-                 trie: CatalogTrie | None = None, prior_prompt: str | None = None) -> None:
+                 trie: CatalogTrie | None = None, prior_prompt: str | None = None,
+                 shared_prompts: bool = True) -> None:
         """`trie`: the catalog to ground on (required iff cfg.constrain == "catalog");
-        `prior_prompt`: the prompt with an empty history, for grounded_score = "pmi"."""
+        `prior_prompt`: the prompt with an empty history, for grounded_score = "pmi";
+        `shared_prompts`: glossrec's grounded search keeps each prompt's KV once (False: one
+        copy per beam, as transformers' cache does; for comparisons)."""
         self.cfg = cfg or GenerateConfig()
         if max_prompt_tokens < 1:
             raise ConfigError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
@@ -100,6 +103,9 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.share_prefill = share_prefill
+        self.shared_prompts = share_prefill and shared_prompts
+        self.work = SearchWork()
+        """What glossrec's grounded searches ran so far (for FLOP counts)."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         self.device = _device(model)
         # Grounded beams end at the item's EOS; a newline stop could cut an item short.
@@ -191,6 +197,7 @@ class HFGenerator:
             with torch.inference_mode(), autocast:
                 found = grounded_beam_search(self, batch, exclusions, keep_prompt_cache=rescore)
                 if found is not None:
+                    self.work += found.work
                     return self._grounded(found.tokens, found.input_ids, found.mask, found.cache,
                                           exclude)
         kept = None
@@ -353,6 +360,12 @@ class HFGenerator:
             self._prior_kv = (self.prefill(ids, torch.ones_like(ids))
                               if self.share_prefill and len(self._prior_ids) > 1 else None)
         return self._prior_ids
+
+    def prior_prompt_cache(self) -> Any:
+        """prior_prompt's KV but its last token (made once; None when the model's cache
+        cannot be reused). Shared: copy it before extending it."""
+        self.prior_prompt_ids()
+        return self._prior_kv
 
     def _prior_next(self, prefixes: list[list[int]]) -> torch.Tensor:
         """log p(next token | prior_prompt + prefix) per prefix, [n, vocab] in fp32. Prefixes
