@@ -13,6 +13,22 @@ RSS and warm caches are not shared:
 - ``grounded-tf`` / ``grounded-prior-tf``: ``grounded`` / ``grounded-prior`` run in
   transformers' generate loop (``generate.grounded_search = "transformers"``) instead of
   glossrec's; the table gives the share of users whose lists the two loops agree on.
+- ``grounded-copied`` / ``grounded-prior-copied``: glossrec's loop with one copy of the prompt's
+  KV per row (``HFGenerator.shared_prompts = False``, the loop before each prompt's KV was kept
+  once); the table gives the share of users given the same lists.
+
+``--one-process`` runs every arm in one worker process, the model loaded once (the arms must
+differ only in generator attributes, e.g. ``grounded-prior,grounded-prior-copied``), each arm
+``--rounds`` times in turn, so that a busy machine slows every arm alike: compare their CPU
+s/user.
+
+Per glossrec-loop arm, a FLOP bound: the searches count the tokens they run (prefill tokens,
+beam rows, prior rows) and the keys attention reads; FLOPs = 2 x non-embedding parameters per
+token + 2 x vocabulary x hidden per row projected onto the vocabulary + 4 x layers x heads x
+head dim per key read, and the bound is FLOPs / the machine's fp32 matmul rate at --threads
+(``_common.matmul_flops``, measured once before the arms). The table gives GFLOP/user, the
+bound s/user and s/user over the bound; on a busy machine, CPU s/user over the CPU-time bound
+(the same FLOPs at the matmul rate per CPU second) is the comparable figure.
 
 Per arm: generation s/user and CPU s/user, load time (model, and for grounded arms the trie),
 peak RSS during generation and RSS after loading, the effective max_new_tokens, and quality on
@@ -27,6 +43,7 @@ Writes bench/results/grounded.json (git commit, load average, date) and prints a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -39,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_columns, reset_peak_rss, rss_mb  # noqa: E402
+from _common import ROOT, matmul_flops, print_columns, reset_peak_rss, rss_mb  # noqa: E402
 ARMS: dict[str, dict[str, Any]] = {
     "free": {"constrain": "none"},
     "grounded": {"constrain": "catalog", "grounded_score": "beam"},
@@ -51,10 +68,18 @@ ARMS: dict[str, dict[str, Any]] = {
                     "grounded_search": "transformers"},
     "grounded-prior-tf": {"constrain": "catalog", "grounded_score": "beam", "prior_weight": 1.0,
                           "grounded_search": "transformers"},
+    # glossrec's loop with one KV copy of the prompt per row (generator attribute below)
+    "grounded-copied": {"constrain": "catalog", "grounded_score": "beam"},
+    "grounded-prior-copied": {"constrain": "catalog", "grounded_score": "beam",
+                              "prior_weight": 1.0},
 }
-SAME_SEARCH = {"grounded": "grounded-tf", "grounded-prior": "grounded-prior-tf"}
-"""Arm -> the arm running its search in transformers' loop: the share of users given the same
-list by both is reported."""
+GENERATOR: dict[str, dict[str, Any]] = {"grounded-copied": {"shared_prompts": False},
+                                        "grounded-prior-copied": {"shared_prompts": False}}
+"""Arm -> HFGenerator attributes set after loading."""
+SAME_SEARCH = {"tf": {"grounded": "grounded-tf", "grounded-prior": "grounded-prior-tf"},
+               "copied": {"grounded": "grounded-copied", "grounded-prior": "grounded-prior-copied"}}
+"""Arm -> the arm running the same search in transformers' loop, or with one KV copy per row:
+the share of users given the same list by both is reported."""
 log = logging.getLogger("bench.grounded")
 
 
@@ -76,12 +101,14 @@ def make_config(args: argparse.Namespace, arm: str) -> Any:
 
 
 def worker(job_path: Path, out_path: Path) -> None:
+    """Run the job's arms (one, or several sharing a config) on the same prompts."""
     job = json.loads(job_path.read_text())
     import torch
 
     torch.set_num_threads(job["threads"])
     from glossrec.config import RunConfig
     from glossrec.generate import make_generator
+    from glossrec.generate.search import SearchWork
     from glossrec.pipeline import prepare
     from glossrec.prompts import test_prompts
 
@@ -92,32 +119,82 @@ def worker(job_path: Path, out_path: Path) -> None:
     adapter = Path(job["adapter"]) if job["adapter"] else None
     t0 = time.perf_counter()
     gen: Any = make_generator(cfg, adapter, cat.texts() if grounded else None)
+    if grounded:
+        gen.prior_prompt_ids()  # the empty-history prompt's KV: made once per model
     load_s = time.perf_counter() - t0
     loaded_rss = rss_mb("VmRSS")
     prompts = test_prompts(prep.examples, cat, gen.tokenizer, cfg.prompt,
                            reserve=cfg.generate.max_new_tokens)
     exclude = [list(ex.history) for ex in prep.examples] if grounded else None
-    reset_peak_rss()
-    t0, c0 = time.perf_counter(), time.process_time()
-    texts = gen.generate([p for _, p in prompts], exclude)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     trie = getattr(gen, "trie", None)
-    out_path.write_text(json.dumps({
-        "users": len(prompts), "wall_s": wall, "cpu_s": cpu, "load_s": load_s,
-        "peak_rss_mb": rss_mb("VmHWM"), "loaded_rss_mb": loaded_rss,
-        "max_new_tokens": gen.max_new_tokens(),
-        "trie": {"items": len(trie), "nodes": trie.nodes, "max_tokens": trie.max_tokens}
-        if trie is not None else None,
-        "texts": {uid: t for (uid, _), t in zip(prompts, texts)},
-    }))
+    out: dict[str, Any] = {}
+    for _ in range(job["rounds"]):
+        for arm in job["arms"]:
+            for name, value in GENERATOR.get(arm, {}).items():
+                setattr(gen, name, value)
+            gen.work = SearchWork()
+            reset_peak_rss()
+            t0, c0 = time.perf_counter(), time.process_time()
+            texts = gen.generate([p for _, p in prompts], exclude)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            res = out.setdefault(arm, {
+                "users": len(prompts), "wall_s": 0.0, "cpu_s": 0.0, "load_s": load_s,
+                "peak_rss_mb": 0.0, "loaded_rss_mb": loaded_rss,
+                "max_new_tokens": gen.max_new_tokens(),
+                "trie": {"items": len(trie), "nodes": trie.nodes, "max_tokens": trie.max_tokens}
+                if trie is not None else None,
+                "texts": {uid: t for (uid, _), t in zip(prompts, texts)},
+                "work": dataclasses.asdict(gen.work) if grounded else None,
+                "model": model_dims(gen.model), "rounds": 0})
+            res["wall_s"] += wall
+            res["cpu_s"] += cpu
+            res["rounds"] += 1
+            res["peak_rss_mb"] = max(res["peak_rss_mb"], rss_mb("VmHWM"))
+            log.info("%s: %.2f s/user (CPU %.2f)", arm, wall / len(prompts), cpu / len(prompts))
+    for res in out.values():  # per round
+        res["wall_s"] /= res["rounds"]
+        res["cpu_s"] /= res["rounds"]
+    out_path.write_text(json.dumps(out))
+
+
+def model_dims(model: Any) -> dict[str, int]:
+    """What the FLOP count needs of a causal LM: its non-embedding parameters and shape."""
+    config = model.config.get_text_config(decoder=True)
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    params = {p.data_ptr(): p.numel() for p in model.parameters()}
+    body = sum(params.values()) - embed.numel() - (head.numel() if head.data_ptr() in params
+                                                   and head.data_ptr() != embed.data_ptr() else 0)
+    heads = config.num_attention_heads
+    return {"body_params": body, "vocab": head.shape[0], "hidden": config.hidden_size,
+            "layers": config.num_hidden_layers, "heads": heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads}
+
+
+def search_flops(work: dict[str, int], dims: dict[str, int]) -> float:
+    """FLOPs of what glossrec's searches ran (see the module docstring)."""
+    tokens = work["prefill_tokens"] + work["beam_rows"] + work["prior_rows"]
+    logits = work["beam_rows"] + work["prior_rows"] + work["logit_rows"]
+    keys = work["prefill_keys"] + work["step_keys"]
+    return (2 * dims["body_params"] * tokens + 2 * dims["vocab"] * dims["hidden"] * logits
+            + 4 * dims["layers"] * dims["heads"] * dims["head_dim"] * keys)
 
 
 # --- driver ----------------------------------------------------------------------------------
 
 
-def run_arm(arm: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    job, out = tmp / f"{arm}.job.json", tmp / f"{arm}.out.json"
-    job.write_text(json.dumps({"cfg": make_config(args, arm).model_dump(mode="json"),
+def run_arms(arms: list[str], args: argparse.Namespace, tmp: Path, rounds: int = 1
+             ) -> dict[str, dict[str, Any]]:
+    """`arms` in one worker process (they share a config), each `rounds` times in turn."""
+    configs = {json.dumps(make_config(args, arm).model_dump(mode="json"), sort_keys=True)
+               for arm in arms}
+    if len(configs) > 1:
+        raise SystemExit(f"arms {arms} differ in more than generator attributes: run them "
+                         "without --one-process")
+    name = "+".join(arms)
+    job, out = tmp / f"{name}.job.json", tmp / f"{name}.out.json"
+    job.write_text(json.dumps({"cfg": make_config(args, arms[0]).model_dump(mode="json"),
+                               "arms": arms, "rounds": rounds,
                                "adapter": str(args.adapter) if args.adapter else None,
                                "threads": args.threads}))
     t0 = time.perf_counter()
@@ -125,9 +202,9 @@ def run_arm(arm: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                            str(out)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
-    res: dict[str, Any] = json.loads(out.read_text())
-    log.info("%s: %.1f s generation, %.0f s in all", arm, res["wall_s"], time.perf_counter() - t0)
+        raise SystemExit(f"arm(s) {name} failed (exit {proc.returncode})")
+    res: dict[str, dict[str, Any]] = json.loads(out.read_text())
+    log.info("%s: %.0f s in all", name, time.perf_counter() - t0)
     return res
 
 
@@ -163,24 +240,42 @@ def git_commit() -> dict[str, Any]:
 
 
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
-              qual: dict[str, dict[str, float]], load: list[list[float]]) -> dict[str, Any]:
+              qual: dict[str, dict[str, float]], load: list[list[float]],
+              rates: dict[str, float]) -> dict[str, Any]:
+    """One row per arm; `rates`: fp32 matmul FLOP/s per wall second ("wall") and per CPU
+    second ("cpu")."""
     rows = []
     for arm, r in results.items():
         n = r["users"]
-        other = results.get(SAME_SEARCH.get(arm, ""))
-        same = (None if other is None else
-                sum(t == other["texts"].get(u) for u, t in r["texts"].items()) / n)
-        rows.append({"arm": arm, **ARMS[arm], "users": n, "s_per_user": r["wall_s"] / n,
-                     "same_lists_as_tf": same,
+        same = {}
+        for what, pairs in SAME_SEARCH.items():
+            other = results.get(pairs.get(arm, ""))
+            same[what] = (None if other is None else
+                          sum(t == other["texts"].get(u) for u, t in r["texts"].items()) / n)
+        flops = search_flops(r["work"], r["model"]) / n if r.get("work") else None
+        bound = flops / rates["wall"] if flops else None
+        cpu_bound = flops / rates["cpu"] if flops else None
+        rows.append({"arm": arm, **ARMS[arm], **GENERATOR.get(arm, {}), "users": n,
+                     "s_per_user": r["wall_s"] / n,
+                     "same_lists_as_tf": same["tf"], "same_lists_as_copied": same["copied"],
                      "cpu_s_per_user": r["cpu_s"] / n, "load_s": r["load_s"],
                      "peak_rss_mb": r["peak_rss_mb"], "loaded_rss_mb": r["loaded_rss_mb"],
-                     "max_new_tokens": r["max_new_tokens"], "trie": r["trie"], **qual[arm]})
+                     "max_new_tokens": r["max_new_tokens"], "trie": r["trie"],
+                     "work": r.get("work"), "gflop_per_user": flops / 1e9 if flops else None,
+                     "bound_s_per_user": bound,
+                     "over_bound": r["wall_s"] / n / bound if bound else None,
+                     "cpu_bound_s_per_user": cpu_bound,
+                     "cpu_over_bound": r["cpu_s"] / n / cpu_bound if cpu_bound else None,
+                     **qual[arm]})
     return {
         "what": "HF beam search (5 beams, 5 returned), embedded SmolLM2-135M, Beauty validation users "
                 "(pipeline.prepare, evaluate.users, seed 0), free text vs catalog-grounded, CPU",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_commit(), "loadavg_before_after": load, "cpus": os.cpu_count(),
         "threads": args.threads, "batch_size": args.batch_size, "users": args.users,
+        "one_process": args.one_process, "rounds": args.rounds,
+        "matmul_gflops_fp32": rates["wall"] / 1e9,
+        "matmul_gflops_fp32_per_cpu_s": rates["cpu"] / 1e9,
         "adapter": str(args.adapter) if args.adapter else None, "data": str(args.data),
         "rows": rows,
         "texts": {arm: dict(list(r["texts"].items())[:3]) for arm, r in results.items()},
@@ -194,9 +289,16 @@ def print_table(summary: dict[str, Any]) -> None:
             ("new tok", "max_new_tokens", "{}"), ("R@5", "recall@5", "{:.4f}"),
             ("N@5", "ndcg@5", "{:.4f}"), ("target in texts", "target_text_in_texts", "{:.3f}"),
             ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}"),
-            ("same lists as -tf", "same_lists_as_tf", "{:.3f}")]
+            ("same lists as -tf", "same_lists_as_tf", "{:.3f}"),
+            ("same lists as -copied", "same_lists_as_copied", "{:.3f}"),
+            ("GFLOP/user", "gflop_per_user", "{:.1f}"), ("bound s/user", "bound_s_per_user", "{:.2f}"),
+            ("s/user / bound", "over_bound", "{:.2f}"),
+            ("CPU s / CPU bound", "cpu_over_bound", "{:.2f}")]
     print_columns(summary["rows"], cols)
     print(f"\n{summary['users']} users, {summary['threads']} thread(s), batch {summary['batch_size']}, "
+          f"fp32 matmul {summary['matmul_gflops_fp32']:.1f} GFLOP/s "
+          f"({summary['matmul_gflops_fp32_per_cpu_s']:.1f} per CPU second), "
+          f"{'one process, ' + str(summary['rounds']) + ' round(s), ' if summary['one_process'] else ''}"
           f"load average before/after {summary['loadavg_before_after']} on {summary['cpus']} CPUs, "
           f"commit {summary['git']['commit'][:10]}{' (dirty)' if summary['git']['dirty'] else ''}")
 
@@ -213,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per arm (1: this 2-core machine is shared)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--one-process", action="store_true",
+                    help="every arm in one worker process, the model loaded once (see above)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --one-process: run the arms this many times in turn")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/grounded.json")
     ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -229,10 +335,17 @@ def main(argv: list[str] | None = None) -> int:
 
     load = [list(os.getloadavg())]
     log.info("%d users, arms %s", args.users, ", ".join(arms))
+    rates = {"wall": matmul_flops(args.threads),
+             "cpu": matmul_flops(args.threads, clock=time.process_time)}
+    log.info("fp32 matmul rate at %d thread(s): %.1f GFLOP/s, %.1f per CPU second",
+             args.threads, rates["wall"] / 1e9, rates["cpu"] / 1e9)
     with tempfile.TemporaryDirectory(prefix="glossrec-bench-grounded-") as tmp:
-        results = {arm: run_arm(arm, args, Path(tmp)) for arm in arms}
+        if args.one_process:
+            results = run_arms(arms, args, Path(tmp), args.rounds)
+        else:
+            results = {arm: run_arms([arm], args, Path(tmp))[arm] for arm in arms}
     load.append(list(os.getloadavg()))
-    summary = summarize(args, results, quality(args, results), load)
+    summary = summarize(args, results, quality(args, results), load, rates)
     write_json(args.out, summary)
     print_table(summary)
     log.info("wrote %s", args.out)

@@ -198,3 +198,17 @@ def test_shared_prompt_kv_needs_full_attention_everywhere(peaky_lm: tuple[Any, A
     assert supported(Qwen2ForCausalLM(Qwen2Config(**small)))
     sliding = Qwen2Config(**small, use_sliding_window=True, sliding_window=4, max_window_layers=0)
     assert not supported(Qwen2ForCausalLM(sliding))
+
+
+def test_shared_prompt_kv_under_bf16_autocast(peaky_lm: tuple[Any, Any]) -> None:
+    """generate.bf16: the prompts' KV and the rows' own come out of autocast in other dtypes
+    than the queries; the search still runs and grounds every text in the catalog, outside the
+    user's history."""
+    model, tok = peaky_lm
+    texts = catalog_texts(60, seed=4)
+    trie = CatalogTrie.from_texts(tok, texts)
+    prompts, hist = random_users(texts, 3, seed=6)
+    gen = grounded(model, tok, trie, prior_weight=1.0, bf16=True)
+    out = gen.generate(prompts, exclude=hist)
+    assert gen.work.beam_rows > 0 and all(out)
+    assert all(t in texts and texts.index(t) not in h for row, h in zip(out, hist) for t in row)

@@ -265,7 +265,10 @@ class SharedPrefixKV:
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T * scale + bias) v and the log-sum-exp of each query's scores (fp32);
-    q [b, h, queries, dim], k and v [b, h, keys, dim]."""
+    q [b, h, queries, dim], k and v [b, h, keys, dim] (in q's dtype: under autocast they may
+    not be)."""
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    bias = bias.to(q.dtype) if bias is not None else None
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=bias, scale=scale)
