@@ -237,7 +237,8 @@ class GenerateConfig(_Section):
     max_new_tokens: int = Field(50, ge=1)
     """New tokens per text, at most (grounded beams raise it to the longest item's length)."""
     batch_size: int = Field(8, ge=1)
-    """Users per beam-search batch."""
+    """Users per beam-search batch (glossrec's grounded search in beam order: users searched
+    at once, the next one joining as soon as one is final)."""
     backend: Literal["hf", "vllm"] = "hf"
     """transformers (CPU and GPU) or vLLM (GPU; extra glossrec[vllm])."""
     bf16: bool = False

@@ -6,10 +6,12 @@ import functools
 from typing import Any
 
 import pytest
+import torch
 
 from glossrec.config import GenerateConfig
 from glossrec.generate.constrain import CatalogTrie
 from glossrec.generate.hf import HFGenerator
+from glossrec.generate.search import grounded_beam_search
 from glossrec.generate.shared_kv import supported
 
 from .test_constrain import catalog_texts, grounded, prompt_of, random_users
@@ -20,7 +22,7 @@ class _RowCounter:
     token per row (the search's steps) (wraps its forward)."""
 
     def __init__(self, model: Any) -> None:
-        self.model, self.rows, self.calls, self.steps = model, 0, 0, 0
+        self.model, self.rows, self.calls, self.steps, self.most = model, 0, 0, 0, 0
         self.real = model.forward
 
     def __enter__(self) -> _RowCounter:
@@ -31,6 +33,7 @@ class _RowCounter:
             self.rows += int(ids.shape[0])
             self.calls += 1
             self.steps += int(ids.shape[1] == 1)
+            self.most = max(self.most, int(ids.shape[0]))
             return self.real(*a, **k)
         self.model.forward = forward
         return self
@@ -164,9 +167,13 @@ def test_shared_prompt_kv_gives_the_copied_kv_search(peaky_lm: tuple[Any, Any], 
     if score == "beam":  # (re-ranking runs the model again)
         assert rows.rows == (shared.work.logit_rows + shared.work.beam_rows
                              + shared.work.prior_rows)
+    # The same beams; the prior's rows of a prompt that joins later (beam order: 5 prompts at
+    # a time) are not shared with those of the prompts ahead of it.
     assert shared.work.beam_rows == copied.work.beam_rows
-    assert shared.work.prior_rows == copied.work.prior_rows
-    assert (shared.work.prior_rows > 0) == (prior_weight > 0)
+    if prior_weight:
+        assert shared.work.prior_rows >= copied.work.prior_rows > 0
+    else:
+        assert shared.work.prior_rows == copied.work.prior_rows == 0
     assert shared.work.prefill_tokens < copied.work.prefill_tokens
     assert shared.work.step_keys < copied.work.step_keys
 
@@ -212,3 +219,28 @@ def test_shared_prompt_kv_under_bf16_autocast(peaky_lm: tuple[Any, Any]) -> None
     out = gen.generate(prompts, exclude=hist)
     assert gen.work.beam_rows > 0 and all(out)
     assert all(t in texts and texts.index(t) not in h for row, h in zip(out, hist) for t in row)
+
+
+@pytest.mark.parametrize("prior_weight", [0.0, 1.0])
+def test_prompts_joining_as_others_finish_get_the_same_search(peaky_lm: tuple[Any, Any],
+                                                              prior_weight: float) -> None:
+    """pool = n: at most n prompts at a time, the next joining as one is final (so rows of
+    different depths, and longer prompts than the slots hold, share a step): every prompt gets
+    the items of the search that runs them all at once, and no step runs more than n prompts'
+    rows."""
+    model, tok = peaky_lm
+    texts = catalog_texts(120, seed=5)
+    trie = CatalogTrie.from_texts(tok, texts)
+    prompts, hist = random_users(texts, 7, seed=12)
+    gen = grounded(model, tok, trie, num_beams=3, num_return=3, prior_weight=prior_weight)
+    ids = gen.encode(prompts)
+    assert sorted(map(len, ids)) != list(map(len, ids))  # a later prompt may be longer
+    excl = [trie.exclusion(h) for h in hist]
+    with torch.inference_mode():
+        want = grounded_beam_search(gen, ids, excl)
+        assert want is not None
+        for pool in (1, 2, 5):
+            with _RowCounter(model) as rows:
+                got = grounded_beam_search(gen, ids, excl, pool=pool)
+            assert got is not None and got.tokens == want.tokens
+            assert rows.most <= pool * 2 * 3 and got.work.beam_rows == want.work.beam_rows

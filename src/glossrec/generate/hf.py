@@ -35,7 +35,7 @@ from glossrec.config import PAPER_TEMPLATE, GenerateConfig
 from glossrec.errors import ConfigError
 from glossrec.generate.base import encode_prompts, postprocess
 from glossrec.generate.constrain import CatalogTrie
-from glossrec.generate.search import SearchWork, grounded_beam_search
+from glossrec.generate.search import SearchWork, grounded_beam_search, shares_prompts
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +146,23 @@ class HFGenerator:
         encoded = self.encode(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: list[list[str]] = [[] for _ in prompts]
-        size = self.cfg.batch_size
+        # glossrec's search with each prompt's KV once takes them all, batch_size at a time
+        size = len(order) if self._one_search(encoded) else self.cfg.batch_size
         for start in range(0, len(order), size):
             idx = order[start:start + size]
             excl = [exclude[i] for i in idx] if exclude is not None else None
             for i, texts in zip(idx, self.generate_ids([encoded[i] for i in idx], excl)):
                 results[i] = texts
         return results
+
+    def _one_search(self, encoded: list[list[int]]) -> bool:
+        """Whether glossrec's grounded search runs every prompt in one call (batch_size of
+        them at a time, the next joining as one finishes); it needs each prompt's KV once, beam
+        order (re-ranking keeps every prompt's prefill) and prompts of 2 tokens or more (else
+        transformers' generate runs)."""
+        return (self.trie is not None and self.share_prefill and self.cfg.grounded_score == "beam"
+                and self.cfg.grounded_search == "glossrec" and min(map(len, encoded)) > 1
+                and shares_prompts(self))
 
     def _check_exclude(self, prompts: list[str], exclude: Sequence[Sequence[int]] | None
                        ) -> Sequence[Sequence[int]] | None:
@@ -195,7 +205,8 @@ class HFGenerator:
                 kwargs["logits_processor"] = LogitsProcessorList([_PriorGuidance(self, width)])
         if grounded and self.share_prefill and self.cfg.grounded_search == "glossrec":
             with torch.inference_mode(), autocast:
-                found = grounded_beam_search(self, batch, exclusions, keep_prompt_cache=rescore)
+                found = grounded_beam_search(self, batch, exclusions, keep_prompt_cache=rescore,
+                                             pool=self.cfg.batch_size)
                 if found is not None:
                     self.work += found.work
                     return self._grounded(found.tokens, found.input_ids, found.mask, found.cache,

@@ -7,9 +7,18 @@ those beam rows were live. This loop runs the same search with:
 
 - only live beams forwarded: a beam that can no longer reach an item is dropped, and a prompt
   leaves the batch as soon as its result is final;
-- the prior in the same forward pass: the empty-history prompt is one more row of the batch's
-  prefill, and each distinct live item prefix of the step is one more row, extended by one
-  token per step like a beam.
+- the prior in the same forward pass: each distinct live item prefix of the step is one more
+  row on the empty-history prompt, extended by one token per step like a beam;
+- each prompt's KV once (:mod:`glossrec.generate.shared_kv`), not once per row: a row keeps
+  only its own new tokens, and attends to its prompt and to them in two parts. A user's prompt
+  is prefilled alone (no padding) from the KV of the template's beginning, which it shares with
+  the empty-history prompt, whose KV is made once per model. A model whose attention cannot
+  run that way (:func:`~glossrec.generate.shared_kv.supported`, or ``shared_prompts`` off)
+  keeps a copy of its prompt's KV per row in a transformers cache, the prior's prompt one more
+  row of the batch's prefill, padded to its width.
+
+Every search counts what it ran (:class:`SearchWork`: prefill tokens, beam and prior rows, keys
+attended), for FLOP bounds.
 
 The search is transformers' (``GenerationMixin._beam_search``, length_penalty 1.0,
 early_stopping False), in fp32 like it:
@@ -31,6 +40,11 @@ came at rank num_beams or lower; here those slots stay empty. tests/generate/tes
 checks that the two give the same hypotheses in the same order whenever every prompt has
 2 x num_beams live candidates at every step, and bench/grounded.py (arms grounded-prior and
 grounded-prior-tf) compares them on real users.
+
+The shared prompt KV is the same computation in another order (floating-point sums differ in
+their last bits, as they do between batches padded differently): the tests check that both KV
+layouts give the same items in the same order, and bench/grounded.py (arms grounded-prior and
+grounded-prior-copied) compares them on real users.
 """
 
 from __future__ import annotations
@@ -50,7 +64,7 @@ from glossrec.generate.shared_kv import (
     PromptKV, SharedPrefixKV, cache_layers, prefill_after_head, supported,
 )
 
-__all__ = ["Found", "SearchModel", "SearchWork", "grounded_beam_search"]
+__all__ = ["Found", "SearchModel", "SearchWork", "grounded_beam_search", "shares_prompts"]
 
 
 class SearchModel(Protocol):
@@ -145,13 +159,17 @@ class _Prompt:
 
 def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
                          exclusions: Sequence[Exclusion] | None,
-                         keep_prompt_cache: bool = False) -> Found | None:
-    """Grounded beam search of one batch of token-id prompts (gen.trie, gen.cfg).
+                         keep_prompt_cache: bool = False, pool: int | None = None
+                         ) -> Found | None:
+    """Grounded beam search of token-id prompts (gen.trie, gen.cfg).
 
     Returns per prompt its finished hypotheses, best first, at most cfg.num_return, or None when
     the model's KV cache cannot be reused (the caller then runs transformers' generate).
     `keep_prompt_cache`: also return the prompts' prefill (all but the last token, one row per
-    prompt, left-padded), for re-ranking.
+    prompt, left-padded), for re-ranking. `pool`: with each prompt's KV once, search at most this
+    many prompts at a time, the next one (in the given order) joining as soon as one is final,
+    so that every step runs about as many rows (None: all at once; so too with one KV copy per
+    row, and with `keep_prompt_cache`).
     """
     trie = gen.trie
     assert trie is not None
@@ -161,68 +179,78 @@ def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
     if min(len(p) for p in batch) < 2:
         return None
     work = SearchWork()
-    steps: _Steps | None = None
-    head = gen.prior_prompt_cache() if gen.shared_prompts and supported(gen.model) else None
+    steps: _Steps | None
+    head = gen.prior_prompt_cache() if shares_prompts(gen) else None
     if head is not None:
         steps = _SharedPrompts(gen, batch, w > 0, head, keep_prompt_cache, work)
     else:
         steps = _CopiedPrompts.start(gen, batch, w > 0, keep_prompt_cache, work)
     if steps is None:
         return None
-    prompts = [_Prompt([_Beam((), np.float32(0.0), 0, row=u)],
+    if pool is None or keep_prompt_cache or head is None:
+        pool = n_users
+    prompts = [_Prompt([_Beam((), np.float32(0.0), 0)],
                        exclusions[u] if exclusions is not None else _NONE, [])
                for u in range(n_users)]
-    feed = steps.first_tokens
-    owners = list(range(len(feed)))
-    """The prompt of each row: a user's, or n_users for the empty-history prompt (the prior)."""
-    parents = list(range(len(feed)))
-    prior_rows: dict[tuple[int, ...], int] = {(): n_users} if w > 0 else {}
-    active = list(range(n_users))
+    waiting = list(range(n_users - 1, -1, -1))
+    active: list[int] = []
+    prior_rows: dict[tuple[int, ...], int] = {}
+    """Item prefix -> its row on the empty-history prompt (owner n_users) in this step."""
     max_new = gen.max_new_tokens()
-    for step in range(max_new):
-        # One forward pass: one new token for every live beam and every live prior prefix.
-        logits = steps.step(feed, owners, parents, step)
+    while waiting or active:
+        while waiting and len(active) < pool:
+            active.append(waiting.pop())
+            steps.admit(active[-1])
+        # One forward pass: one new token for every live beam and every live prior prefix; a
+        # beam keeps its parent's row (-1: a prompt's first), the prior follows the prefixes.
+        parents, feed, owners, depths = [], [], [], []
+        for u in active:
+            for beam in prompts[u].beams:
+                parents.append(beam.row)
+                feed.append(beam.tokens[-1] if beam.tokens else steps.last_tokens[u])
+                owners.append(u)
+                depths.append(len(beam.tokens))
+                beam.row = len(parents) - 1
+        if w > 0:
+            rows: dict[tuple[int, ...], int] = {}
+            for p in dict.fromkeys(b.tokens for u in active for b in prompts[u].beams):
+                rows[p] = len(parents)
+                parents.append(prior_rows[p[:-1]] if p else -1)
+                feed.append(p[-1] if p else steps.last_tokens[n_users])
+                owners.append(n_users)
+                depths.append(len(p))
+            prior_rows = rows
+        logits = steps.step(feed, owners, parents, depths)
         work.beam_rows += sum(o < n_users for o in owners)
         work.prior_rows += sum(o == n_users for o in owners)
         logp = logits.float().log_softmax(-1)
         prior = logp.clamp(min=-1e4) * w if w > 0 else None
-        last = step == max_new - 1
+        still = []
         for u in active:
-            _advance(prompts[u], logp, prior, prior_rows, trie, k, eos, step, last)
-        active = [u for u in active if _still_open(prompts[u], k, step)]
-        if not active:
-            break
-        # The next pass: live beams keep their parent's row; the prior follows their prefixes.
-        parents, feed, owners = [], [], []
-        for u in active:
-            for beam in prompts[u].beams:
-                parents.append(beam.row)
-                feed.append(beam.tokens[-1])
-                owners.append(u)
-        if w > 0:
-            prefixes = dict.fromkeys(b.tokens for u in active for b in prompts[u].beams)
-            next_rows = {}
-            for p in prefixes:
-                next_rows[p] = len(parents)
-                parents.append(prior_rows[p[:-1]])
-                feed.append(p[-1])
-                owners.append(n_users)
-            prior_rows = next_rows
-        row = 0
-        for u in active:
-            for beam in prompts[u].beams:
-                beam.row = row
-                row += 1
+            step = len(prompts[u].beams[0].tokens)
+            _advance(prompts[u], logp, prior, prior_rows, trie, k, eos, step, step == max_new - 1)
+            if step < max_new - 1 and _still_open(prompts[u], k, step):
+                still.append(u)
+            else:
+                steps.release(u)
+        active = still
     work += steps.work()
     return Found([[toks for _, toks in p.finished[:cfg.num_return]] for p in prompts],
                  steps.input_ids, steps.mask, steps.kept, work)
 
 
-class _Steps(Protocol):
-    """One batch's prompts prefilled, and forward passes of one new token per row."""
+def shares_prompts(gen: SearchModel) -> bool:
+    """Whether grounded_beam_search keeps each prompt's KV once with `gen` (and so can take
+    prompts joining as others finish)."""
+    return bool(gen.shared_prompts and supported(gen.model)
+                and gen.prior_prompt_cache() is not None)
 
-    first_tokens: list[int]
-    """The token each prompt's first row runs: the prompts' last, the prior's last."""
+
+class _Steps(Protocol):
+    """Prompts prefilled, and forward passes of one new token per row."""
+
+    last_tokens: list[int]
+    """The token each prompt's first row runs: the prompts' last, then the prior's last."""
     input_ids: torch.Tensor
     mask: torch.Tensor
     """The users' prompts, left-padded (on the model's device)."""
@@ -230,50 +258,72 @@ class _Steps(Protocol):
     """Their prefill (all but the last token) as a transformers cache, for re-ranking, or
     None."""
 
-    def step(self, tokens: list[int], owners: list[int], parents: list[int], step: int
-             ) -> torch.Tensor:
-        """Logits [rows, vocab] after `tokens`; row i continues row parents[i] of the last
-        step and belongs to prompt owners[i]."""
+    def admit(self, user: int) -> None:
+        """Prompt `user` joins the search (prefilled if it is not yet)."""
+        ...
+
+    def release(self, user: int) -> None:
+        """Prompt `user`'s search is over."""
+        ...
+
+    def step(self, tokens: list[int], owners: list[int], parents: list[int],
+             depths: list[int]) -> torch.Tensor:
+        """Logits [rows, vocab] after `tokens`; row i belongs to prompt owners[i] (n_users:
+        the prior's), continues row parents[i] of the last step (-1: the prompt's first row)
+        and has written depths[i] tokens before this one."""
         ...
 
     def work(self) -> SearchWork:
-        """The prefill's work and the keys the steps attended."""
+        """The keys the steps attended (the prefill's work is counted as it runs)."""
         ...
 
 
 class _SharedPrompts:
-    """Each prompt's KV once (glossrec.generate.shared_kv): the users' prompts, each prefilled
-    alone after the beginning it shares with the empty-history prompt, and that prompt's KV
-    (made once per model) for the prior's rows."""
+    """Each prompt's KV once (glossrec.generate.shared_kv): a user's prompt, prefilled alone
+    when it joins, after the beginning it shares with the empty-history prompt, and that
+    prompt's KV (made once per model) for the prior's rows."""
 
     def __init__(self, gen: SearchModel, batch: Sequence[Sequence[int]], with_prior: bool,
                  head: Any, keep: bool, work: SearchWork) -> None:
-        self.gen, self.n_users = gen, len(batch)
-        head_ids = gen.prior_prompt_ids()
-        head_layers = cache_layers(head)
-        prompts = []
-        for ids in batch:
-            layers, shared = prefill_after_head(gen.model, ids[:-1], head_ids[:-1], head_layers)
-            prompts.append(layers)
-            run = len(ids) - 1 - shared
-            work.prefill_tokens += run
-            work.prefill_keys += (len(ids) - 1) * len(ids) // 2 - shared * (shared + 1) // 2
-            work.logit_rows += run > 0
-        users = PromptKV(prompts)
+        self.gen, self.batch, self.n_users, self._work = gen, batch, len(batch), work
+        self.head_ids = gen.prior_prompt_ids()
+        self.head = cache_layers(head)
+        self.users = PromptKV()
+        groups = [self.users] + ([PromptKV([self.head])] if with_prior else [])
+        self.kv = SharedPrefixKV(groups)
+        self.last_tokens = [ids[-1] for ids in batch] + [self.head_ids[-1]]
+        self.base = [len(ids) - 1 for ids in batch] + [len(self.head_ids) - 1]
+        """Position of each prompt's last token."""
         input_ids, mask = gen.pad_left(batch)
         self.input_ids, self.mask = input_ids.to(gen.device), mask.to(gen.device)
-        self.kept = users.left_padded(input_ids.shape[1] - 1) if keep else None
-        groups = [users] + ([PromptKV([head_layers])] if with_prior else [])
-        self.kv = SharedPrefixKV(groups)
-        self.first_tokens = [ids[-1] for ids in batch] + ([head_ids[-1]] if with_prior else [])
-        self.base = [len(ids) - 1 for ids in batch] + [len(head_ids) - 1]
-        """Position of each prompt's last token."""
+        self.kept = None
+        if keep:
+            for u in range(self.n_users):
+                self._prefill(u)
+            self.kept = self.users.left_padded(range(self.n_users), input_ids.shape[1] - 1)
 
-    def step(self, tokens: list[int], owners: list[int], parents: list[int], step: int
-             ) -> torch.Tensor:
+    def _prefill(self, u: int) -> None:
+        ids = self.batch[u]
+        layers, shared = prefill_after_head(self.gen.model, ids[:-1], self.head_ids[:-1],
+                                            self.head)
+        self.users.add(u, layers)
+        run = len(ids) - 1 - shared
+        self._work.prefill_tokens += run
+        self._work.prefill_keys += (len(ids) - 1) * len(ids) // 2 - shared * (shared + 1) // 2
+        self._work.logit_rows += run > 0
+
+    def admit(self, user: int) -> None:
+        if user not in self.users.slot:
+            self._prefill(user)
+
+    def release(self, user: int) -> None:
+        self.users.remove(user)
+
+    def step(self, tokens: list[int], owners: list[int], parents: list[int],
+             depths: list[int]) -> torch.Tensor:
         rows = [(0, u) if u < self.n_users else (1, 0) for u in owners]
-        return self.kv.step(self.gen.model, tokens, rows, parents if step else None,
-                            [self.base[u] + step for u in owners])
+        return self.kv.step(self.gen.model, tokens, rows, parents,
+                            [self.base[u] + d for u, d in zip(owners, depths)])
 
     def work(self) -> SearchWork:
         return SearchWork(step_keys=self.kv.keys_read)
@@ -289,8 +339,16 @@ class _CopiedPrompts:
         self.gen, self.cache, self.kept = gen, cache, kept
         self.input_ids, self.mask = input_ids[:n_users], mask[:n_users]
         self.prompt_mask, self.lengths = mask[:, :-1], mask.sum(1)
-        self.first_tokens = input_ids[:, -1].tolist()
+        self.last_tokens = input_ids[:, -1].tolist()
         self.keys_read = 0
+        self.steps = 0
+        """Steps run: every prompt starts at the first (all are admitted at once)."""
+
+    def admit(self, user: int) -> None:
+        assert self.steps == 0, "one KV copy per row: every prompt joins at the start"
+
+    def release(self, user: int) -> None:
+        pass
 
     @classmethod
     def start(cls, gen: SearchModel, batch: Sequence[Sequence[int]], with_prior: bool,
@@ -313,9 +371,12 @@ class _CopiedPrompts:
                 kept.batch_select_indices(torch.arange(len(batch), device=gen.device))
         return cls(gen, cache, input_ids, mask, kept, len(batch))
 
-    def step(self, tokens: list[int], owners: list[int], parents: list[int], step: int
-             ) -> torch.Tensor:
-        idx = torch.tensor(parents, dtype=torch.long, device=self.gen.device)
+    def step(self, tokens: list[int], owners: list[int], parents: list[int],
+             depths: list[int]) -> torch.Tensor:
+        # A prompt's first row continues its prefill row (the prior's is the last one).
+        step, self.steps = self.steps, self.steps + 1
+        idx = torch.tensor([p if p >= 0 else o for p, o in zip(parents, owners)],
+                           dtype=torch.long, device=self.gen.device)
         self.cache.batch_select_indices(idx)
         self.prompt_mask, self.lengths = self.prompt_mask[idx], self.lengths[idx]
         n = len(parents)

@@ -85,93 +85,141 @@ def prefill_after_head(model: Any, ids: Sequence[int], head_ids: Sequence[int],
 
 
 class PromptKV:
-    """Prompts' KV per layer, right-padded into one tensor [prompts, kv heads, longest, head
-    dim], with an additive mask [prompts, 1, 1, longest] (0, or -inf on padding). Prompts are
-    named by their index in the list given; :meth:`keep` drops those no row needs."""
+    """Prompts' KV per layer in slots of one tensor [slots, kv heads, longest, head dim], with
+    an additive mask [slots, 1, 1, longest] (0, or -inf past a prompt's end). Prompts come and
+    go by id (:meth:`add`, :meth:`remove`); a free slot is reused, and the tensors grow when a
+    prompt needs more slots or more width."""
 
-    def __init__(self, prompts: Sequence[Layers]) -> None:
-        self.ids = list(range(len(prompts)))
-        """The prompt held at each position (an index into the list given)."""
-        self.lengths = [p[0][0].shape[2] for p in prompts]
-        width = max(self.lengths)
+    def __init__(self, prompts: Sequence[Layers] = ()) -> None:
         self.layers: Layers = []
-        for layer in range(len(prompts[0])):
-            k0 = prompts[0][layer][0]
-            keys = k0.new_zeros((len(prompts), k0.shape[1], width, k0.shape[3]))
-            values = torch.zeros_like(keys)
-            for i, p in enumerate(prompts):
-                keys[i, :, :self.lengths[i]] = p[layer][0][0]
-                values[i, :, :self.lengths[i]] = p[layer][1][0]
-            self.layers.append((keys, values))
-        bias = torch.zeros((len(prompts), 1, 1, width), device=self.layers[0][0].device)
-        for i, n in enumerate(self.lengths):
-            bias[i, ..., n:] = float("-inf")
-        self.bias = bias.to(self.layers[0][0].dtype)
+        self.bias: torch.Tensor | None = None
+        self.slot: dict[int, int] = {}
+        """Prompt id -> its slot."""
+        self.lengths: dict[int, int] = {}
+        self._free: list[int] = []
+        for i, p in enumerate(prompts):
+            self.add(i, p)
 
-    def keep(self, ids: Sequence[int]) -> None:
-        """Keep only prompts `ids` (in this order)."""
-        pos = {p: i for i, p in enumerate(self.ids)}
-        which = [pos[p] for p in ids]
-        if which == list(range(len(self.ids))):
-            return
-        idx = torch.tensor(which, dtype=torch.long, device=self.bias.device)
-        self.layers = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.layers]
-        self.bias = self.bias.index_select(0, idx)
-        self.lengths = [self.lengths[i] for i in which]
-        self.ids = list(ids)
+    @property
+    def slots(self) -> int:
+        return 0 if self.bias is None else self.bias.shape[0]
 
-    def left_padded(self, width: int) -> Any:
-        """A transformers DynamicCache of these prompts left-padded to `width` tokens (zeros
+    def add(self, pid: int, prompt: Layers) -> None:
+        """Hold prompt `pid`'s KV (per layer, [1, kv heads, tokens, head dim])."""
+        n = prompt[0][0].shape[2]
+        if self.bias is None:
+            k0 = prompt[0][0]
+            self.layers = [(k0.new_zeros((1, *k0.shape[1:])), k0.new_zeros((1, *k0.shape[1:])))
+                           for _ in prompt]
+            self.bias = torch.zeros((1, 1, 1, n), dtype=k0.dtype, device=k0.device)
+            self._free = [0]
+        if not self._free:
+            self._grow(slots=2 * self.slots)
+        if n > self.bias.shape[3]:
+            self._grow(width=n)
+        slot = self._free.pop(0)
+        for (keys, values), (k, v) in zip(self.layers, prompt):
+            keys[slot, :, :n] = k[0]
+            values[slot, :, :n] = v[0]
+        self.bias[slot] = 0.0
+        self.bias[slot, ..., n:] = float("-inf")
+        self.slot[pid], self.lengths[pid] = slot, n
+
+    def remove(self, pid: int) -> None:
+        """Free prompt `pid`'s slot (its stale KV stays, finite, never read by a row)."""
+        assert self.bias is not None
+        slot = self.slot.pop(pid)
+        del self.lengths[pid]
+        self.bias[slot] = 0.0
+        self._free.append(slot)
+        self._free.sort()
+
+    def _grow(self, slots: int = 0, width: int = 0) -> None:
+        assert self.bias is not None
+        old = self.slots
+        slots, width = max(slots, old), max(width, self.bias.shape[3])
+        grown = []
+        for keys, values in self.layers:
+            k = keys.new_zeros((slots, keys.shape[1], width, keys.shape[3]))
+            v = torch.zeros_like(k)
+            k[:old, :, :keys.shape[2]] = keys
+            v[:old, :, :keys.shape[2]] = values
+            grown.append((k, v))
+        bias = self.bias.new_zeros((slots, 1, 1, width))
+        bias[:old, ..., :self.bias.shape[3]] = self.bias
+        for pid, slot in self.slot.items():
+            bias[slot, ..., self.lengths[pid]:] = float("-inf")
+        self.layers, self.bias = grown, bias
+        self._free += list(range(old, slots))
+
+    def left_padded(self, ids: Sequence[int], width: int) -> Any:
+        """A transformers DynamicCache of prompts `ids` left-padded to `width` tokens (zeros
         where padded, to be masked), one row per prompt: what a padded prefill gives."""
         data = []
         for keys, values in self.layers:
-            k = keys.new_zeros((keys.shape[0], keys.shape[1], width, keys.shape[3]))
+            k = keys.new_zeros((len(ids), keys.shape[1], width, keys.shape[3]))
             v = torch.zeros_like(k)
-            for i, n in enumerate(self.lengths):
-                k[i, :, width - n:] = keys[i, :, :n]
-                v[i, :, width - n:] = values[i, :, :n]
+            for i, pid in enumerate(ids):
+                n, slot = self.lengths[pid], self.slot[pid]
+                k[i, :, width - n:] = keys[slot, :, :n]
+                v[i, :, width - n:] = values[slot, :, :n]
             data.append((k, v))
         return DynamicCache(ddp_cache_data=data)
 
 
 class _Group:
-    """Where one step's rows of one PromptKV go: queries gathered into [prompts, slots] (a
-    prompt's rows side by side, the last one repeated into unused slots) and back."""
+    """Where one step's rows of one PromptKV go: queries gathered into [slots, per slot] (a
+    prompt's rows side by side; unused places repeat a row) and back."""
 
-    def __init__(self, rows: list[int], src: list[int], where: list[int], slots: int,
-                 every_row: bool, dev: torch.device) -> None:
+    def __init__(self, src: list[int], where: list[int], rows: list[int] | None, per: int,
+                 dev: torch.device) -> None:
         def tensor(x: list[int]) -> torch.Tensor:
             return torch.tensor(x, dtype=torch.long, device=dev)
 
-        self.src, self.where, self.slots = tensor(src), tensor(where), slots
-        self.rows = None if every_row else tensor(rows)
+        self.src, self.where, self.per = tensor(src), tensor(where), per
+        self.rows = None if rows is None else tensor(rows)
         """The rows of this group, None when it is every row in order."""
 
 
 class SharedPrefixKV:
-    """The KV of one search's rows: prompts once (:class:`PromptKV` groups), each row's own
+    """The KV of a search's rows: prompts once (:class:`PromptKV` groups), each row's own
     tokens apart. The model gets it as its cache (it offers ``update``), the attention as the
-    keyword ``shared_prefix``."""
+    keyword ``shared_prefix``. A row continues a row of the last step (its parent) or starts
+    with no tokens of its own, so rows of prompts that joined at different steps mix."""
 
     def __init__(self, groups: Sequence[PromptKV]) -> None:
         self.groups = list(groups)
-        self.length = 0
-        """Tokens each row holds of its own."""
-        self._own: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(
-            groups[0].layers)
+        self._own: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Layer -> the rows' own keys and values."""
+        self._own_len = torch.zeros(0, dtype=torch.long)
+        """Own tokens per row of the last step (after it)."""
         self._parents: torch.Tensor | None = None
+        self._lengths: torch.Tensor | None = None
+        """Per row of this step: its parent (0 for a new row) and its own tokens before it."""
+        self._width = 1
+        self._own_bias: torch.Tensor | None = None
         self._layout: list[_Group | None] = []
         self.keys_read = 0
         """Keys attended by all rows of all steps (per layer and head), for FLOP counts."""
 
     def step(self, model: Any, tokens: Sequence[int], rows: Sequence[tuple[int, int]],
-             parents: Sequence[int] | None, positions: Sequence[int]) -> torch.Tensor:
+             parents: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """Logits [len(tokens), vocab] of one token per row. `rows[i]`: (group, prompt id) of
-        row i; `parents[i]`: the row of the last step whose own tokens row i continues (None at
-        the first step); `positions[i]`: the token's position."""
-        dev = self.groups[0].bias.device
-        self._parents = (None if parents is None else
-                         torch.tensor(list(parents), dtype=torch.long, device=dev))
+        row i; `parents[i]`: the row of the last step whose own tokens row i continues, or -1
+        for a row with none yet; `positions[i]`: the token's position."""
+        dev = next(g.layers[0][0].device for g in self.groups if g.layers)
+        par = torch.tensor(list(parents), dtype=torch.long, device=dev)
+        fresh = par < 0
+        par = par.clamp(min=0)
+        lengths = torch.where(fresh, 0, self._own_len.to(dev)[par] if self._own_len.numel()
+                              else torch.zeros_like(par))
+        self._parents, self._lengths = par, lengths
+        self._width = width = int(lengths.max()) + 1
+        self._own_bias = None
+        if int(lengths.min()) + 1 < width:  # rows of different lengths: mask each one's end
+            pos = torch.arange(width, device=dev)
+            self._own_bias = torch.zeros((len(rows), 1, 1, width), device=dev).masked_fill(
+                (pos[None, :] > lengths[:, None])[:, None, None, :], float("-inf"))
         self._layout = [self._group_layout(g, rows, dev) for g in range(len(self.groups))]
         config = model.config
         old = config._attn_implementation
@@ -182,50 +230,61 @@ class SharedPrefixKV:
                         cache=self, use_cache=True, logits_to_keep=1, shared_prefix=self)
         finally:
             config._attn_implementation = old
-        self.length += 1
-        for g, p in rows:
-            group = self.groups[g]
-            self.keys_read += group.lengths[group.ids.index(p)] + self.length
+        self._own_len = lengths + 1
+        self.keys_read += int(self._own_len.sum()) + sum(self.groups[g].lengths[p]
+                                                         for g, p in rows)
         return out.logits[:, -1]
 
     def _group_layout(self, g: int, rows: Sequence[tuple[int, int]], dev: torch.device
                       ) -> _Group | None:
-        """Group g's part of this step (its prompts without a row are dropped for good)."""
+        """Group g's part of this step."""
         mine = [(r, p) for r, (gg, p) in enumerate(rows) if gg == g]
         if not mine:
             return None
-        per: dict[int, list[int]] = {}
-        for r, p in mine:
-            per.setdefault(p, []).append(r)
         group = self.groups[g]
-        group.keep([p for p in group.ids if p in per])
-        slots = max(len(rs) for rs in per.values())
-        src = [per[p][min(s, len(per[p]) - 1)] for p in group.ids for s in range(slots)]
-        slot = {r: i * slots + s for i, p in enumerate(group.ids) for s, r in enumerate(per[p])}
-        return _Group([r for r, _ in mine], src, [slot[r] for r, _ in mine], slots,
-                      len(mine) == len(rows), dev)
+        by_slot: dict[int, list[int]] = {}
+        for r, p in mine:
+            by_slot.setdefault(group.slot[p], []).append(r)
+        per = max(len(rs) for rs in by_slot.values())
+        src = [by_slot[s][min(i, len(by_slot[s]) - 1)] if s in by_slot else 0
+               for s in range(group.slots) for i in range(per)]
+        place = {r: s * per + i for s, rs in by_slot.items() for i, r in enumerate(rs)}
+        every = len(mine) == len(rows)
+        return _Group(src, [place[r] for r, _ in mine], None if every else [r for r, _ in mine],
+                      per, dev)
 
     # ---- the cache protocol the model calls ------------------------------------------------------
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's token to every row's own KV (rows reordered by their parents
-        first) and return the rows' own keys and values [rows, kv heads, length + 1, dim]."""
-        n, s = key_states.shape[0], self.length
-        shape = (n, key_states.shape[1], s + 1, key_states.shape[3])
-        keys, values = key_states.new_empty(shape), value_states.new_empty(shape)
-        old = self._own[layer_idx]
-        if s:
-            assert old is not None and self._parents is not None
-            torch.index_select(old[0], 0, self._parents, out=keys[:, :, :s])
-            torch.index_select(old[1], 0, self._parents, out=values[:, :, :s])
-        keys[:, :, s] = key_states[:, :, 0]
-        values[:, :, s] = value_states[:, :, 0]
+        """Append this step's token to every row's own KV (rows take their parents' first)
+        and return the rows' own keys and values [rows, kv heads, longest + 1, dim] (a
+        shorter row's end is masked in the attention)."""
+        assert self._parents is not None and self._lengths is not None
+        n, width = key_states.shape[0], self._width
+        shape = (n, key_states.shape[1], width, key_states.shape[3])
+        # A shorter row's masked end must hold finite numbers (0 x -inf would be NaN).
+        make = key_states.new_empty if self._own_bias is None else key_states.new_zeros
+        keys, values = make(shape), make(shape)
+        old = self._own.get(layer_idx)
+        if width > 1:
+            assert old is not None
+            torch.index_select(old[0][:, :, :width - 1], 0, self._parents,
+                               out=keys[:, :, :width - 1])
+            torch.index_select(old[1][:, :, :width - 1], 0, self._parents,
+                               out=values[:, :, :width - 1])
+        if self._own_bias is None:  # every row equally long: the new token goes last
+            keys[:, :, width - 1] = key_states[:, :, 0]
+            values[:, :, width - 1] = value_states[:, :, 0]
+        else:
+            at = torch.arange(n, device=keys.device)
+            keys[at, :, self._lengths] = key_states[:, :, 0]
+            values[at, :, self._lengths] = value_states[:, :, 0]
         self._own[layer_idx] = (keys, values)
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
+        return 0 if self._lengths is None else int(self._lengths.max()) + 1
 
     # ---- attention --------------------------------------------------------------------------------
 
@@ -237,20 +296,20 @@ class SharedPrefixKV:
         kv_heads = keys.shape[1]
         rep = heads // kv_heads
         q = query.reshape(n, kv_heads, rep, dim)
-        own_out, own_lse = _attention(q, keys, values, None, scale)
+        own_out, own_lse = _attention(q, keys, values, self._own_bias, scale)
         out, lse = torch.empty_like(own_out), torch.empty_like(own_lse)
         for group, at in zip(self.groups, self._layout):
             if at is None:
                 continue
             pk, pv = group.layers[layer]
-            m, slots = pk.shape[0], at.slots
-            gq = q.index_select(0, at.src).view(m, slots, kv_heads, rep, dim)
-            gq = gq.transpose(1, 2).reshape(m, kv_heads, slots * rep, dim)
+            m, per = pk.shape[0], at.per
+            gq = q.index_select(0, at.src).view(m, per, kv_heads, rep, dim)
+            gq = gq.transpose(1, 2).reshape(m, kv_heads, per * rep, dim)
             o, l = _attention(gq, pk, pv, group.bias, scale)
-            o = o.view(m, kv_heads, slots, rep, dim).transpose(1, 2).reshape(
-                m * slots, kv_heads, rep, dim).index_select(0, at.where)
-            l = l.view(m, kv_heads, slots, rep).transpose(1, 2).reshape(
-                m * slots, kv_heads, rep).index_select(0, at.where)
+            o = o.view(m, kv_heads, per, rep, dim).transpose(1, 2).reshape(
+                m * per, kv_heads, rep, dim).index_select(0, at.where)
+            l = l.view(m, kv_heads, per, rep).transpose(1, 2).reshape(
+                m * per, kv_heads, rep).index_select(0, at.where)
             if at.rows is None:
                 out, lse = o, l
             else:
