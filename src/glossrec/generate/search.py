@@ -195,7 +195,9 @@ def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
     waiting = list(range(n_users - 1, -1, -1))
     active: list[int] = []
     prior_rows: dict[tuple[int, ...], int] = {}
-    """Item prefix -> its row on the empty-history prompt (owner n_users) in this step."""
+    """Item prefix -> its row on the empty-history prompt (owner n_users) in this step,
+    counted from prior_start, the first such row."""
+    prior_start = 0
     max_new = gen.max_new_tokens()
     while waiting or active:
         while waiting and len(active) < pool:
@@ -212,19 +214,21 @@ def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
                 depths.append(len(beam.tokens))
                 beam.row = len(parents) - 1
         if w > 0:
+            # The prior's rows follow the beams'; prior_rows: prefix -> its place among them.
             rows: dict[tuple[int, ...], int] = {}
+            start = len(parents)
             for p in dict.fromkeys(b.tokens for u in active for b in prompts[u].beams):
-                rows[p] = len(parents)
-                parents.append(prior_rows[p[:-1]] if p else -1)
+                rows[p] = len(parents) - start
+                parents.append(prior_start + prior_rows[p[:-1]] if p else -1)
                 feed.append(p[-1] if p else steps.last_tokens[n_users])
                 owners.append(n_users)
                 depths.append(len(p))
-            prior_rows = rows
+            prior_rows, prior_start = rows, start
         logits = steps.step(feed, owners, parents, depths)
-        work.beam_rows += sum(o < n_users for o in owners)
-        work.prior_rows += sum(o == n_users for o in owners)
+        work.beam_rows += prior_start if w > 0 else len(owners)
+        work.prior_rows += len(owners) - prior_start if w > 0 else 0
         logp = logits.float().log_softmax(-1)
-        prior = logp.clamp(min=-1e4) * w if w > 0 else None
+        prior = logp[prior_start:].clamp(min=-1e4) * w if w > 0 else None
         still = []
         for u in active:
             step = len(prompts[u].beams[0].tokens)
@@ -394,7 +398,8 @@ class _CopiedPrompts:
 def _advance(p: _Prompt, logp: torch.Tensor, prior: torch.Tensor | None,
              prior_rows: dict[tuple[int, ...], int], trie: Any, k: int, eos: int, step: int,
              last: bool) -> None:
-    """One beam-search step of one prompt: its candidates, finished and running beams."""
+    """One beam-search step of one prompt: its candidates, finished and running beams.
+    `prior`: the prior's rows only, `prior_rows` indexing them."""
     rows, toks, prows, beam_of = [], [], [], []
     for b, beam in enumerate(p.beams):
         allowed = trie.allowed(beam.node, p.excl)
