@@ -123,9 +123,10 @@ def worker(job_path: Path, out_path: Path) -> None:
         gen.prior_prompt_ids()  # the empty-history prompt's KV: made once per model
     load_s = time.perf_counter() - t0
     loaded_rss = rss_mb("VmRSS")
-    prompts = test_prompts(prep.examples, cat, gen.tokenizer, cfg.prompt,
+    examples = prep.examples[:job["first"]]
+    prompts = test_prompts(examples, cat, gen.tokenizer, cfg.prompt,
                            reserve=cfg.generate.max_new_tokens)
-    exclude = [list(ex.history) for ex in prep.examples] if grounded else None
+    exclude = [list(ex.history) for ex in examples] if grounded else None
     trie = getattr(gen, "trie", None)
     out: dict[str, Any] = {}
     for _ in range(job["rounds"]):
@@ -196,7 +197,7 @@ def run_arms(arms: list[str], args: argparse.Namespace, tmp: Path, rounds: int =
     job.write_text(json.dumps({"cfg": make_config(args, arms[0]).model_dump(mode="json"),
                                "arms": arms, "rounds": rounds,
                                "adapter": str(args.adapter) if args.adapter else None,
-                               "threads": args.threads}))
+                               "threads": args.threads, "first": args.first}))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(job),
                            str(out)], cwd=ROOT, capture_output=True, text=True)
@@ -214,6 +215,7 @@ def quality(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dic
 
     cfg = make_config(args, "free")
     prep = prepare(cfg)
+    prep.examples = prep.examples[:args.first]
     cat = prep.dataset.catalog
     index = build_index(cfg, prep.dataset)
     out: dict[str, dict[str, float]] = {}
@@ -239,11 +241,22 @@ def git_commit() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
+def read_reference(path: Path) -> dict[str, list[str]]:
+    """User id -> texts of a run's generations file (``glossrec run``'s generations.jsonl)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["user_id"]] = row["texts"]
+    return out
+
+
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
               qual: dict[str, dict[str, float]], load: list[list[float]],
               rates: dict[str, float]) -> dict[str, Any]:
     """One row per arm; `rates`: fp32 matmul FLOP/s per wall second ("wall") and per CPU
     second ("cpu")."""
+    reference = read_reference(args.reference) if args.reference else None
     rows = []
     for arm, r in results.items():
         n = r["users"]
@@ -252,12 +265,16 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
             other = results.get(pairs.get(arm, ""))
             same[what] = (None if other is None else
                           sum(t == other["texts"].get(u) for u, t in r["texts"].items()) / n)
+        in_ref = [u for u in r["texts"] if reference is not None and u in reference]
+        same_ref = (sum(r["texts"][u] == reference[u] for u in in_ref) / len(in_ref)  # type: ignore[index]
+                    if in_ref else None)
         flops = search_flops(r["work"], r["model"]) / n if r.get("work") else None
         bound = flops / rates["wall"] if flops else None
         cpu_bound = flops / rates["cpu"] if flops else None
         rows.append({"arm": arm, **ARMS[arm], **GENERATOR.get(arm, {}), "users": n,
                      "s_per_user": r["wall_s"] / n,
                      "same_lists_as_tf": same["tf"], "same_lists_as_copied": same["copied"],
+                     "same_lists_as_reference": same_ref, "reference_users": len(in_ref),
                      "cpu_s_per_user": r["cpu_s"] / n, "load_s": r["load_s"],
                      "peak_rss_mb": r["peak_rss_mb"], "loaded_rss_mb": r["loaded_rss_mb"],
                      "max_new_tokens": r["max_new_tokens"], "trie": r["trie"],
@@ -273,6 +290,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_commit(), "loadavg_before_after": load, "cpus": os.cpu_count(),
         "threads": args.threads, "batch_size": args.batch_size, "users": args.users,
+        "first": args.first, "reference": str(args.reference) if args.reference else None,
         "one_process": args.one_process, "rounds": args.rounds,
         "matmul_gflops_fp32": rates["wall"] / 1e9,
         "matmul_gflops_fp32_per_cpu_s": rates["cpu"] / 1e9,
@@ -291,6 +309,7 @@ def print_table(summary: dict[str, Any]) -> None:
             ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}"),
             ("same lists as -tf", "same_lists_as_tf", "{:.3f}"),
             ("same lists as -copied", "same_lists_as_copied", "{:.3f}"),
+            ("same lists as reference", "same_lists_as_reference", "{:.3f}"),
             ("GFLOP/user", "gflop_per_user", "{:.1f}"), ("bound s/user", "bound_s_per_user", "{:.2f}"),
             ("s/user / bound", "over_bound", "{:.2f}"),
             ("CPU s / CPU bound", "cpu_over_bound", "{:.2f}")]
@@ -319,6 +338,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="every arm in one worker process, the model loaded once (see above)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="with --one-process: run the arms this many times in turn")
+    ap.add_argument("--first", type=int, default=None,
+                    help="only the first K users of the --users sample (so that a stored run of "
+                         "--users users is a reference)")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="a generations.jsonl made earlier (e.g. by the loop before a change, "
+                         "same users, model and settings): the share of users given the same "
+                         "list is reported")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/grounded.json")
     ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
