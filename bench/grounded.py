@@ -241,22 +241,14 @@ def git_commit() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
-def read_reference(path: Path) -> dict[str, list[str]]:
-    """User id -> texts of a run's generations file (``glossrec run``'s generations.jsonl)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[row["user_id"]] = row["texts"]
-    return out
-
-
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
               qual: dict[str, dict[str, float]], load: list[list[float]],
               rates: dict[str, float]) -> dict[str, Any]:
     """One row per arm; `rates`: fp32 matmul FLOP/s per wall second ("wall") and per CPU
     second ("cpu")."""
-    reference = read_reference(args.reference) if args.reference else None
+    from glossrec.generate.store import read_generations
+
+    reference = read_generations(args.reference) if args.reference else None
     rows = []
     for arm, r in results.items():
         n = r["users"]

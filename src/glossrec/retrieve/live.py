@@ -681,10 +681,12 @@ class LiveCatalog:
                 stats.outcome = "failed"
             logger.exception("catalog compaction failed; the journal holds every write")
 
-    def _new_stats(self, background: bool) -> CompactionStats:
+    def _new_stats(self, background: bool, record: bool = True) -> CompactionStats:
+        """A compaction's stats from now; `record`: counted in :attr:`compactions`."""
         stats = CompactionStats(background, items=len(self._items), folded=self.seq)
-        self.compactions.append(stats)
-        self.compaction_count += 1
+        if record:
+            self.compactions.append(stats)
+            self.compaction_count += 1
         return stats
 
     def _freeze(self, retriever: FrozenRetriever, copy: bool) -> _Frozen:
@@ -699,8 +701,7 @@ class LiveCatalog:
         """Snapshot the state holding the locks all along (the live objects, no copies);
         `record`: count it in :attr:`compactions` (create's first snapshot is not one)."""
         state = self._freeze(FrozenRetriever(self.retriever.ids, self.retriever.write), copy=False)
-        stats = (self._new_stats(background=False) if record
-                 else CompactionStats(False, items=len(self._items), folded=self.seq))
+        stats = self._new_stats(background=False, record=record)
         try:
             self._build_and_publish(state, stats, None, announce=record)
         except BaseException:
