@@ -16,6 +16,10 @@ RSS and warm caches are not shared:
 - ``grounded-copied`` / ``grounded-prior-copied``: glossrec's loop with one copy of the prompt's
   KV per row (``HFGenerator.shared_prompts = False``, the loop before each prompt's KV was kept
   once); the table gives the share of users given the same lists.
+- ``grounded-prior-table``: ``grounded-prior`` with the prior read from a table made once per
+  model and catalog (``generate.prior_table``); the table's making is timed apart (``table_s``,
+  one row per catalog token), and the share of users given ``grounded-prior``'s lists is
+  reported.
 
 ``--one-process`` runs every arm in one worker process, the model loaded once (the arms must
 differ only in generator attributes, e.g. ``grounded-prior,grounded-prior-copied``), each arm
@@ -73,11 +77,15 @@ ARMS: dict[str, dict[str, Any]] = {
     "grounded-prior-copied": {"constrain": "catalog", "grounded_score": "beam",
                               "prior_weight": 1.0},
 }
+ARMS["grounded-prior-table"] = ARMS["grounded-prior"]
 GENERATOR: dict[str, dict[str, Any]] = {"grounded-copied": {"shared_prompts": False},
-                                        "grounded-prior-copied": {"shared_prompts": False}}
-"""Arm -> HFGenerator attributes set after loading."""
+                                        "grounded-prior-copied": {"shared_prompts": False},
+                                        "grounded-prior-table": {"prior_table": True}}
+"""Arm -> HFGenerator attributes (or, for "prior_table", its generate setting) set after
+loading; the other arms get the loaded generator's."""
 SAME_SEARCH = {"tf": {"grounded": "grounded-tf", "grounded-prior": "grounded-prior-tf"},
-               "copied": {"grounded": "grounded-copied", "grounded-prior": "grounded-prior-copied"}}
+               "copied": {"grounded": "grounded-copied", "grounded-prior": "grounded-prior-copied"},
+               "rows": {"grounded-prior-table": "grounded-prior"}}
 """Arm -> the arm running the same search in transformers' loop, or with one KV copy per row:
 the share of users given the same list by both is reported."""
 log = logging.getLogger("bench.grounded")
@@ -129,10 +137,19 @@ def worker(job_path: Path, out_path: Path) -> None:
     exclude = [list(ex.history) for ex in examples] if grounded else None
     trie = getattr(gen, "trie", None)
     out: dict[str, Any] = {}
+    loaded = {"shared_prompts": gen.shared_prompts, "cfg": gen.cfg}
+    table_s = None
     for _ in range(job["rounds"]):
         for arm in job["arms"]:
-            for name, value in GENERATOR.get(arm, {}).items():
+            attrs = {**loaded, **GENERATOR.get(arm, {})}
+            if attrs.pop("prior_table", False):
+                attrs["cfg"] = gen.cfg.model_copy(update={"prior_table": True})
+            for name, value in attrs.items():
                 setattr(gen, name, value)
+            if gen.cfg.prior_table and table_s is None:  # made once, timed apart
+                t0 = time.perf_counter()
+                gen.prior_table()
+                table_s = time.perf_counter() - t0
             gen.work = SearchWork()
             reset_peak_rss()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -146,6 +163,7 @@ def worker(job_path: Path, out_path: Path) -> None:
                 if trie is not None else None,
                 "texts": {uid: t for (uid, _), t in zip(prompts, texts)},
                 "work": dataclasses.asdict(gen.work) if grounded else None,
+                "table_s": table_s if gen.cfg.prior_table else None,
                 "model": model_dims(gen.model), "rounds": 0})
             res["wall_s"] += wall
             res["cpu_s"] += cpu
@@ -266,6 +284,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
         rows.append({"arm": arm, **ARMS[arm], **GENERATOR.get(arm, {}), "users": n,
                      "s_per_user": r["wall_s"] / n,
                      "same_lists_as_tf": same["tf"], "same_lists_as_copied": same["copied"],
+                     "same_lists_as_prior_rows": same["rows"], "table_s": r.get("table_s"),
                      "same_lists_as_reference": same_ref, "reference_users": len(in_ref),
                      "cpu_s_per_user": r["cpu_s"] / n, "load_s": r["load_s"],
                      "peak_rss_mb": r["peak_rss_mb"], "loaded_rss_mb": r["loaded_rss_mb"],
@@ -301,6 +320,8 @@ def print_table(summary: dict[str, Any]) -> None:
             ("from history", "texts_from_history", "{:.3f}"), ("texts/user", "texts_per_user", "{:.1f}"),
             ("same lists as -tf", "same_lists_as_tf", "{:.3f}"),
             ("same lists as -copied", "same_lists_as_copied", "{:.3f}"),
+            ("same lists as prior rows", "same_lists_as_prior_rows", "{:.3f}"),
+            ("table s", "table_s", "{:.0f}"),
             ("same lists as reference", "same_lists_as_reference", "{:.3f}"),
             ("GFLOP/user", "gflop_per_user", "{:.1f}"), ("bound s/user", "bound_s_per_user", "{:.2f}"),
             ("s/user / bound", "over_bound", "{:.2f}"),

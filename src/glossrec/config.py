@@ -283,6 +283,14 @@ class GenerateConfig(_Section):
     prior_weight x log p(token | prompt with an empty history, same item prefix), so the search
     itself favours items the user's history makes likely over items every prompt makes likely
     (1.0: pointwise mutual information; 0: the paper's beam search)."""
+    prior_table: bool = False
+    """With prior_weight > 0: read the prior from a table made once per model and catalog,
+    not from one more row per item prefix in every search step (glossrec's loop).
+
+    The table (glossrec.generate.prior_table) costs one forward row per catalog item token,
+    the rows it replaces about 100 per user on Beauty, so it pays for runs of a few thousand
+    users or more and for a long-lived service; items added later are scored as they come.
+    Its values equal the search's rows up to fp32 rounding (docs/results.md)."""
     grounded_search: Literal["glossrec", "transformers"] = "glossrec"
     """The loop that runs grounded search: glossrec's own, or transformers' generate.
 

@@ -98,9 +98,17 @@ MANIFEST_SECTIONS: dict[str, tuple[str, ...]] = {
 stage_inputs: a finished run is redone (or refused) when any of them changes."""
 
 
+LATER_SETTINGS: dict[tuple[str, str], Any] = {("generate", "prior_table"): False}
+"""Settings added after runs were made, with their defaults: left out of the manifest key
+while at their default, so those runs keep their key (and are not redone or refused)."""
+
+
 def manifest_key(cfg: RunConfig, stage: str) -> str:
     """The key the run manifest records for a finished stage."""
     dump = cfg.model_dump(mode="json")
+    for (section, name), default in LATER_SETTINGS.items():
+        if dump[section].get(name) == default:
+            del dump[section][name]
     return digest({s: dump[s] for s in MANIFEST_SECTIONS[stage]})
 
 

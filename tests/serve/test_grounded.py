@@ -15,12 +15,16 @@ from glossrec.retrieve.live import ItemRecord, LiveCatalog
 from .conftest import TITLES, FakeGenerator, WordRetriever
 
 
-@pytest.fixture(params=[0.0, 1.0], ids=["beams", "pmi-guided"])
+@pytest.fixture(params=[(0.0, False), (1.0, False), (1.0, True)],
+                ids=["beams", "pmi-guided", "pmi-guided-table"])
 def grounded_cfg(tiny_model_config: ModelConfig, request: pytest.FixtureRequest) -> RunConfig:
-    """Plain grounded beams, and PMI-guided search (its prior follows the live trie too)."""
+    """Plain grounded beams, and PMI-guided search (its prior follows the live trie too, as
+    rows of the search or as a table)."""
+    weight, table = request.param
     return RunConfig(model=tiny_model_config,
                      generate=GenerateConfig(num_beams=3, num_return=3, max_new_tokens=4,
-                                             constrain="catalog", prior_weight=request.param))
+                                             constrain="catalog", prior_weight=weight,
+                                             prior_table=table))
 
 
 @pytest.fixture()

@@ -49,6 +49,9 @@ class CatalogTrie:
         self._tokens: dict[int, tuple[int, ...]] = {}
         self._texts: dict[int, str] = {}
         self._lengths: Counter[int] = Counter()
+        self.version = 0
+        """Bumped by every write: readers that derive data from the items (a prior table)
+        see at a glance whether they are behind."""
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts: Sequence[str],
@@ -75,6 +78,10 @@ class CatalogTrie:
     def tokens(self, key: int) -> tuple[int, ...]:
         """The item's tokens, EOS included."""
         return self._tokens[key]
+
+    def items(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(key, tokens with EOS) of every item."""
+        return list(self._tokens.items())
 
     @property
     def max_tokens(self) -> int:
@@ -106,6 +113,7 @@ class CatalogTrie:
             self._insert(int(key), text, tokens)
 
     def _insert(self, key: int, text: str, tokens: tuple[int, ...]) -> None:
+        self.version += 1
         node = 0
         self._count[0] += 1
         for tok in tokens:
@@ -126,6 +134,7 @@ class CatalogTrie:
         """Remove one item (KeyError when absent)."""
         tokens = self._tokens.pop(key)
         del self._texts[key]
+        self.version += 1
         node = 0
         self._count[0] -= 1
         for tok in tokens:
@@ -175,6 +184,15 @@ class CatalogTrie:
     def child(self, node: int, token: int) -> int:
         """The node `token` leads to from `node` (KeyError when it is no branch)."""
         return self._children[node][token]
+
+    def path(self, tokens: Sequence[int]) -> list[int]:
+        """The nodes an item's tokens lead to, one per token (KeyError when they leave the
+        trie)."""
+        node, out = 0, []
+        for tok in tokens:
+            node = self._children[node][tok]
+            out.append(node)
+        return out
 
     def allowed(self, node: int, excl: Exclusion = _NONE) -> list[int]:
         """Tokens that keep at least one non-excluded item below (never empty for a live node)."""

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -35,6 +36,7 @@ from glossrec.config import PAPER_TEMPLATE, GenerateConfig
 from glossrec.errors import ConfigError
 from glossrec.generate.base import encode_prompts, postprocess
 from glossrec.generate.constrain import CatalogTrie
+from glossrec.generate.prior_table import PriorTable
 from glossrec.generate.search import SearchWork, grounded_beam_search, shares_prompts
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ class HFGenerator:
         """prior_prompt's ids and KV (all but its last token), made at the first prior pass."""
         self._prior_root: tuple[Any, torch.Tensor] | None = None
         """KV of the whole prior_prompt and log p(first item token | it) (prior_weight)."""
+        self._table: PriorTable | None = None
+        """The prior per trie node (generate.prior_table), made at the first search."""
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no EOS token: generation could not stop")
@@ -301,8 +305,10 @@ class HFGenerator:
                 out[i] = res
         return out
 
-    def _score_chunk(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any,
-                     items: list[Sequence[int]]) -> list[tuple[float, int]]:
+    def _token_chunk(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any,
+                     items: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(token | prompt row, item tokens before it) [rows, longest item] (padding: any
+        value) and the items' mask, teacher-forced after each row's prompt."""
         # Continuation = last prompt token + item tokens (right padded); the prefix is the rest
         # of the prompt, either in `cache` or run again.
         width = 1 + max(len(t) for t in items)
@@ -316,11 +322,61 @@ class HFGenerator:
         out = self._forward_after(ids[:, :-1], mask[:, :-1], cont, cmask, cache, keep=width)
         # One row at a time: a log_softmax of the whole chunk would double its logits' memory.
         logits, target = out.logits[:, :-1], cont[:, 1:, None]
-        scores = []
-        for i, toks in enumerate(items):
-            lp = logits[i].float().log_softmax(-1).gather(-1, target[i]).squeeze(-1)
-            scores.append((float((lp * cmask[i, 1:]).sum()), len(toks)))
-        return scores
+        lp = torch.stack([logits[i].float().log_softmax(-1).gather(-1, target[i]).squeeze(-1)
+                          for i in range(len(items))])
+        return lp, cmask[:, 1:]
+
+    def _score_chunk(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any,
+                     items: list[Sequence[int]]) -> list[tuple[float, int]]:
+        lp, cmask = self._token_chunk(ids, mask, cache, items)
+        return [(float((lp[i] * cmask[i]).sum()), len(toks)) for i, toks in enumerate(items)]
+
+    def prior_token_logprobs(self, items: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per item, log p(each token | prior_prompt, the item's tokens before it) (float32),
+        teacher-forced in chunks of similar lengths after the prompt's KV (made once)."""
+        with torch.inference_mode():
+            return self._prior_token_logprobs(items)
+
+    def _prior_token_logprobs(self, items: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        ids = torch.tensor([self.prior_prompt_ids()], dtype=torch.long, device=self.device)
+        mask = torch.ones_like(ids)
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(items)
+        for start in range(0, len(order), _SCORE_ROWS):
+            idx = order[start:start + _SCORE_ROWS]
+            cache = None
+            if self._prior_kv is not None:
+                cache = copy.deepcopy(self._prior_kv)
+                cache.batch_repeat_interleave(len(idx))
+            part = [items[i] for i in idx]
+            lp, _ = self._token_chunk(ids.expand(len(idx), -1), mask.expand(len(idx), -1),
+                                      cache, part)
+            for row, (i, toks) in enumerate(zip(idx, part)):
+                out[i] = lp[row, :len(toks)].cpu().numpy()
+        return out
+
+    def prior_table(self) -> PriorTable | None:
+        """The catalog's prior per trie node, brought up to date with the trie (the items added
+        since are scored now), with generate.prior_table and prior_weight > 0; else None."""
+        if not (self.cfg.prior_table and self.cfg.prior_weight > 0 and self.trie is not None):
+            return None
+        if self._table is None:
+            self._table = PriorTable()
+        todo = self._table.missing(self.trie)
+        if todo:
+            from tqdm.auto import tqdm
+
+            from glossrec.progress import bars_on
+
+            log.info("prior table: scoring %d items (%d tokens) on the empty-history prompt",
+                     len(todo), sum(len(t) for _, t in todo))
+            with tqdm(total=len(todo), desc="prior table", unit="item", dynamic_ncols=True,
+                      disable=not bars_on(len(todo) > 1000)) as bar:
+                self._table.update(self.trie, self.prior_token_logprobs, on_chunk=bar.update,
+                                   todo=todo)
+        else:
+            self._table.update(self.trie, self.prior_token_logprobs, todo=todo)
+        return self._table
 
     def prior_logprobs(self, texts: Sequence[str]) -> list[float]:
         """log p(text's tokens + EOS | prompt with an empty history), cached per text."""
@@ -368,8 +424,9 @@ class HFGenerator:
         if self._prior_ids is None:
             self._prior_ids = self.encode([self.prior_prompt])[0]
             ids = torch.tensor([self._prior_ids], dtype=torch.long, device=self.device)
-            self._prior_kv = (self.prefill(ids, torch.ones_like(ids))
-                              if self.share_prefill and len(self._prior_ids) > 1 else None)
+            with torch.no_grad():  # kept for the model's life: no autograd graph with it
+                self._prior_kv = (self.prefill(ids, torch.ones_like(ids))
+                                  if self.share_prefill and len(self._prior_ids) > 1 else None)
         return self._prior_ids
 
     def prior_prompt_cache(self) -> Any:

@@ -8,7 +8,9 @@ those beam rows were live. This loop runs the same search with:
 - only live beams forwarded: a beam that can no longer reach an item is dropped, and a prompt
   leaves the batch as soon as its result is final;
 - the prior in the same forward pass: each distinct live item prefix of the step is one more
-  row on the empty-history prompt, extended by one token per step like a beam;
+  row on the empty-history prompt, extended by one token per step like a beam; or, with
+  ``generate.prior_table``, no rows at all: the prior read from a table made once per model
+  and catalog (:mod:`glossrec.generate.prior_table`);
 - each prompt's KV once (:mod:`glossrec.generate.shared_kv`), not once per row: a row keeps
   only its own new tokens, and attends to its prompt and to them in two parts. A user's prompt
   is prefilled alone (no padding) from the KV of the template's beginning, which it shares with
@@ -60,6 +62,7 @@ import torch
 
 from glossrec.config import GenerateConfig
 from glossrec.generate.constrain import CatalogTrie, Exclusion
+from glossrec.generate.prior_table import PriorTable
 from glossrec.generate.shared_kv import (
     PromptKV, SharedPrefixKV, cache_layers, prefill_after_head, supported,
 )
@@ -97,6 +100,11 @@ class SearchModel(Protocol):
 
     def max_new_tokens(self) -> int:
         """How many tokens a beam may write (the longest item, EOS included, at least)."""
+        ...
+
+    def prior_table(self) -> PriorTable | None:
+        """The prior per trie node, up to date with the trie, or None: the search then runs
+        the prior as rows of its steps."""
         ...
 
 
@@ -179,12 +187,15 @@ def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
     if min(len(p) for p in batch) < 2:
         return None
     work = SearchWork()
+    table = gen.prior_table() if w > 0 else None
+    prior_rows_on = w > 0 and table is None
+    """The prior as rows of every step (else read from `table`, or no prior)."""
     steps: _Steps | None
     head = gen.prior_prompt_cache() if shares_prompts(gen) else None
     if head is not None:
-        steps = _SharedPrompts(gen, batch, w > 0, head, keep_prompt_cache, work)
+        steps = _SharedPrompts(gen, batch, prior_rows_on, head, keep_prompt_cache, work)
     else:
-        steps = _CopiedPrompts.start(gen, batch, w > 0, keep_prompt_cache, work)
+        steps = _CopiedPrompts.start(gen, batch, prior_rows_on, keep_prompt_cache, work)
     if steps is None:
         return None
     if pool is None or keep_prompt_cache or head is None:
@@ -213,7 +224,7 @@ def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
                 owners.append(u)
                 depths.append(len(beam.tokens))
                 beam.row = len(parents) - 1
-        if w > 0:
+        if prior_rows_on:
             # The prior's rows follow the beams'; prior_rows: prefix -> its place among them.
             rows: dict[tuple[int, ...], int] = {}
             start = len(parents)
@@ -225,14 +236,15 @@ def grounded_beam_search(gen: SearchModel, batch: Sequence[Sequence[int]],
                 depths.append(len(p))
             prior_rows, prior_start = rows, start
         logits = steps.step(feed, owners, parents, depths)
-        work.beam_rows += prior_start if w > 0 else len(owners)
-        work.prior_rows += len(owners) - prior_start if w > 0 else 0
+        work.beam_rows += prior_start if prior_rows_on else len(owners)
+        work.prior_rows += len(owners) - prior_start if prior_rows_on else 0
         logp = logits.float().log_softmax(-1)
-        prior = logp[prior_start:].clamp(min=-1e4) * w if w > 0 else None
+        prior = logp[prior_start:].clamp(min=-1e4) * w if prior_rows_on else None
         still = []
         for u in active:
             step = len(prompts[u].beams[0].tokens)
-            _advance(prompts[u], logp, prior, prior_rows, trie, k, eos, step, step == max_new - 1)
+            _advance(prompts[u], logp, prior, prior_rows, trie, k, eos, step, step == max_new - 1,
+                     (table, w) if table is not None else None)
             if step < max_new - 1 and _still_open(prompts[u], k, step):
                 still.append(u)
             else:
@@ -397,10 +409,11 @@ class _CopiedPrompts:
 
 def _advance(p: _Prompt, logp: torch.Tensor, prior: torch.Tensor | None,
              prior_rows: dict[tuple[int, ...], int], trie: Any, k: int, eos: int, step: int,
-             last: bool) -> None:
+             last: bool, table: tuple[PriorTable, float] | None = None) -> None:
     """One beam-search step of one prompt: its candidates, finished and running beams.
-    `prior`: the prior's rows only, `prior_rows` indexing them."""
-    rows, toks, prows, beam_of = [], [], [], []
+    The prior: `prior`, the prior's rows only, `prior_rows` indexing them; or `table` (the
+    table and prior_weight), read at the candidates' trie nodes; or neither."""
+    rows, toks, prows, beam_of, nodes = [], [], [], [], []
     for b, beam in enumerate(p.beams):
         allowed = trie.allowed(beam.node, p.excl)
         rows += [beam.row] * len(allowed)
@@ -408,6 +421,8 @@ def _advance(p: _Prompt, logp: torch.Tensor, prior: torch.Tensor | None,
         beam_of += [b] * len(allowed)
         if prior is not None:
             prows += [prior_rows[beam.tokens]] * len(allowed)
+        if table is not None:
+            nodes += [trie.child(beam.node, t) for t in allowed]
     if not toks:
         p.beams = []
         return
@@ -417,6 +432,9 @@ def _advance(p: _Prompt, logp: torch.Tensor, prior: torch.Tensor | None,
     cand = logp[r, t]
     if prior is not None:
         cand = cand - prior[torch.tensor(prows, device=dev), t]
+    if table is not None:  # as the rows: clamped, times the weight, in fp32
+        values = torch.from_numpy(table[0].edges(nodes)).to(dev).clamp(min=-1e4) * table[1]
+        cand = cand - values
     cand = cand + torch.tensor([p.beams[b].score for b in beam_of], dtype=torch.float32,
                                device=dev)
     top = torch.topk(cand, k=min(2 * k, len(toks)))

@@ -201,6 +201,8 @@ class Recommender:
         self.run_dir: Path | None = None
         """The run directory served (from_run), where its report lives; None if not from one."""
         self._trie = self._trie_sync(generator)
+        if self._trie is not None and hasattr(generator, "prior_table"):
+            generator.prior_table()  # generate.prior_table: made now, not at the first request
         self._lm_lock = threading.Lock()
         """Grounded: a sync must not change the trie while a generate call walks it."""
         self._id_models = [(m, list(ids), {iid: p for p, iid in enumerate(ids)}) for m, ids in id_models]
