@@ -138,6 +138,11 @@ def worker(job_path: Path, out_path: Path) -> None:
     trie = getattr(gen, "trie", None)
     out: dict[str, Any] = {}
     loaded = {"shared_prompts": gen.shared_prompts, "cfg": gen.cfg}
+    if job.get("prior_table_file") and grounded:  # a table kept between runs of the bench
+        from glossrec.fingerprint import prior_table_inputs
+
+        gen.prior_table_file = Path(job["prior_table_file"])
+        gen.prior_table_meta.update(prior_table_inputs(cfg, adapter))
     table_s = None
     for _ in range(job["rounds"]):
         for arm in job["arms"]:
@@ -215,7 +220,9 @@ def run_arms(arms: list[str], args: argparse.Namespace, tmp: Path, rounds: int =
     job.write_text(json.dumps({"cfg": make_config(args, arms[0]).model_dump(mode="json"),
                                "arms": arms, "rounds": rounds,
                                "adapter": str(args.adapter) if args.adapter else None,
-                               "threads": args.threads, "first": args.first}))
+                               "threads": args.threads, "first": args.first,
+                               "prior_table_file": str(args.prior_table_file)
+                               if args.prior_table_file else None}))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(job),
                            str(out)], cwd=ROOT, capture_output=True, text=True)
@@ -358,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a generations.jsonl made earlier (e.g. by the loop before a change, "
                          "same users, model and settings): the share of users given the same "
                          "list is reported")
+    ap.add_argument("--prior-table-file", type=Path, default=None,
+                    help="keep the grounded-prior-table arm's table here between runs (its "
+                         "making is then timed only when the file lacks items)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/grounded.json")
     ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -80,6 +80,13 @@ def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, A
     }
 
 
+def prior_table_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, Any]:
+    """What a prior table's values depend on besides the item tokens (keyed by them) and the
+    empty-history prompt (the generator adds it): the model, its weights, and the precision."""
+    gen = _generate_inputs(cfg, adapter)
+    return {"model": gen["model"], "weights": gen["weights"], "bf16": cfg.generate.bf16}
+
+
 def stage_inputs(cfg: RunConfig, stage: Stage, **facts: Any) -> dict[str, Any]:
     """What `stage`'s output depends on. facts: ``train``: n_train, n_valid (the example
     counts); ``generate``: adapter (the weights folder, hashed, or None)."""

@@ -316,7 +316,8 @@ def run(cfg: RunConfig, out: Path | None = None, force: bool = False,
     gen_key = manifest_key(cfg, "generate")
     manifest.done("generate", gen_key)  # made under another config: refused, unless --force
     t0 = time.perf_counter()
-    generate_examples(cfg, prep.examples, ds.catalog, weights, gens, overwrite=force)
+    generate_examples(cfg, prep.examples, ds.catalog, weights, gens, overwrite=force,
+                      prior_table_file=rd.prior_table)
     if "generate" not in manifest.data["stages"] or force:
         manifest.mark("generate", gen_key, time.perf_counter() - t0, users=len(prep.examples))
 

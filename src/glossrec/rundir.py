@@ -40,6 +40,7 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 TRAIN_LOG_FILE = "train_log.jsonl"
+PRIOR_TABLE_FILE = "prior_table.npz"
 GENERATIONS = {"test": "generations.jsonl", "valid": "generations.valid.jsonl"}
 """Generated texts per split."""
 INDEX_DIR = "index"
@@ -91,6 +92,8 @@ class RunDir:
     adapter = _Inside(ADAPTER_DIR)
     """Where training leaves the final weights (a LoRA adapter, or a full model)."""
     train_log = _Inside(TRAIN_LOG_FILE)
+    prior_table = _Inside(PRIOR_TABLE_FILE)
+    """The item prior per catalog token (generate.prior_table), kept between runs."""
     index = _Inside(INDEX_DIR)
     """The live catalog served by `glossrec serve --run`."""
     baseline = _Inside(BASELINE_DIR)

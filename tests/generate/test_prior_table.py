@@ -105,3 +105,36 @@ def test_paths_already_scored_cost_nothing(peaky_lm: tuple[Any, Any]) -> None:
     trie.add(4, "Title: comb")
     with pytest.raises(ValueError, match="item 4"):
         table.update(trie, lambda items: [np.zeros(1, dtype=np.float32) for _ in items])
+
+
+def test_a_saved_table_is_read_back_for_the_same_model_only(peaky_lm: tuple[Any, Any],
+                                                            tmp_path: Any) -> None:
+    """Kept on disk: a second generator on the same model and prompt scores nothing and reads
+    the same values; another prompt, or a damaged file, is made again (never used)."""
+    model, tok = peaky_lm
+    texts = catalog_texts(40, seed=2)
+    path = tmp_path / "prior_table.npz"
+
+    def make(**kw: Any) -> Any:
+        gen = grounded(model, tok, CatalogTrie.from_texts(tok, texts), prior_weight=1.0,
+                       prior_table=True)
+        gen.prior_table_file = path
+        gen.prior_table_meta.update(kw)
+        scored: list[int] = []
+        real = gen.prior_token_logprobs
+        gen.prior_token_logprobs = lambda items: scored.append(len(items)) or real(items)
+        return gen, scored
+
+    first, scored = make(model="m")
+    want = first.prior_table().values.copy()
+    assert sum(scored) == len(texts) and path.is_file()
+    again, scored = make(model="m")
+    np.testing.assert_array_equal(again.prior_table().values, want)
+    assert scored == []
+    other, scored = make(model="another")
+    other.prior_table()
+    assert sum(scored) == len(texts)                     # and it replaced the file
+    path.write_bytes(b"not a table")
+    damaged, scored = make(model="another")
+    np.testing.assert_array_equal(damaged.prior_table().values, want)
+    assert sum(scored) == len(texts)

@@ -49,7 +49,7 @@ def generate_run(run_dir: Path, split: Literal["test", "valid"] | None = None, u
     t0 = time.perf_counter()
     generate_examples(cfg, examples, ds.catalog, weights, out, overwrite=overwrite,
                       extra_meta={"split": split, "dataset": str(cfg.data.path)},
-                      show_progress=show_progress)
+                      show_progress=show_progress, prior_table_file=rd.prior_table)
     print(f"{len(examples)} users ({split}) in {out} [{time.perf_counter() - t0:.1f}s]",
           file=sys.stderr)
     return out

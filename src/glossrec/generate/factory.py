@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glossrec.errors import ConfigError
+from glossrec.fingerprint import prior_table_inputs
 from glossrec.generate.base import Generator
 from glossrec.weights import base_and_adapter
 
@@ -27,13 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def make_generator(cfg: RunConfig, adapter_dir: Path | None,
-                   catalog: Sequence[str] | None = None) -> Generator:
+                   catalog: Sequence[str] | None = None,
+                   prior_table_file: Path | None = None) -> Generator:
     """The configured backend with the model loaded: the base model, with `adapter_dir`'s
     trained weights when given (a LoRA adapter on top, or full weights in its place).
 
     Grounded (generate.constrain = "catalog"): `catalog` is the item texts, keyed by position
     in the trie (a Catalog's texts(); the live service passes none of its own and fills
-    ``generator.trie`` itself, so [] is fine there).
+    ``generator.trie`` itself, so [] is fine there). `prior_table_file`: where the prior table
+    (generate.prior_table) is kept between runs (a run directory's ``prior_table``).
     """
     max_prompt = max(1, cfg.prompt.max_length - cfg.generate.max_new_tokens)
     grounded = cfg.generate.constrain == "catalog"
@@ -60,8 +63,10 @@ def make_generator(cfg: RunConfig, adapter_dir: Path | None,
         assert catalog is not None
         trie = _build_trie(tokenizer, catalog, cfg.generate.max_new_tokens)
         prior = _empty_history_prompt(cfg)
+    table_file = prior_table_file if cfg.generate.prior_table else None
     return HFGenerator(model, tokenizer, cfg.generate, max_prompt_tokens=max_prompt, trie=trie,
-                       prior_prompt=prior)
+                       prior_prompt=prior, prior_table_file=table_file,
+                       prior_table_meta=prior_table_inputs(cfg, adapter_dir) if table_file else None)
 
 
 def _build_trie(tokenizer: Any, texts: Sequence[str], max_new_tokens: int) -> CatalogTrie:

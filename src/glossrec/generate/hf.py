@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,11 +78,14 @@ class HFGenerator:
     def __init__(self, model: Any, tokenizer: Any, cfg: GenerateConfig | None = None,
                  max_prompt_tokens: int = 1024 - 50, share_prefill: bool = True,
                  trie: CatalogTrie | None = None, prior_prompt: str | None = None,
-                 shared_prompts: bool = True) -> None:
+                 shared_prompts: bool = True, prior_table_file: Path | None = None,
+                 prior_table_meta: Mapping[str, Any] | None = None) -> None:
         """`trie`: the catalog to ground on (required iff cfg.constrain == "catalog");
         `prior_prompt`: the prompt with an empty history, for grounded_score = "pmi";
         `shared_prompts`: glossrec's grounded search keeps each prompt's KV once (False: one
-        copy per beam, as transformers' cache does; for comparisons)."""
+        copy per beam, as transformers' cache does; for comparisons); `prior_table_file`: where
+        the prior table (generate.prior_table) is kept between runs, valid for the model and
+        prompt that `prior_table_meta` names (glossrec.fingerprint.prior_table_inputs)."""
         self.cfg = cfg or GenerateConfig()
         if max_prompt_tokens < 1:
             raise ConfigError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
@@ -100,6 +104,8 @@ class HFGenerator:
         """KV of the whole prior_prompt and log p(first item token | it) (prior_weight)."""
         self._table: PriorTable | None = None
         """The prior per trie node (generate.prior_table), made at the first search."""
+        self.prior_table_file = prior_table_file
+        self.prior_table_meta = {"prior_prompt": self.prior_prompt, **(prior_table_meta or {})}
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("the tokenizer has no EOS token: generation could not stop")
@@ -362,6 +368,9 @@ class HFGenerator:
             return None
         if self._table is None:
             self._table = PriorTable()
+            if self.prior_table_file is not None:
+                n = self._table.load(self.prior_table_file, self.prior_table_meta)
+                log.info("prior table: %d items read from %s", n, self.prior_table_file)
         todo = self._table.missing(self.trie)
         if todo:
             from tqdm.auto import tqdm
@@ -370,10 +379,16 @@ class HFGenerator:
 
             log.info("prior table: scoring %d items (%d tokens) on the empty-history prompt",
                      len(todo), sum(len(t) for _, t in todo))
+            table, trie, path = self._table, self.trie, self.prior_table_file
             with tqdm(total=len(todo), desc="prior table", unit="item", dynamic_ncols=True,
                       disable=not bars_on(len(todo) > 1000)) as bar:
-                self._table.update(self.trie, self.prior_token_logprobs, on_chunk=bar.update,
-                                   todo=todo)
+
+                def chunk_done(n: int) -> None:  # kept as it grows: a kill loses one chunk
+                    bar.update(n)
+                    if path is not None:
+                        table.save(path, trie, self.prior_table_meta)
+
+                table.update(trie, self.prior_token_logprobs, on_chunk=chunk_done, todo=todo)
         else:
             self._table.update(self.trie, self.prior_token_logprobs, todo=todo)
         return self._table

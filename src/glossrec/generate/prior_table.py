@@ -15,6 +15,10 @@ prefix score the shared nodes again (the same numbers); an item whose path is al
 (a duplicate text, an item removed and added back) costs nothing. The table follows the trie's
 ``version``: items added later (a live catalog) are scored at the next read.
 
+A table is kept on disk (:meth:`PriorTable.save`, :meth:`PriorTable.load`: each scored item's
+tokens and values, with the fingerprint of the model and prompt they were scored with), so a
+service restarted, or a run resumed, on the same model scores only the items it has not seen.
+
 Cost: one forward row per catalog token (Beauty: about 220k), against about 100 prior rows per
 user searched, so it pays from a few thousand users on; bench/grounded.py (arm
 grounded-prior-table) measures both. Values are the search's rows up to fp32 rounding (a batch
@@ -23,12 +27,16 @@ teacher-forced at once, not one token per step).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from glossrec.generate.constrain import CatalogTrie
+from glossrec.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,8 @@ class PriorTable:
         """Item key -> the tokens whose path the table holds."""
         self._version = -1
         """The trie version the table was last brought up to."""
+        self._known: dict[tuple[int, ...], np.ndarray] = {}
+        """Item tokens -> their values, read from a saved table: used instead of scoring."""
 
     def missing(self, trie: CatalogTrie) -> list[tuple[int, tuple[int, ...]]]:
         """(key, tokens) of the trie's items whose path is not (all) in the table."""
@@ -58,7 +68,11 @@ class PriorTable:
         for key, tokens in trie.items():
             if self._scored.get(key) == tokens:
                 continue
-            if np.isnan(self.values[trie.path(tokens)]).any():
+            known = self._known.get(tokens)
+            if known is not None:
+                self.values[trie.path(tokens)] = known
+                self._scored[key] = tokens
+            elif np.isnan(self.values[trie.path(tokens)]).any():
                 todo.append((key, tokens))
             else:  # every node already scored through other items
                 self._scored[key] = tokens
@@ -83,6 +97,44 @@ class PriorTable:
                 on_chunk(len(part))
         self._version = trie.version
         return len(todo)
+
+    def save(self, path: Path, trie: CatalogTrie, meta: Mapping[str, Any]) -> None:
+        """Write the scored items of `trie` (tokens and values) and `meta` (what they were
+        scored with) to `path`, atomically (.npz)."""
+        items = [t for k, t in self._scored.items() if k in trie and trie.tokens(k) == t]
+        items = list(dict.fromkeys(items))
+        flat = [tok for t in items for tok in t]
+        values = (np.concatenate([self.values[trie.path(t)] for t in items]) if items
+                  else np.zeros(0, dtype=np.float32))
+        with atomic_write(Path(path), "wb") as f:
+            np.savez(f, tokens=np.asarray(flat, dtype=np.int64), values=values,
+                     lengths=np.asarray([len(t) for t in items], dtype=np.int64),
+                     meta=np.asarray(json.dumps(dict(meta), sort_keys=True)))
+
+    def load(self, path: Path, meta: Mapping[str, Any]) -> int:
+        """Take the items of a table saved by :meth:`save` with the same `meta` (a table made
+        with another model or prompt is ignored, and replaced at the next save); returns how
+        many items it holds."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        try:
+            with np.load(path) as z:
+                saved_meta = json.loads(str(z["meta"]))
+                tokens, values, lengths = z["tokens"], z["values"], z["lengths"]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: not a readable prior table (%s); it will be made again", path, e)
+            return 0
+        if saved_meta != json.loads(json.dumps(dict(meta), sort_keys=True)):
+            log.info("%s: made with another model or prompt; made again", path)
+            return 0
+        if len(tokens) != len(values) or int(lengths.sum()) != len(tokens):
+            log.warning("%s: inconsistent arrays; it will be made again", path)
+            return 0
+        ends = np.cumsum(lengths)
+        for start, end in zip(ends - lengths, ends):
+            self._known[tuple(int(t) for t in tokens[start:end])] = values[start:end]
+        return len(lengths)
 
     def edges(self, nodes: Sequence[int]) -> np.ndarray:
         """The values of `nodes` (float32)."""

@@ -57,10 +57,12 @@ def _check_meta(out_path: Path, meta: dict[str, Any], overwrite: bool) -> None:
 def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Catalog,
                       adapter_dir: Path | None, out_path: Path, *, generator: Generator | None = None,
                       tokenizer: Any = None, overwrite: bool = False, extra_meta: dict[str, Any] | None = None,
-                      show_progress: bool = True) -> Path:
+                      show_progress: bool = True, prior_table_file: Path | None = None) -> Path:
     """Generate texts for `examples` into `out_path` (resumable), the model loaded only if some
     user is still missing. Prompts are the paper's test prompts, fitted in whole items to
-    prompt.max_length - generate.max_new_tokens tokens.
+    prompt.max_length - generate.max_new_tokens tokens. `prior_table_file`: where the prior
+    table (generate.prior_table) is kept between runs (one process; Ray workers make their
+    own).
     """
     from glossrec.prompts import test_prompts
 
@@ -79,7 +81,7 @@ def generate_examples(cfg: RunConfig, examples: Sequence[Example], catalog: Cata
     grounded = cfg.generate.constrain == "catalog"
     texts = catalog.texts() if grounded and generator is None else None
     if generator is None and not distributed:
-        generator = make_generator(cfg, adapter_dir, texts)
+        generator = make_generator(cfg, adapter_dir, texts, prior_table_file)
     tok = tokenizer if tokenizer is not None else getattr(generator, "tokenizer", None)
     if tok is None:
         from glossrec.models import load_tokenizer

@@ -258,7 +258,7 @@ class Recommender:
             from glossrec.generate import make_generator
 
             # Grounded: an empty trie; the Recommender fills it from the live catalog.
-            generator = make_generator(cfg, adapter, catalog=[])
+            generator = make_generator(cfg, adapter, catalog=[], prior_table_file=rd.prior_table)
         rec = cls(catalog, cfg, generator, chosen, ranking, id_models=_hybrid_models(cfg))
         rec.run_dir = run_dir
         return rec
