@@ -460,3 +460,21 @@ def test_full_weights_init_and_model_weights_is_not_a_starting_point(
     assert "is not where training starts" in caplog.text
     valid = [r["valid_loss"] for r in third.history if "valid_loss" in r]
     assert valid[0] != pytest.approx(first.best_valid_loss, rel=1e-4)
+
+
+def test_validation_loss_of_an_adapter_is_the_loss_its_run_recorded(tiny_lm_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """validation_loss scores a run's starting weights on the run's own validation users and
+    loss, without training: for the adapter a run kept, the loss the run recorded for it."""
+    from glossrec.train import validation_loss
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "beauty-sample"
+    cfg = helper.config(tiny_lm_dir, max_steps=2, eval_steps=2, max_valid_examples=8,
+                        valid_loss="target", loss="full").updated(
+        data={"path": str(sample)}, prompt={"max_length": 512, "max_history_items": 3})
+    res = train_from_config(cfg, tmp_path / "run")
+    recorded = [r["valid_loss"] for r in res.history if "valid_loss" in r]
+    assert len(recorded) == 1
+    again = cfg.updated(train={"init_adapter": str(res.adapter_dir)})
+    assert validation_loss(again) == pytest.approx(recorded[0], rel=1e-5)
+    assert validation_loss(cfg) != pytest.approx(recorded[0], rel=1e-3)  # the base model's

@@ -4,7 +4,7 @@ Modules:
 
 - :mod:`~glossrec.train.loop`: :func:`train` (the loop, readable in one function) and
   :func:`train_from_config` (prompts from a dataset's splits, then :func:`train`); the
-  final adapter.
+  final adapter; :func:`validation_loss` (a run's validation loss of its starting weights).
 - :mod:`~glossrec.train.loss`: training texts as tokens (:func:`encode_pairs`), labels from the
   attention mask (:func:`make_labels`, :func:`collate`), the summed loss over label positions
   (:func:`loss_sum`) and the validation loss (:func:`evaluate_loss`).
@@ -31,7 +31,7 @@ mask, so the largest forward pass stays within memory.
 from __future__ import annotations
 
 from glossrec.train.checkpoints import TrainState, latest_checkpoint
-from glossrec.train.loop import TrainResult, subset, train, train_from_config
+from glossrec.train.loop import TrainResult, subset, train, train_from_config, validation_loss
 from glossrec.train.loss import (IGNORE, Encoded, collate, encode_pairs, evaluate_loss, loss_sum,
                                  make_labels, n_label_tokens)
 from glossrec.train.optim import cpu_has_native_bf16
@@ -39,5 +39,5 @@ from glossrec.train.optim import cpu_has_native_bf16
 __all__ = [
     "IGNORE", "Encoded", "TrainState", "TrainResult", "collate", "cpu_has_native_bf16",
     "encode_pairs", "evaluate_loss", "latest_checkpoint", "loss_sum", "make_labels",
-    "n_label_tokens", "subset", "train", "train_from_config",
+    "n_label_tokens", "subset", "train", "train_from_config", "validation_loss",
 ]

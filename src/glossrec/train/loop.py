@@ -36,7 +36,7 @@ from glossrec.rundir import RunDir
 from glossrec.splits import Splits, prepare, sample_users
 from glossrec.train.batching import _epoch_batches, _groups, _release_freed_memory, _split_by_tokens
 from glossrec.train.checkpoints import TrainState, _Run, _seed_all, latest_checkpoint
-from glossrec.train.loss import collate, encode_pairs, loss_sum, n_label_tokens
+from glossrec.train.loss import collate, encode_pairs, evaluate_loss, loss_sum, n_label_tokens
 from glossrec.train.optim import _autocast, _enable_checkpointing, _optimizer, _schedule, _use_bf16
 from glossrec.train.parallel import _process_group
 from glossrec.train.trackers import _Trackers
@@ -312,6 +312,32 @@ def train_from_config(cfg: RunConfig, run_dir: Path,
     """Make the paper's prompts from the dataset's splits, and train. `ds` and `splits` are
     loaded and made here (glossrec.splits.prepare) unless a caller that has them (glossrec
     run) hands them over."""
+    train_pairs, valid_pairs = _pairs(cfg, ds, splits)
+    return train(cfg, run_dir, train_pairs, valid_pairs, on_step=on_step)
+
+
+def validation_loss(cfg: RunConfig, ds: Dataset | None = None,
+                    splits: Splits | None = None) -> float:
+    """The validation loss a training run with `cfg` records, of the weights it would start
+    from (train.init_adapter, else the base model), without training: the same validation
+    users (train.max_valid_examples, train.seed), texts and loss (train.valid_loss). Compares
+    adapters, or recipes, on one scale."""
+    from glossrec.models import resolve_device
+
+    t = cfg.train
+    _, valid_pairs = _pairs(cfg, ds, splits, with_train=False)
+    device = resolve_device()
+    model, tok = _trainable_model(cfg, device)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    data = encode_pairs(tok, valid_pairs, t.loss if t.valid_loss == "train" else "target",
+                        cfg.prompt.max_length)
+    return evaluate_loss(model, data, pad_id, t.batch_size, device, _use_bf16(t, device))
+
+
+def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train: bool = True
+           ) -> tuple[list[PromptPair], list[PromptPair]]:
+    """(training, validation) prompt pairs of the dataset's splits, sampled as train() samples
+    them (training pairs only `with_train`)."""
     from glossrec.models import load_tokenizer
     from glossrec.prompts import PromptBuilder, make_pairs
 
@@ -320,10 +346,9 @@ def train_from_config(cfg: RunConfig, run_dir: Path,
     assert splits is not None
     t = cfg.train
     # Sample examples before rendering (cheaper); train() samples the same indices (no-op here).
-    train_ex = subset(splits.train, t.max_examples, t.seed)
+    train_ex = subset(splits.train, t.max_examples, t.seed) if with_train else []
     valid_ex = subset(splits.valid, t.max_valid_examples, t.seed)
     builder = PromptBuilder.from_config(load_tokenizer(cfg.model), cfg.prompt,
                                         ds.catalog.item_format)
-    train_pairs = make_pairs(train_ex, ds.catalog, builder, "train")
-    valid_pairs = make_pairs(valid_ex, ds.catalog, builder, "train")
-    return train(cfg, run_dir, train_pairs, valid_pairs, on_step=on_step)
+    return (make_pairs(train_ex, ds.catalog, builder, "train"),
+            make_pairs(valid_ex, ds.catalog, builder, "train"))
