@@ -64,7 +64,8 @@ class _Recorder:
     def __init__(self) -> None:
         self.weights: list[Path | None] = []
 
-    def __call__(self, cfg: Any, adapter_dir: Path | None, catalog: Any = None) -> Any:
+    def __call__(self, cfg: Any, adapter_dir: Path | None, catalog: Any = None,
+                 prior_table_file: Path | None = None) -> Any:
         self.weights.append(adapter_dir)
         return self
 

@@ -280,10 +280,11 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         lines.append(f"| {s['run']} | {s['steps']} | {s['start']:,} -> {s['end']:,} | "
                      f"{s['peak_lr']:.2g} -> {s['last_lr']:.2g} | {mins:.1f} | {mach} | {best} |")
     lines += ["", "## Validation curve", "",
-              f"Loss of the held-out next item's tokens on {tr.get('max_valid_examples', '?')} "
-              "validation users (their second-to-last item, never a training target), from "
-              "`train_log.jsonl`. Validation Recall@5 along the same lineage is in "
-              "docs/results.md (\"Learning curve\").", "",
+              "Loss of the held-out next item's tokens on each run's validation users (their "
+              "second-to-last item, never a training target; the last run: "
+              f"{tr.get('max_valid_examples', '?')} users, earlier runs as their configs say, so "
+              "a change of run can shift the scale), from `train_log.jsonl`. Validation "
+              "Recall@5 along the same lineage is in docs/results.md (\"Learning curve\").", "",
               "| examples seen | run | validation loss |", "|---:|---:|---:|"]
     lines += [f"| {e:,} | {k} | {v:.3f} |" for e, k, v in valid_curve(log, spans)]
     lines += ["", "## Test results", ""]

@@ -375,10 +375,14 @@ class HFGenerator:
         if todo:
             from tqdm.auto import tqdm
 
-            from glossrec.progress import bars_on
+            from glossrec.progress import bars_on, say
 
-            log.info("prior table: scoring %d items (%d tokens) on the empty-history prompt",
-                     len(todo), sum(len(t) for _, t in todo))
+            msg = (f"prior table: scoring {len(todo):,} items ({sum(len(t) for _, t in todo):,} "
+                   "tokens) on the empty-history prompt")
+            if len(todo) > 1000:  # long work: a progress line even without a terminal
+                say(msg)
+            else:
+                log.info(msg)
             table, trie, path = self._table, self.trie, self.prior_table_file
             with tqdm(total=len(todo), desc="prior table", unit="item", dynamic_ncols=True,
                       disable=not bars_on(len(todo) > 1000)) as bar:
