@@ -107,6 +107,35 @@ def test_paths_already_scored_cost_nothing(peaky_lm: tuple[Any, Any]) -> None:
         table.update(trie, lambda items: [np.zeros(1, dtype=np.float32) for _ in items])
 
 
+def test_an_up_to_date_table_looks_only_at_the_items_added_since(
+        peaky_lm: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its first sync with a trie, the table reads the trie's additions, not every item
+    (a live catalog pays for what it adds); a replaced text is scored again; another trie is
+    read in full."""
+    _, tok = peaky_lm
+    trie = CatalogTrie.from_texts(tok, ["Title: red gel", "Title: red gel pack"])
+
+    def score(items: Any) -> list[np.ndarray]:
+        return [np.arange(len(t), dtype=np.float32) for t in items]
+
+    table = PriorTable()
+    table.update(trie, score)
+
+    def no_full_walk() -> list[int]:
+        raise AssertionError("walked every item")
+
+    monkeypatch.setattr(trie, "keys", no_full_walk)
+    trie.add(2, "Title: blue gel")
+    trie.add(1, "Title: green comb")              # replaced: a new path
+    trie.remove(0)
+    assert [k for k, _ in table.missing(trie)] == [2, 1]
+    assert table.update(trie, score) == 2
+    assert not np.isnan(table.edges(trie.path(trie.tokens(1)))).any()
+    other = CatalogTrie.from_texts(tok, ["Title: red gel", "Title: pink brush"])
+    assert [k for k, _ in table.missing(other)] == [0, 1]
+    assert table.update(other, score) == 2 and len(table.values) == other.nodes
+
+
 def test_a_saved_table_is_read_back_for_the_same_model_only(peaky_lm: tuple[Any, Any],
                                                             tmp_path: Any) -> None:
     """Kept on disk: a second generator on the same model and prompt scores nothing and reads

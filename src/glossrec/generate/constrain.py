@@ -19,6 +19,7 @@ This module imports no torch: a prefix function receives anything with ``.tolist
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -52,6 +53,10 @@ class CatalogTrie:
         self.version = 0
         """Bumped by every write: readers that derive data from the items (a prior table)
         see at a glance whether they are behind."""
+        self._inserted: list[int] = []
+        self._inserted_at: list[int] = []
+        """Keys in the order they were inserted (again when replaced), and the version each
+        insert made: :meth:`added_since`."""
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts: Sequence[str],
@@ -82,6 +87,12 @@ class CatalogTrie:
     def items(self) -> list[tuple[int, tuple[int, ...]]]:
         """(key, tokens with EOS) of every item."""
         return list(self._tokens.items())
+
+    def added_since(self, version: int) -> list[int]:
+        """Keys inserted (or replaced) after `version` that the trie still holds, oldest
+        first: what a reader that was up to date at `version` has not seen."""
+        start = bisect.bisect_right(self._inserted_at, version)
+        return [k for k in dict.fromkeys(self._inserted[start:]) if k in self._tokens]
 
     @property
     def max_tokens(self) -> int:
@@ -129,6 +140,8 @@ class CatalogTrie:
         self._tokens[key] = tokens
         self._texts[key] = text
         self._lengths[len(tokens)] += 1
+        self._inserted.append(key)
+        self._inserted_at.append(self.version)
 
     def remove(self, key: int) -> None:
         """Remove one item (KeyError when absent)."""

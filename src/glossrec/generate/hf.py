@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ model's cache cannot be extended."""
 _SCORE_ROWS = 8
 """Returned items scored per forward pass: bounds the (rows x item tokens x vocab) logits
 (SmolLM2, 95-token items: 8 rows = 150 MB)."""
+
+T = TypeVar("T")
 
 __all__ = ["HFGenerator", "newline_token_ids", "grounded_score", "rank_by"]
 
@@ -292,22 +294,30 @@ class HFGenerator:
 
         `input_ids`/`mask`: the left-padded prompts; `cache`: their prefill (all but the last
         token, one row per prompt, from :meth:`prefill`; consumed) or None to run the prompts
-        again. Rows are scored in chunks so the logits stay small, similar lengths together so
-        they pad little.
+        again.
         """
+        return self._by_chunks(input_ids, mask, pairs, cache, self._score_chunk)
+
+    def _by_chunks(self, input_ids: torch.Tensor, mask: torch.Tensor,
+                   pairs: Sequence[tuple[int, Sequence[int]]], cache: Any,
+                   score: Callable[[torch.Tensor, torch.Tensor, Any, list[Sequence[int]]],
+                                   list[T]], consume: bool = True) -> list[T]:
+        """`score(prompt ids, mask, their cache, items)` of every (row, tokens) pair, in chunks
+        of _SCORE_ROWS so the logits stay small, similar lengths together so they pad little.
+        `cache`: the prompts' prefill, rows selected per chunk (consumed when `consume` and
+        one chunk is enough; else copied), or None."""
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][1]))
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+        out: list[Any] = [None] * len(pairs)
         chunks = range(0, len(order), _SCORE_ROWS)
         for start in chunks:
             idx = order[start:start + _SCORE_ROWS]
             rows = torch.tensor([pairs[i][0] for i in idx], dtype=torch.long, device=self.device)
             part = None
             if cache is not None:
-                part = cache if len(chunks) == 1 else copy.deepcopy(cache)
+                part = cache if consume and len(chunks) == 1 else copy.deepcopy(cache)
                 part.batch_select_indices(rows)
             items = [pairs[i][1] for i in idx]
-            scored = self._score_chunk(input_ids[rows], mask[rows], part, items)
-            for i, res in zip(idx, scored):
+            for i, res in zip(idx, score(input_ids[rows], mask[rows], part, items)):
                 out[i] = res
         return out
 
@@ -345,21 +355,14 @@ class HFGenerator:
 
     def _prior_token_logprobs(self, items: Sequence[Sequence[int]]) -> list[np.ndarray]:
         ids = torch.tensor([self.prior_prompt_ids()], dtype=torch.long, device=self.device)
-        mask = torch.ones_like(ids)
-        order = sorted(range(len(items)), key=lambda i: len(items[i]))
-        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(items)
-        for start in range(0, len(order), _SCORE_ROWS):
-            idx = order[start:start + _SCORE_ROWS]
-            cache = None
-            if self._prior_kv is not None:
-                cache = copy.deepcopy(self._prior_kv)
-                cache.batch_repeat_interleave(len(idx))
-            part = [items[i] for i in idx]
-            lp, _ = self._token_chunk(ids.expand(len(idx), -1), mask.expand(len(idx), -1),
-                                      cache, part)
-            for row, (i, toks) in enumerate(zip(idx, part)):
-                out[i] = lp[row, :len(toks)].cpu().numpy()
-        return out
+
+        def per_token(ids: torch.Tensor, mask: torch.Tensor, cache: Any,
+                      part: list[Sequence[int]]) -> list[np.ndarray]:
+            lp, _ = self._token_chunk(ids, mask, cache, part)
+            return [lp[row, :len(toks)].cpu().numpy() for row, toks in enumerate(part)]
+
+        return self._by_chunks(ids, torch.ones_like(ids), [(0, t) for t in items],
+                               self.prior_prompt_cache(), per_token, consume=False)
 
     def prior_table(self) -> PriorTable | None:
         """The catalog's prior per trie node, brought up to date with the trie (the items added
@@ -402,12 +405,10 @@ class HFGenerator:
         assert self.trie is not None
         missing = list(dict.fromkeys(t for t in texts if t not in self._prior))
         if missing:
-            ids = torch.tensor(self.encode([self.prior_prompt]), dtype=torch.long,
-                               device=self.device)
-            mask = torch.ones_like(ids)
-            cache = self.prefill(ids, mask) if self.share_prefill and ids.shape[1] > 1 else None
+            ids = torch.tensor([self.prior_prompt_ids()], dtype=torch.long, device=self.device)
             items = [list(t) for t in self.trie.encode(missing)]
-            scored = self.item_logprobs(ids, mask, [(0, t) for t in items], cache)
+            scored = self._by_chunks(ids, torch.ones_like(ids), [(0, t) for t in items],
+                                     self.prior_prompt_cache(), self._score_chunk, consume=False)
             self._prior.update((t, lp) for t, (lp, _) in zip(missing, scored))
         return [self._prior[t] for t in texts]
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,17 +56,24 @@ class PriorTable:
         self._scored: dict[int, tuple[int, ...]] = {}
         """Item key -> the tokens whose path the table holds."""
         self._version = -1
-        """The trie version the table was last brought up to."""
+        self._trie: weakref.ref[CatalogTrie] | None = None
+        """The trie, and its version, the table was last brought up to."""
         self._known: dict[tuple[int, ...], np.ndarray] = {}
         """Item tokens -> their values, read from a saved table: used instead of scoring."""
 
     def missing(self, trie: CatalogTrie) -> list[tuple[int, tuple[int, ...]]]:
-        """(key, tokens) of the trie's items whose path is not (all) in the table."""
-        if trie.version == self._version:
+        """(key, tokens) of the trie's items whose path is not (all) in the table. Once the
+        table is up to date with a trie, only the items added to it since are looked at."""
+        same = self._trie is not None and self._trie() is trie
+        if same and trie.version == self._version:
             return []
+        if self._trie is not None and not same:  # node ids are one trie's: start again
+            self.values, self._scored = np.zeros(0, dtype=np.float32), {}
         self._grow(trie.nodes)
         todo = []
-        for key, tokens in trie.items():
+        keys = trie.added_since(self._version) if same else trie.keys()
+        for key in keys:
+            tokens = trie.tokens(key)
             if self._scored.get(key) == tokens:
                 continue
             known = self._known.get(tokens)
@@ -95,7 +103,7 @@ class PriorTable:
                 self._scored[key] = tokens
             if on_chunk is not None:
                 on_chunk(len(part))
-        self._version = trie.version
+        self._version, self._trie = trie.version, weakref.ref(trie)
         return len(todo)
 
     def save(self, path: Path, trie: CatalogTrie, meta: Mapping[str, Any]) -> None:
