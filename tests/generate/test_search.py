@@ -12,14 +12,14 @@ from glossrec.config import GenerateConfig
 from glossrec.generate.constrain import CatalogTrie
 from glossrec.generate.hf import HFGenerator
 from glossrec.generate.search import grounded_beam_search
-from glossrec.generate.shared_kv import supported
+from glossrec.generate.shared_kv import cache_layers, prefill_after_head, supported
 
 from .test_constrain import catalog_texts, grounded, prompt_of, random_users
 
 
 class _RowCounter:
-    """Counts the rows of every forward pass of a model, the passes, and the passes of one
-    token per row (the search's steps) (wraps its forward)."""
+    """Counts the rows of every forward pass of a model, the passes, the passes of one
+    token per row (the search's steps) and the most rows of a step (wraps its forward)."""
 
     def __init__(self, model: Any) -> None:
         self.model, self.rows, self.calls, self.steps, self.most = model, 0, 0, 0, 0
@@ -33,7 +33,8 @@ class _RowCounter:
             self.rows += int(ids.shape[0])
             self.calls += 1
             self.steps += int(ids.shape[1] == 1)
-            self.most = max(self.most, int(ids.shape[0]))
+            if ids.shape[1] == 1:
+                self.most = max(self.most, int(ids.shape[0]))
             return self.real(*a, **k)
         self.model.forward = forward
         return self
@@ -143,7 +144,7 @@ def test_shared_prompt_kv_gives_the_copied_kv_search(peaky_lm: tuple[Any, Any], 
     all its items alike): each prompt's KV once gives the items,
     in the order, of one KV copy per row, and of transformers' loop; it prefills fewer tokens
     (the template's beginning comes from the prior's prompt, nothing is padded), and the rows
-    it counts are the rows the model ran."""
+    it counts are the rows the model ran (a batched prefill's padding included)."""
     model, tok = peaky_lm
     if kv_heads == "grouped":
         model = _gqa_lm(tok, tiny_lm_dir)
@@ -180,7 +181,8 @@ def test_shared_prompt_kv_gives_the_copied_kv_search(peaky_lm: tuple[Any, Any], 
 
 def test_shared_prompt_kv_without_a_common_beginning(peaky_lm: tuple[Any, Any]) -> None:
     """A prior prompt that shares no token with the users' prompts: every prompt is prefilled
-    in full, and the search is still the copied-KV one."""
+    in full (the four in one pass, padded to the longest), and the search is still the
+    copied-KV one."""
     model, tok = peaky_lm
     texts = catalog_texts(80, seed=2)
     trie = CatalogTrie.from_texts(tok, texts)
@@ -190,7 +192,8 @@ def test_shared_prompt_kv_without_a_common_beginning(peaky_lm: tuple[Any, Any]) 
                                   shared_prompts=s) for s in (True, False))
     assert shared.encode(prompts)[0][0] != shared.prior_prompt_ids()[0]
     assert shared.generate(prompts, exclude=hist) == copied.generate(prompts, exclude=hist)
-    assert shared.work.prefill_tokens == sum(len(ids) - 1 for ids in shared.encode(prompts))
+    longest = max(len(ids) - 1 for ids in shared.encode(prompts))
+    assert shared.work.prefill_tokens == len(prompts) * longest
 
 
 def test_shared_prompt_kv_needs_full_attention_everywhere(peaky_lm: tuple[Any, Any]) -> None:
@@ -244,3 +247,27 @@ def test_prompts_joining_as_others_finish_get_the_same_search(peaky_lm: tuple[An
                 got = grounded_beam_search(gen, ids, excl, pool=pool)
             assert got is not None and got.tokens == want.tokens
             assert rows.most <= pool * 2 * 3 and got.work.beam_rows == want.work.beam_rows
+
+
+def test_prompts_prefilled_together_get_their_own_kv(peaky_lm: tuple[Any, Any]) -> None:
+    """Prompts of different lengths prefilled in one padded pass, after the head they share,
+    hold the KV each gets alone (a prompt that is all head, one that shares none of it)."""
+    model, tok = peaky_lm
+    texts = catalog_texts(40, seed=4)
+    gen = grounded(model, tok, CatalogTrie.from_texts(tok, texts), prior_weight=1.0)
+    head_ids = gen.prior_prompt_ids()[:-1]
+    head = cache_layers(gen.prior_prompt_cache())
+    users = [ids[:-1] for ids in gen.encode([prompt_of(texts[:3]), prompt_of(texts[5:6]),
+                                             prompt_of(texts[7:12])])]
+    prompts = [*users, head_ids[:4], tok("Title: gel")["input_ids"]]
+    assert len({len(p) for p in prompts}) == len(prompts)
+    with torch.inference_mode():
+        together = prefill_after_head(model, prompts, head_ids, head)
+        alone = [prefill_after_head(model, [p], head_ids, head)[0] for p in prompts]
+    assert [shared for _, shared in together] == [shared for _, shared in alone]
+    assert together[3][1] == 4 and together[4][1] == 0
+    for p, (got, _), (want, _) in zip(prompts, together, alone):
+        for (k, v), (k0, v0) in zip(got, want):
+            assert k.shape == k0.shape == (1, k0.shape[1], len(p), k0.shape[3])
+            torch.testing.assert_close(k, k0, rtol=0, atol=1e-5)
+            torch.testing.assert_close(v, v0, rtol=0, atol=1e-5)

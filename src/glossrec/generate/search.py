@@ -64,7 +64,7 @@ from glossrec.config import GenerateConfig
 from glossrec.generate.constrain import CatalogTrie, Exclusion
 from glossrec.generate.prior_table import PriorTable
 from glossrec.generate.shared_kv import (
-    PromptKV, SharedPrefixKV, cache_layers, prefill_after_head, supported,
+    Layers, PromptKV, SharedPrefixKV, cache_layers, prefill_after_head, supported,
 )
 
 __all__ = ["Found", "SearchModel", "SearchWork", "grounded_beam_search", "shares_prompts"]
@@ -109,6 +109,10 @@ class SearchModel(Protocol):
 
 
 _NONE: dict[int, int] = {}
+
+PREFILL_ROWS = 8
+"""Prompts prefilled in one forward pass: the one joining the search and the next ones to join
+(a pass of one ~100-token prompt runs its matmuls well below the rate of a larger one)."""
 
 
 @dataclass
@@ -295,9 +299,9 @@ class _Steps(Protocol):
 
 
 class _SharedPrompts:
-    """Each prompt's KV once (glossrec.generate.shared_kv): a user's prompt, prefilled alone
-    when it joins, after the beginning it shares with the empty-history prompt, and that
-    prompt's KV (made once per model) for the prior's rows."""
+    """Each prompt's KV once (glossrec.generate.shared_kv): a user's prompt, prefilled when it
+    joins (with the next few to join, in one forward pass), after the beginning it shares with
+    the empty-history prompt, and that prompt's KV (made once per model) for the prior's rows."""
 
     def __init__(self, gen: SearchModel, batch: Sequence[Sequence[int]], with_prior: bool,
                  head: Any, keep: bool, work: SearchWork) -> None:
@@ -312,25 +316,37 @@ class _SharedPrompts:
         """Position of each prompt's last token."""
         input_ids, mask = gen.pad_left(batch)
         self.input_ids, self.mask = input_ids.to(gen.device), mask.to(gen.device)
+        self._ready: dict[int, Layers] = {}
+        """Prompts prefilled ahead of joining (users join in index order)."""
         self.kept = None
         if keep:
+            for start in range(0, self.n_users, PREFILL_ROWS):
+                self._prefill(range(start, min(start + PREFILL_ROWS, self.n_users)))
             for u in range(self.n_users):
-                self._prefill(u)
+                self.users.add(u, self._ready.pop(u))
             self.kept = self.users.left_padded(range(self.n_users), input_ids.shape[1] - 1)
 
-    def _prefill(self, u: int) -> None:
-        ids = self.batch[u]
-        layers, shared = prefill_after_head(self.gen.model, ids[:-1], self.head_ids[:-1],
-                                            self.head)
-        self.users.add(u, layers)
-        run = len(ids) - 1 - shared
-        self._work.prefill_tokens += run
-        self._work.prefill_keys += (len(ids) - 1) * len(ids) // 2 - shared * (shared + 1) // 2
-        self._work.logit_rows += run > 0
+    def _prefill(self, users: Sequence[int]) -> None:
+        made = prefill_after_head(self.gen.model, [self.batch[u][:-1] for u in users],
+                                  self.head_ids[:-1], self.head)
+        width: dict[int, int] = {}  # prompts sharing as much of the head run padded together
+        for u, (_, shared) in zip(users, made):
+            width[shared] = max(width.get(shared, 0), len(self.batch[u]) - 1 - shared)
+        for u, (layers, shared) in zip(users, made):
+            self._ready[u] = layers
+            run = width[shared] if len(self.batch[u]) - 1 > shared else 0
+            self._work.prefill_tokens += run
+            self._work.prefill_keys += (shared + run) * (shared + run + 1) // 2 - \
+                shared * (shared + 1) // 2
+            self._work.logit_rows += run > 0
 
     def admit(self, user: int) -> None:
-        if user not in self.users.slot:
-            self._prefill(user)
+        if user in self.users.slot:
+            return
+        if user not in self._ready:
+            self._prefill([u for u in range(user, min(user + PREFILL_ROWS, self.n_users))
+                           if u not in self._ready and u not in self.users.slot])
+        self.users.add(user, self._ready.pop(user))
 
     def release(self, user: int) -> None:
         self.users.remove(user)

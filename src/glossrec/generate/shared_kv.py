@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers import AttentionInterface, DynamicCache
 
-__all__ = ["ATTENTION", "PromptKV", "SharedPrefixKV", "supported", "prefill_after_head"]
+__all__ = ["ATTENTION", "Layers", "PromptKV", "SharedPrefixKV", "supported", "prefill_after_head"]
 
 ATTENTION = "glossrec_shared_prefix"
 """The attention implementation the decoding steps run under (registered on import)."""
@@ -63,25 +63,47 @@ def cache_layers(cache: Any) -> Layers:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def prefill_after_head(model: Any, ids: Sequence[int], head_ids: Sequence[int],
-                       head: Layers) -> tuple[Layers, int]:
-    """KV of `ids` (one prompt, all of it) on one row, starting from `head`, the KV of
-    `head_ids`: the longest common beginning of the two is taken from `head`, the rest is run.
-    Positions are the tokens' own (0, 1, ...), as an unpadded prompt has. Also returns how many
-    tokens came from `head`."""
-    h = 0
-    limit = min(len(ids), len(head_ids))
-    while h < limit and ids[h] == head_ids[h]:
-        h += 1
+def prefill_after_head(model: Any, prompts: Sequence[Sequence[int]], head_ids: Sequence[int],
+                       head: Layers) -> list[tuple[Layers, int]]:
+    """Per prompt, its KV (all of it, one row) starting from `head`, the KV of `head_ids`, and
+    how many of its tokens came from `head` (the longest common beginning of the two); the rest
+    is run. Prompts that share as much of the head run in one forward pass, right-padded to the
+    longest: a causal model's real tokens never see the padding after them, and one pass of
+    many rows keeps the matmuls large. Positions are the tokens' own (0, 1, ...), as an
+    unpadded prompt has."""
+    out: list[tuple[Layers, int]] = [([], 0)] * len(prompts)
+    by_shared: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        h, limit = 0, min(len(ids), len(head_ids))
+        while h < limit and ids[h] == head_ids[h]:
+            h += 1
+        by_shared.setdefault(h, []).append(i)
     dev = head[0][0].device if head else next(model.parameters()).device
-    if h == len(ids):
-        return [(k[:, :, :h], v[:, :, :h]) for k, v in head], h
-    cache = (DynamicCache(ddp_cache_data=[(k[:, :, :h], v[:, :, :h]) for k, v in head])
-             if h else DynamicCache())
-    rest = torch.tensor([list(ids[h:])], dtype=torch.long, device=dev)
-    out = model(input_ids=rest, position_ids=torch.arange(h, len(ids), device=dev)[None],
-                cache=cache, use_cache=True, logits_to_keep=1)
-    return cache_layers(out.cache), h
+    for h, idx in by_shared.items():
+        run = [i for i in idx if len(prompts[i]) > h]
+        for i in idx:
+            if len(prompts[i]) == h:
+                out[i] = [(k[:, :, :h], v[:, :, :h]) for k, v in head], h
+        if not run:
+            continue
+        width = max(len(prompts[i]) - h for i in run)
+        rest = torch.zeros((len(run), width), dtype=torch.long, device=dev)
+        mask = torch.zeros((len(run), h + width), dtype=torch.long, device=dev)
+        for row, i in enumerate(run):
+            rest[row, :len(prompts[i]) - h] = torch.tensor(list(prompts[i][h:]), dtype=torch.long)
+            mask[row, :len(prompts[i])] = 1
+        cache = (DynamicCache(ddp_cache_data=[(k[:, :, :h].expand(len(run), -1, -1, -1),
+                                               v[:, :, :h].expand(len(run), -1, -1, -1))
+                                              for k, v in head]) if h else DynamicCache())
+        ragged = any(len(prompts[i]) - h < width for i in run)
+        result = model(input_ids=rest, attention_mask=mask if ragged else None,
+                       position_ids=torch.arange(h, h + width, device=dev)[None].expand(
+                           len(run), -1), cache=cache, use_cache=True, logits_to_keep=1)
+        layers = cache_layers(result.cache)
+        for row, i in enumerate(run):
+            n = len(prompts[i])
+            out[i] = [(k[row:row + 1, :, :n], v[row:row + 1, :, :n]) for k, v in layers], h
+    return out
 
 
 class PromptKV:
