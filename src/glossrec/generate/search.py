@@ -13,8 +13,9 @@ those beam rows were live. This loop runs the same search with:
   and catalog (:mod:`glossrec.generate.prior_table`);
 - each prompt's KV once (:mod:`glossrec.generate.shared_kv`), not once per row: a row keeps
   only its own new tokens, and attends to its prompt and to them in two parts. A user's prompt
-  is prefilled alone (no padding) from the KV of the template's beginning, which it shares with
-  the empty-history prompt, whose KV is made once per model. A model whose attention cannot
+  is prefilled from the KV of the template's beginning, which it shares with the
+  empty-history prompt, whose KV is made once per model (with the next prompts to join, in one
+  pass right-padded to the longest: generate() sorts prompts by length). A model whose attention cannot
   run that way (:func:`~glossrec.generate.shared_kv.supported`, or ``shared_prompts`` off)
   keeps a copy of its prompt's KV per row in a transformers cache, the prior's prompt one more
   row of the batch's prefill, padded to its width.
@@ -110,9 +111,10 @@ class SearchModel(Protocol):
 
 _NONE: dict[int, int] = {}
 
-PREFILL_ROWS = 8
+PREFILL_ROWS = 4
 """Prompts prefilled in one forward pass: the one joining the search and the next ones to join
-(a pass of one ~100-token prompt runs its matmuls well below the rate of a larger one)."""
+(a pass of one ~100-token prompt runs its matmuls well below the rate of a larger one; more
+prompts per pass pad more: bench/prefill.py)."""
 
 
 @dataclass

@@ -16,7 +16,8 @@ part runs as one attention per prompt over all of its rows' queries.
 
 Prefill shares work too: every test prompt begins with the template's text before the history,
 the beginning of the empty-history prompt. A prompt's KV starts from that prompt's KV (computed
-once per model) and only the rest is run, one prompt at a time so that nothing is padded.
+once per model) and only the rest is run, a few prompts per pass, right-padded (a causal
+model's real tokens never attend to the padding after them).
 
 The model must use transformers' attention interface (``ALL_ATTENTION_FUNCTIONS``) with full
 attention in every layer (no sliding window, soft-capping or position bias): the decoding steps
