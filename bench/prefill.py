@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(prompts), group):
                 part = prompts[start:start + group]
                 made = prefill_after_head(gen.model, part, head_ids, head)
-                tokens += len(part) * max(len(p) - shared for p, (_, shared) in zip(part, made))
+                tokens += sum(m.run for m in made)
         return time.perf_counter() - t0, tokens
 
     run(max(args.groups))  # warm-up: allocations, kernels

@@ -264,9 +264,12 @@ def test_prompts_prefilled_together_get_their_own_kv(peaky_lm: tuple[Any, Any]) 
     with torch.inference_mode():
         together = prefill_after_head(model, prompts, head_ids, head)
         alone = [prefill_after_head(model, [p], head_ids, head)[0] for p in prompts]
-    assert [shared for _, shared in together] == [shared for _, shared in alone]
-    assert together[3][1] == 4 and together[4][1] == 0
-    for p, (got, _), (want, _) in zip(prompts, together, alone):
+    assert [made.shared for made in together] == [made.shared for made in alone]
+    assert together[3].shared == 4 and together[4].shared == 0
+    # The users' prompts share the same head, so they run in one pass padded to the longest.
+    longest = max(len(p) for p in users) - together[0].shared
+    assert [made.run for made in together] == [longest] * 3 + [0, len(prompts[4])]
+    for p, got, want in zip(prompts, (m.layers for m in together), (m.layers for m in alone)):
         for (k, v), (k0, v0) in zip(got, want):
             assert k.shape == k0.shape == (1, k0.shape[1], len(p), k0.shape[3])
             torch.testing.assert_close(k, k0, rtol=0, atol=1e-5)

@@ -331,12 +331,8 @@ class _SharedPrompts:
     def _prefill(self, users: Sequence[int]) -> None:
         made = prefill_after_head(self.gen.model, [self.batch[u][:-1] for u in users],
                                   self.head_ids[:-1], self.head)
-        width: dict[int, int] = {}  # prompts sharing as much of the head run padded together
-        for u, (_, shared) in zip(users, made):
-            width[shared] = max(width.get(shared, 0), len(self.batch[u]) - 1 - shared)
-        for u, (layers, shared) in zip(users, made):
+        for u, (layers, shared, run) in zip(users, made):
             self._ready[u] = layers
-            run = width[shared] if len(self.batch[u]) - 1 > shared else 0
             self._work.prefill_tokens += run
             self._work.prefill_keys += (shared + run) * (shared + run + 1) // 2 - \
                 shared * (shared + 1) // 2

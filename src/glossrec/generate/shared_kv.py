@@ -28,12 +28,13 @@ switch its ``config._attn_implementation`` to :data:`ATTENTION` for their forwar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import AttentionInterface, DynamicCache
 
-__all__ = ["ATTENTION", "Layers", "PromptKV", "SharedPrefixKV", "supported", "prefill_after_head"]
+__all__ = ["ATTENTION", "Layers", "Prefilled", "PromptKV", "SharedPrefixKV", "supported",
+           "prefill_after_head"]
 
 ATTENTION = "glossrec_shared_prefix"
 """The attention implementation the decoding steps run under (registered on import)."""
@@ -64,15 +65,24 @@ def cache_layers(cache: Any) -> Layers:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+class Prefilled(NamedTuple):
+    """One prompt's prefill: its KV, how many of its tokens came from the head, and how many
+    token positions its forward pass ran for it (its rest, padded to its pass's longest; 0 when
+    the head held all of it)."""
+
+    layers: Layers
+    shared: int
+    run: int
+
+
 def prefill_after_head(model: Any, prompts: Sequence[Sequence[int]], head_ids: Sequence[int],
-                       head: Layers) -> list[tuple[Layers, int]]:
-    """Per prompt, its KV (all of it, one row) starting from `head`, the KV of `head_ids`, and
-    how many of its tokens came from `head` (the longest common beginning of the two); the rest
-    is run. Prompts that share as much of the head run in one forward pass, right-padded to the
-    longest: a causal model's real tokens never see the padding after them, and one pass of
-    many rows keeps the matmuls large. Positions are the tokens' own (0, 1, ...), as an
-    unpadded prompt has."""
-    out: list[tuple[Layers, int]] = [([], 0)] * len(prompts)
+                       head: Layers) -> list[Prefilled]:
+    """Per prompt, its KV (all of it, one row) starting from `head`, the KV of `head_ids`: the
+    longest common beginning of the two comes from `head`, the rest is run. Prompts that share
+    as much of the head run in one forward pass, right-padded to the longest: a causal model's
+    real tokens never see the padding after them, and one pass of many rows keeps the matmuls
+    large. Positions are the tokens' own (0, 1, ...), as an unpadded prompt has."""
+    out: list[Prefilled] = [Prefilled([], 0, 0)] * len(prompts)
     by_shared: dict[int, list[int]] = {}
     for i, ids in enumerate(prompts):
         h, limit = 0, min(len(ids), len(head_ids))
@@ -84,7 +94,7 @@ def prefill_after_head(model: Any, prompts: Sequence[Sequence[int]], head_ids: S
         run = [i for i in idx if len(prompts[i]) > h]
         for i in idx:
             if len(prompts[i]) == h:
-                out[i] = [(k[:, :, :h], v[:, :, :h]) for k, v in head], h
+                out[i] = Prefilled([(k[:, :, :h], v[:, :, :h]) for k, v in head], h, 0)
         if not run:
             continue
         width = max(len(prompts[i]) - h for i in run)
@@ -103,7 +113,8 @@ def prefill_after_head(model: Any, prompts: Sequence[Sequence[int]], head_ids: S
         layers = cache_layers(result.cache)
         for row, i in enumerate(run):
             n = len(prompts[i])
-            out[i] = [(k[row:row + 1, :, :n], v[row:row + 1, :, :n]) for k, v in layers], h
+            out[i] = Prefilled([(k[row:row + 1, :, :n], v[row:row + 1, :, :n]) for k, v in layers],
+                               h, width)
     return out
 
 
