@@ -1,9 +1,15 @@
-"""Manifest keys: settings added later leave the keys of runs made before them unchanged."""
+"""Manifest keys: settings added later leave the keys of runs made before them unchanged; a
+prior table's key follows the weights' content."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from glossrec.config import RunConfig
-from glossrec.fingerprint import LATER_SETTINGS, MANIFEST_SECTIONS, digest, manifest_key
+from glossrec.fingerprint import (
+    LATER_SETTINGS, MANIFEST_SECTIONS, digest, manifest_key, prior_table_inputs,
+)
 
 
 def test_a_later_setting_at_its_default_keeps_the_old_key() -> None:
@@ -18,3 +24,18 @@ def test_a_later_setting_at_its_default_keeps_the_old_key() -> None:
     on = cfg.updated(generate={"constrain": "catalog", "prior_weight": 1.0, "prior_table": True})
     off = cfg.updated(generate={"constrain": "catalog", "prior_weight": 1.0})
     assert manifest_key(on, "generate") != manifest_key(off, "generate")
+
+
+def test_a_prior_tables_key_names_the_weights_by_content_not_by_path(tmp_path: Path) -> None:
+    """The same adapter files under another path (a copy, a relative spelling) key the same
+    table; other files do not."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "adapter_model.safetensors").write_bytes(b"weights")
+    b = tmp_path / "elsewhere" / "b"
+    shutil.copytree(a, b)
+    cfg = RunConfig()
+    assert prior_table_inputs(cfg, a) == prior_table_inputs(cfg, b)
+    (b / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert prior_table_inputs(cfg, a) != prior_table_inputs(cfg, b)
+    assert prior_table_inputs(cfg, None)["weights"] is None

@@ -82,9 +82,12 @@ def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, A
 
 def prior_table_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, Any]:
     """What a prior table's values depend on besides the item tokens (keyed by them) and the
-    empty-history prompt (the generator adds it): the model, its weights, and the precision."""
-    gen = _generate_inputs(cfg, adapter)
-    return {"model": gen["model"], "weights": gen["weights"], "bf16": cfg.generate.bf16}
+    empty-history prompt (the generator adds it): the model, its weights, and the precision.
+    The weights by content only: the same files named by another path (relative or absolute, a
+    copy) give the same values, so the table is read, not made again."""
+    return {"model": cfg.model.name,
+            "weights": None if adapter is None else {"sha256": files_sha256(adapter)},
+            "bf16": cfg.generate.bf16}
 
 
 def stage_inputs(cfg: RunConfig, stage: Stage, **facts: Any) -> dict[str, Any]:
