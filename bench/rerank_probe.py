@@ -1,30 +1,71 @@
 """Probe, validation users only: can the fine-tuned LM order Last-Item Search's candidates
 better than BM25 does?
 
-LIS-BM25's top N items (history excluded) for each of the curve's 200 validation users are
-scored by the LM with one teacher-forced pass each: log p(item | prompt) and the empty-history
-prior log p(item | no history). Every ordering comes from that one pass: per-token or summed
-PMI at prior weights 0..1, alone or fused (RRF, k = 60) with LIS's own rank. R@5 of each
-against LIS's R@5 on the same users; LIS's R@N is the ceiling of any re-ranking.
+LIS-BM25's top N items (history excluded) for each of --valid-users validation users (drawn with
+--seed) are scored by the LM with one teacher-forced pass each: log p(item | prompt) and the
+empty-history prior log p(item | no history). Every ordering comes from that one pass: per-token
+or summed PMI at prior weights 0..1, alone or fused (RRF, k = 60) with LIS's own rank. R@5 and
+N@5 of each against LIS's on the same users, with paired bootstrap CIs; LIS's R@N is the
+ceiling of any re-ranking.
 
-  .venv/bin/python bench/rerank_probe.py --adapter runs/smollm2-beauty/curve/step-000750/adapter \
-      --candidates 20
-Writes bench/results/rerank_probe.json. With --prior-table FILE the priors are read from a prior
-table (glossrec.generate.prior_table; made there on the first run, about 30 min for Beauty on 2
-cores, then reused) instead of one more teacher-forced pass per candidate.
+  .venv/bin/python bench/rerank_probe.py --config configs/gloss-shipped-beauty.toml \
+      --adapter src/glossrec/shipped/smollm2-beauty --candidates 20 --prior-table FILE
+
+Writes bench/results/rerank_probe.json (--json). With --prior-table FILE the priors are read from
+a prior table (glossrec.generate.prior_table; made there on the first run, about 30 min for
+Beauty on 2 cores, then reused) instead of one more teacher-forced pass per candidate.
+
+The LM's scores are kept per user as they are made (every 40 users, written atomically; --scores
+FILE, by default under runs/rerank_probe/), so a killed run resumes where it stopped, and a
+sample of thousands of users can be scored over several runs; draws that share users share
+their scores. The file records the adapter's content, the config and N; a run with others
+refuses it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, RESULTS, machine, write_results  # noqa: E402
+
+
+@dataclass
+class Scores:
+    """The LM's scores per user id: (candidates, log p(item | prompt), tokens, prior), [N] each."""
+
+    users: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+    @classmethod
+    def load(cls, path: Path, meta: dict[str, Any]) -> Scores:
+        if not path.is_file():
+            return cls({})
+        with np.load(path) as z:
+            saved = json.loads(str(z["meta"]))
+            if saved != meta:
+                differ = sorted(k for k in meta if saved.get(k) != meta[k])
+                raise SystemExit(f"{path}: scores made with another {', '.join(differ)}; "
+                                 "pass another --scores file")
+            arrays = [z[k] for k in ("cands", "lp", "ntok", "prior")]
+            ids = [str(u) for u in z["users"]]
+        return cls({u: tuple(a[i] for a in arrays) for i, u in enumerate(ids)})  # type: ignore[misc]
+
+    def save(self, path: Path, meta: dict[str, Any]) -> None:
+        from glossrec.io import atomic_write
+
+        ids = list(self.users)
+        cols = {k: np.stack([self.users[u][i] for u in ids])
+                for i, k in enumerate(("cands", "lp", "ntok", "prior"))}
+        with atomic_write(path, "wb") as f:
+            np.savez(f, users=np.asarray(ids), meta=np.asarray(json.dumps(meta)), **cols)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the validation users' draw")
     p.add_argument("--prior-table", type=Path, default=None,
                    help="read the priors from this prior table file (made if missing)")
+    p.add_argument("--scores", type=Path, default=None,
+                   help="keep the LM's scores per user here and resume from it (default: "
+                        "runs/rerank_probe/<adapter sha256[:12]>-top<N>.npz)")
     p.add_argument("--json", type=Path, default=RESULTS / "rerank_probe.json")
     args = p.parse_args(argv)
 
     import torch
 
     from glossrec.config import load_config
+    from glossrec.fingerprint import files_sha256
     from glossrec.generate import make_generator
     from glossrec.pipeline import build_index, load_data, prepare, run_lis
     from glossrec.prompts import test_prompts
@@ -66,17 +111,39 @@ def main(argv: list[str] | None = None) -> int:
 
     prompts = dict(test_prompts(ex, ds.catalog, gen.tokenizer, cfg.prompt,
                                 reserve=cfg.generate.max_new_tokens))
+    # What a user's scores depend on: not the draw of users (evaluate), so draws share them.
+    dump = cfg.model_dump(mode="json")
+    meta = {"adapter_sha256": files_sha256(args.adapter), "candidates": n, "bf16": cfg.generate.bf16,
+            "config": {k: dump[k] for k in ("data", "split", "prompt", "model", "retrieve")}}
+    scores_file = args.scores or ROOT / "runs" / "rerank_probe" / f"{meta['adapter_sha256'][:12]}-top{n}.npz"
+    kept = Scores.load(scores_file, meta)
     lp, ntok, prior = (np.full((len(ex), n), -1e9), np.ones((len(ex), n)), np.zeros((len(ex), n)))
+    todo = []
+    for u, e in enumerate(ex):
+        row = kept.users.get(e.user_id)
+        if row is not None and np.array_equal(row[0], cands[u]):
+            lp[u], ntok[u], prior[u] = row[1:]
+        else:
+            todo.append(u)
+    print(f"{len(ex) - len(todo)} of {len(ex)} users scored already; scoring {len(todo)}", flush=True)
     with torch.inference_mode():
-        for s in range(0, len(ex), 4):
-            part = range(s, min(s + 4, len(ex)))
+        for b, s in enumerate(range(0, len(todo), 4)):
+            part = todo[s:s + 4]
             ids, mask = gen.pad_left(gen.encode([prompts[ex[u].user_id] for u in part]))
-            slots = [(u, j) for u in part for j in range(n) if cands[u, j] >= 0]
-            pairs = [(u - s, list(gen.trie.tokens(int(cands[u, j])))) for u, j in slots]
+            slots = [(r, u, j) for r, u in enumerate(part) for j in range(n) if cands[u, j] >= 0]
+            pairs = [(r, list(gen.trie.tokens(int(cands[u, j])))) for r, u, j in slots]
             scored = gen.item_logprobs(ids, mask, pairs, gen.prefill(ids, mask))
-            priors = priors_of([int(cands[u, j]) for u, j in slots])
-            for (u, j), (value, count), pr in zip(slots, scored, priors):
+            priors = priors_of([int(cands[u, j]) for _, u, j in slots])
+            for (_, u, j), (value, count), pr in zip(slots, scored, priors):
                 lp[u, j], ntok[u, j], prior[u, j] = value, count, pr
+            for u in part:
+                kept.users[ex[u].user_id] = (cands[u].copy(), lp[u], ntok[u], prior[u])
+            last = s + 4 >= len(todo)
+            if b % 10 == 9 or last:
+                kept.save(scores_file, meta)
+            if b % 10 == 9 or last:
+                print(f"{min(s + 4, len(todo))} of {len(todo)} users scored, "
+                      f"{(time.perf_counter() - t0) / min(s + 4, len(todo)):.2f} s/user", flush=True)
     seconds = time.perf_counter() - t0
     target = np.array([e.target for e in ex])
 
@@ -105,15 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     base = recall["LIS-BM25 (its own order)"]
     ci = {name: [float(x) for x in np.percentile((h - base)[draws].mean(1), [2.5, 97.5])]
           for name, h in recall.items()}
+    per_user = seconds / len(todo) if todo else None
+    speed = f" at {per_user:.2f} s/user" if per_user is not None else ""
     print(f"{len(ex)} validation users (seed {args.seed}), LIS-BM25 top {n} (R@{n} = {ceiling:.3f}), "
-          f"{seconds / len(ex):.2f} s/user; load average {before['load_avg_1m']} before")
+          f"{len(todo)} scored by this run{speed} (scores: {scores_file}); load average "
+          f"{before['load_avg_1m']} before")
     print("| ordering | R@5 | R@5 - LIS, 95% CI | N@5 |")
     for name in orders:
         lo, hi = ci[name]
         print(f"| {name} | {recall[name].mean():.3f} | [{lo:+.3f}, {hi:+.3f}] | {ndcg[name].mean():.4f} |")
     write_results(args.json, {
         "adapter": str(args.adapter), "candidates": n, "users": len(ex), "seed": args.seed,
-        "lis_recall_at_n": ceiling, "s_per_user": seconds / len(ex),
+        "lis_recall_at_n": ceiling, "scored_by_this_run": len(todo), "s_per_user": per_user,
         "recall@5": {k: float(v.mean()) for k, v in recall.items()},
         "ndcg@5": {k: float(v.mean()) for k, v in ndcg.items()},
         "recall@5_minus_lis_ci95": ci,
