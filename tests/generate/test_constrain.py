@@ -348,3 +348,26 @@ def test_pipeline_workers_give_the_same_grounded_texts(tmp_path: Path, tiny_lm_d
     free = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"constrain": "none"})})
     with pytest.raises(ConfigError, match="overwrite"):
         generate_examples(free, examples, ds.catalog, None, one, show_progress=False)
+
+
+def test_the_insertion_log_stays_short_under_churn_and_answers_the_same(
+        peaky_lm: tuple[Any, Any]) -> None:
+    """A live catalog replacing and removing the same items: the log behind added_since is
+    compacted, and added_since(v) still names every held key inserted after v, oldest first."""
+    _, tok = peaky_lm
+    texts = catalog_texts(12, seed=3)
+    trie = CatalogTrie.from_texts(tok, texts[:6])
+    rng = random.Random(0)
+    inserted: list[tuple[int, int]] = [(k, v + 1) for k, v in zip(range(6), range(6))]
+    for _ in range(400):
+        key = rng.randrange(10)
+        if key in trie and rng.random() < 0.3:
+            trie.remove(key)
+        else:
+            trie.add(key, texts[rng.randrange(12)])
+            inserted.append((key, trie.version))
+    assert len(trie._inserted) <= 2 * len(trie) + 65
+    for since in range(0, trie.version + 1, 7):
+        latest = {k: v for k, v in inserted if v > since}  # each key's latest insert after it
+        want = [k for k, _ in sorted(latest.items(), key=lambda kv: kv[1]) if k in trie]
+        assert trie.added_since(since) == want

@@ -56,7 +56,8 @@ class CatalogTrie:
         self._inserted: list[int] = []
         self._inserted_at: list[int] = []
         """Keys in the order they were inserted (again when replaced), and the version each
-        insert made: :meth:`added_since`."""
+        insert made: :meth:`added_since`. Compacted as it grows (:meth:`_compact_log`), so a
+        live catalog that replaces the same items again and again keeps it short."""
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts: Sequence[str],
@@ -89,10 +90,11 @@ class CatalogTrie:
         return list(self._tokens.items())
 
     def added_since(self, version: int) -> list[int]:
-        """Keys inserted (or replaced) after `version` that the trie still holds, oldest
-        first: what a reader that was up to date at `version` has not seen."""
+        """Keys inserted (or replaced) after `version` that the trie still holds, in the order
+        of their latest insert: what a reader that was up to date at `version` has not seen."""
         start = bisect.bisect_right(self._inserted_at, version)
-        return [k for k in dict.fromkeys(self._inserted[start:]) if k in self._tokens]
+        latest = dict.fromkeys(reversed(self._inserted[start:]))  # each key at its last insert
+        return [k for k in reversed(latest) if k in self._tokens]
 
     @property
     def max_tokens(self) -> int:
@@ -142,6 +144,17 @@ class CatalogTrie:
         self._lengths[len(tokens)] += 1
         self._inserted.append(key)
         self._inserted_at.append(self.version)
+        if len(self._inserted) > 2 * len(self._tokens) + 64:
+            self._compact_log()
+
+    def _compact_log(self) -> None:
+        """Keep each held key's latest insert only. :meth:`added_since` answers the same for
+        every version: an earlier insert of a key inserted again is covered by the later one,
+        and a key no longer held is never reported."""
+        latest = dict(zip(self._inserted, self._inserted_at))
+        kept = sorted((v, k) for k, v in latest.items() if k in self._tokens)
+        self._inserted = [k for _, k in kept]
+        self._inserted_at = [v for v, _ in kept]
 
     def remove(self, key: int) -> None:
         """Remove one item (KeyError when absent)."""
