@@ -100,17 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     ex = prepare(cfg, ds).examples
     lis = run_lis(cfg, None, ds, build_index(cfg, ds))
     cands = lis.ranked[:, :n]
-    t0 = time.perf_counter()
-    gen = make_generator(cfg, args.adapter, ds.catalog.texts(), args.prior_table)
-    table = gen.prior_table() if args.prior_table is not None else None
-
-    def priors_of(keys: list[int]) -> list[float]:
-        if table is None:
-            return gen.prior_logprobs([ds.catalog.text(k) for k in keys])
-        return [float(table.edges(gen.trie.path(gen.trie.tokens(k))).sum()) for k in keys]
-
-    prompts = dict(test_prompts(ex, ds.catalog, gen.tokenizer, cfg.prompt,
-                                reserve=cfg.generate.max_new_tokens))
     # What a user's scores depend on: not the draw of users (evaluate), so draws share them.
     dump = cfg.model_dump(mode="json")
     meta = {"adapter_sha256": files_sha256(args.adapter), "candidates": n, "bf16": cfg.generate.bf16,
@@ -126,24 +115,35 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(u)
     print(f"{len(ex) - len(todo)} of {len(ex)} users scored already; scoring {len(todo)}", flush=True)
-    with torch.inference_mode():
-        for b, s in enumerate(range(0, len(todo), 4)):
-            part = todo[s:s + 4]
-            ids, mask = gen.pad_left(gen.encode([prompts[ex[u].user_id] for u in part]))
-            slots = [(r, u, j) for r, u in enumerate(part) for j in range(n) if cands[u, j] >= 0]
-            pairs = [(r, list(gen.trie.tokens(int(cands[u, j])))) for r, u, j in slots]
-            scored = gen.item_logprobs(ids, mask, pairs, gen.prefill(ids, mask))
-            priors = priors_of([int(cands[u, j]) for _, u, j in slots])
-            for (_, u, j), (value, count), pr in zip(slots, scored, priors):
-                lp[u, j], ntok[u, j], prior[u, j] = value, count, pr
-            for u in part:
-                kept.users[ex[u].user_id] = (cands[u].copy(), lp[u], ntok[u], prior[u])
-            last = s + 4 >= len(todo)
-            if b % 10 == 9 or last:
-                kept.save(scores_file, meta)
-            if b % 10 == 9 or last:
-                print(f"{min(s + 4, len(todo))} of {len(todo)} users scored, "
-                      f"{(time.perf_counter() - t0) / min(s + 4, len(todo)):.2f} s/user", flush=True)
+    t0 = time.perf_counter()
+    if todo:  # the model is loaded only when some user is still to be scored
+        gen = make_generator(cfg, args.adapter, ds.catalog.texts(), args.prior_table)
+        table = gen.prior_table() if args.prior_table is not None else None
+
+        def priors_of(keys: list[int]) -> list[float]:
+            if table is None:
+                return gen.prior_logprobs([ds.catalog.text(k) for k in keys])
+            return [float(table.edges(gen.trie.path(gen.trie.tokens(k))).sum()) for k in keys]
+
+        prompts = dict(test_prompts([ex[u] for u in todo], ds.catalog, gen.tokenizer, cfg.prompt,
+                                    reserve=cfg.generate.max_new_tokens))
+        with torch.inference_mode():
+            for b, s in enumerate(range(0, len(todo), 4)):
+                part = todo[s:s + 4]
+                ids, mask = gen.pad_left(gen.encode([prompts[ex[u].user_id] for u in part]))
+                slots = [(r, u, j) for r, u in enumerate(part) for j in range(n) if cands[u, j] >= 0]
+                pairs = [(r, list(gen.trie.tokens(int(cands[u, j])))) for r, u, j in slots]
+                scored = gen.item_logprobs(ids, mask, pairs, gen.prefill(ids, mask))
+                priors = priors_of([int(cands[u, j]) for _, u, j in slots])
+                for (_, u, j), (value, count), pr in zip(slots, scored, priors):
+                    lp[u, j], ntok[u, j], prior[u, j] = value, count, pr
+                for u in part:
+                    kept.users[ex[u].user_id] = (cands[u].copy(), lp[u], ntok[u], prior[u])
+                done = min(s + 4, len(todo))
+                if b % 10 == 9 or done == len(todo):  # every 40 users, and at the end
+                    kept.save(scores_file, meta)
+                    print(f"{done} of {len(todo)} users scored, "
+                          f"{(time.perf_counter() - t0) / done:.2f} s/user", flush=True)
     seconds = time.perf_counter() - t0
     target = np.array([e.target for e in ex])
 
