@@ -353,12 +353,13 @@ def test_pipeline_workers_give_the_same_grounded_texts(tmp_path: Path, tiny_lm_d
 def test_the_insertion_log_stays_short_under_churn_and_answers_the_same(
         peaky_lm: tuple[Any, Any]) -> None:
     """A live catalog replacing and removing the same items: the log behind added_since is
-    compacted, and added_since(v) still names every held key inserted after v, oldest first."""
+    compacted, and added_since(v) still names every held key inserted after v, in the order of
+    its latest insert."""
     _, tok = peaky_lm
     texts = catalog_texts(12, seed=3)
     trie = CatalogTrie.from_texts(tok, texts[:6])
     rng = random.Random(0)
-    inserted: list[tuple[int, int]] = [(k, v + 1) for k, v in zip(range(6), range(6))]
+    inserted = [(k, k + 1) for k in range(6)]  # (key, the version its insert made)
     for _ in range(400):
         key = rng.randrange(10)
         if key in trie and rng.random() < 0.3:
