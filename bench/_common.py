@@ -84,17 +84,19 @@ def reset_peak_rss() -> None:
 def matmul_flops(threads: int, bf16: bool = False, shape: tuple[int, int, int] = (1024, 576, 1536),
                  seconds: float = 3.0, clock: Callable[[], float] = time.perf_counter) -> float:
     """FLOP/s of F.linear at one of SmolLM2's own shapes (rows x hidden -> MLP width), in fp32
-    or under bf16 autocast: the rate a FLOP bound divides by. `clock`: time.process_time gives
-    FLOPs per CPU second, the rate a bound on CPU time divides by on a busy machine."""
+    or in bf16 (inputs and weights already bf16: the matmul's own rate; autocast over fp32
+    weights pays a cast of the weight at every call on top): the rate a FLOP bound divides by.
+    `clock`: time.process_time gives FLOPs per CPU second, the rate a bound on CPU time divides
+    by on a busy machine."""
     import torch
 
     torch.set_num_threads(threads)
     rows, k, n = shape
-    x, w = torch.randn(rows, k), torch.randn(n, k)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    x, w = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            torch.nn.functional.linear(x, w)
+        torch.nn.functional.linear(x, w)
 
     for _ in range(3):
         step()

@@ -29,9 +29,10 @@ s/user.
 Per glossrec-loop arm, a FLOP bound: the searches count the tokens they run (prefill tokens,
 beam rows, prior rows) and the keys attention reads; FLOPs = 2 x non-embedding parameters per
 token + 2 x vocabulary x hidden per row projected onto the vocabulary + 4 x layers x heads x
-head dim per key read, and the bound is FLOPs / the machine's fp32 matmul rate at --threads
+head dim per key read, and the bound is FLOPs / the machine's matmul rate at --threads
 (``_common.matmul_flops``, measured once before the arms). The table gives GFLOP/user, the
-bound s/user and s/user over the bound; on a busy machine, CPU s/user over the CPU-time bound
+bound s/user and s/user over the bound (``--bf16``: generate.bf16 in every arm, and the bf16
+matmul rate); on a busy machine, CPU s/user over the CPU-time bound
 (the same FLOPs at the matmul rate per CPU second) is the comparable figure.
 
 Per arm: generation s/user and CPU s/user, load time (model, and for grounded arms the trie),
@@ -97,7 +98,7 @@ def make_config(args: argparse.Namespace, arm: str) -> Any:
     return load_config(None, {
         "data": {"path": str(args.data)},
         "model": {"name": EMBEDDED_LLM},
-        "generate": {"batch_size": args.batch_size, **ARMS[arm]},
+        "generate": {"batch_size": args.batch_size, "bf16": args.bf16, **ARMS[arm]},
         "retrieve": {"retriever": "bm25", "exclude_history": True},
         "prompt": {"max_history_items": args.max_history_items},
         # Validation users: quality figures here may inform choices, so never test users.
@@ -310,8 +311,8 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
         "threads": args.threads, "batch_size": args.batch_size, "users": args.users,
         "first": args.first, "reference": str(args.reference) if args.reference else None,
         "one_process": args.one_process, "rounds": args.rounds,
-        "matmul_gflops_fp32": rates["wall"] / 1e9,
-        "matmul_gflops_fp32_per_cpu_s": rates["cpu"] / 1e9,
+        "bf16": args.bf16, "matmul_dtype": "bf16" if args.bf16 else "fp32",
+        "matmul_gflops": rates["wall"] / 1e9, "matmul_gflops_per_cpu_s": rates["cpu"] / 1e9,
         "adapter": str(args.adapter) if args.adapter else None, "data": str(args.data),
         "rows": rows,
         "texts": {arm: dict(list(r["texts"].items())[:3]) for arm, r in results.items()},
@@ -335,8 +336,8 @@ def print_table(summary: dict[str, Any]) -> None:
             ("CPU s / CPU bound", "cpu_over_bound", "{:.2f}")]
     print_columns(summary["rows"], cols)
     print(f"\n{summary['users']} users, {summary['threads']} thread(s), batch {summary['batch_size']}, "
-          f"fp32 matmul {summary['matmul_gflops_fp32']:.1f} GFLOP/s "
-          f"({summary['matmul_gflops_fp32_per_cpu_s']:.1f} per CPU second), "
+          f"{summary['matmul_dtype']} matmul {summary['matmul_gflops']:.1f} GFLOP/s "
+          f"({summary['matmul_gflops_per_cpu_s']:.1f} per CPU second), "
           f"{'one process, ' + str(summary['rounds']) + ' round(s), ' if summary['one_process'] else ''}"
           f"load average before/after {summary['loadavg_before_after']} on {summary['cpus']} CPUs, "
           f"commit {summary['git']['commit'][:10]}{' (dirty)' if summary['git']['dirty'] else ''}")
@@ -368,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-table-file", type=Path, default=None,
                     help="keep the grounded-prior-table arm's table here between runs (its "
                          "making is then timed only when the file lacks items)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="generate.bf16 in every arm (bf16 weights; on CPUs with native bf16): "
+                         "the bound then divides by the bf16 matmul rate")
+    ap.add_argument("--save-texts", type=Path, default=None,
+                    help="write each arm's texts here as ARM.jsonl (a later run's --reference)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/grounded.json")
     ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -384,10 +390,10 @@ def main(argv: list[str] | None = None) -> int:
 
     load = [list(os.getloadavg())]
     log.info("%d users, arms %s", args.users, ", ".join(arms))
-    rates = {"wall": matmul_flops(args.threads),
-             "cpu": matmul_flops(args.threads, clock=time.process_time)}
-    log.info("fp32 matmul rate at %d thread(s): %.1f GFLOP/s, %.1f per CPU second",
-             args.threads, rates["wall"] / 1e9, rates["cpu"] / 1e9)
+    rates = {"wall": matmul_flops(args.threads, args.bf16),
+             "cpu": matmul_flops(args.threads, args.bf16, clock=time.process_time)}
+    log.info("%s matmul rate at %d thread(s): %.1f GFLOP/s, %.1f per CPU second",
+             "bf16" if args.bf16 else "fp32", args.threads, rates["wall"] / 1e9, rates["cpu"] / 1e9)
     with tempfile.TemporaryDirectory(prefix="glossrec-bench-grounded-") as tmp:
         if args.one_process:
             results = run_arms(arms, args, Path(tmp), args.rounds)
@@ -396,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     load.append(list(os.getloadavg()))
     summary = summarize(args, results, quality(args, results), load, rates)
     write_json(args.out, summary)
+    if args.save_texts:
+        from glossrec.generate.store import write_generations
+
+        for arm, res in results.items():
+            write_generations(args.save_texts / f"{arm}.jsonl", list(res["texts"].items()))
     print_table(summary)
     log.info("wrote %s", args.out)
     return 0

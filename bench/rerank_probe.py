@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scores", type=Path, default=None,
                    help="keep the LM's scores per user here and resume from it (default: "
                         "runs/rerank_probe/<adapter sha256[:12]>-top<N>.npz)")
+    p.add_argument("--bf16", action="store_true",
+                   help="generate.bf16: bf16 weights (CPUs with native bf16); kept apart from "
+                        "fp32 scores (its own --scores file and prior table)")
     p.add_argument("--json", type=Path, default=RESULTS / "rerank_probe.json")
     args = p.parse_args(argv)
 
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     n = args.candidates
     cfg = load_config(args.config, {"evaluate.split": "valid", "evaluate.users": args.valid_users,
                                     "evaluate.cutoffs": [5, n], "evaluate.user_seed": args.seed,
-                                    "generate.prior_table": args.prior_table is not None})
+                                    "generate.prior_table": args.prior_table is not None,
+                                    "generate.bf16": args.bf16})
     ds = load_data(cfg)
     ex = prepare(cfg, ds).examples
     lis = run_lis(cfg, None, ds, build_index(cfg, ds))
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     dump = cfg.model_dump(mode="json")
     meta = {"adapter_sha256": files_sha256(args.adapter), "candidates": n, "bf16": cfg.generate.bf16,
             "config": {k: dump[k] for k in ("data", "split", "prompt", "model", "retrieve")}}
-    scores_file = args.scores or ROOT / "runs" / "rerank_probe" / f"{meta['adapter_sha256'][:12]}-top{n}.npz"
+    name = f"{meta['adapter_sha256'][:12]}-top{n}{'-bf16' if args.bf16 else ''}.npz"
+    scores_file = args.scores or ROOT / "runs" / "rerank_probe" / name
     kept = Scores.load(scores_file, meta)
     lp, ntok, prior = (np.full((len(ex), n), -1e9), np.ones((len(ex), n)), np.zeros((len(ex), n)))
     todo = []

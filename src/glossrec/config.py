@@ -242,7 +242,8 @@ class GenerateConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     """transformers (CPU and GPU) or vLLM (GPU; extra glossrec[vllm])."""
     bf16: bool = False
-    """bf16 autocast; fp32 is exact. Use it on GPUs or CPUs with AVX512-BF16 or AMX.
+    """bf16 weights (float32 ones cast once, after the adapter is merged) and autocast; fp32 is
+    exact. Use it on GPUs or CPUs with AVX512-BF16 or AMX.
 
     bf16 changes some users' texts, and on a CPU without bf16 units it is emulated and slower
     (docs/results.md, "Generation speed")."""

@@ -296,6 +296,27 @@ def test_config_errors_and_vllm_refuses(peaky_lm: tuple[Any, Any], tiny_lm_dir: 
     assert gen.prior_prompt == PAPER_TEMPLATE.format(history="", target="")
 
 
+def test_bf16_generation_casts_the_weights_once_and_still_grounds(tiny_lm_dir: Path) -> None:
+    """generate.bf16: the loaded weights become bf16 (autocast alone would cast every float32
+    weight at every matmul); the grounded search with the prior still returns catalog items.
+    float32 otherwise."""
+    from glossrec.config import ModelConfig, RunConfig
+    from glossrec.generate import make_generator
+
+    texts = ["Title: gel", "Title: comb", "Title: hair gel"]
+    dtypes, lists = {}, {}
+    for bf16 in (False, True):
+        cfg = RunConfig(model=ModelConfig(name=str(tiny_lm_dir), load_in_4bit=False),
+                        generate=GenerateConfig(constrain="catalog", prior_weight=1.0,
+                                                num_beams=3, num_return=3, bf16=bf16))
+        gen = make_generator(cfg, None, texts)
+        dtypes[bf16] = {p.dtype for p in gen.model.parameters()}
+        lists[bf16] = gen.generate(["Title: gel\nTitle: comb\n"], exclude=[[0]])[0]
+    assert dtypes == {False: {torch.float32}, True: {torch.bfloat16}}
+    for found in lists.values():
+        assert found and set(found) <= set(texts[1:])   # catalog items, the history's excluded
+
+
 # ---- the pipeline stage: workers, exclusions, fingerprint --------------------------------------
 
 

@@ -22,7 +22,8 @@ from glossrec.generate.base import Generator
 from glossrec.io import atomic_write
 from glossrec.progress import bars_on
 
-__all__ = ["generate_batches", "generate_to_file", "read_generations", "write_part"]
+__all__ = ["generate_batches", "generate_to_file", "read_generations", "write_generations",
+           "write_part"]
 
 
 @dataclass
@@ -164,6 +165,14 @@ def read_generations(path: Path) -> dict[str, list[str]]:
     if not path.exists():
         raise DataError("file not found", path)
     return _scan(path).done
+
+
+def write_generations(path: Path, rows: Sequence[tuple[str, list[str]]]) -> Path:
+    """A whole generations file (user_id -> texts, in `rows`' order), all or nothing."""
+    with atomic_write(Path(path)) as f:
+        for uid, texts in rows:
+            f.write(_line(uid, texts))
+    return Path(path)
 
 
 # --- part files of distributed generation ---------------------------------------------------
