@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_columns, reset_peak_rss, rss_mb  # noqa: E402
+from _common import ROOT, matmul_flops, print_columns, reset_peak_rss, rss_mb  # noqa: E402
 
 
 @dataclass
@@ -155,30 +155,6 @@ def _timed(gen: Any, prompts: list[str], one_by_one: bool = False
 
 
 # --- driver ----------------------------------------------------------------------------------
-
-
-def matmul_flops(threads: int, dtype: str, shape: tuple[int, int, int] = (256, 576, 1536),
-                 seconds: float = 1.5) -> float:
-    """FLOP/s of F.linear at one of the model's own shapes (rows x hidden -> MLP width), fp32 or
-    under bf16 autocast (as the generator runs it); CPUs without bf16 units are slow at bf16."""
-    import torch
-
-    torch.set_num_threads(threads)
-    rows, k, n = shape
-    x, w = torch.randn(rows, k), torch.randn(n, k)
-    enabled = dtype == "bfloat16"
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-            torch.nn.functional.linear(x, w)
-
-    for _ in range(3):
-        step()
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        reps += 1
-    return 2 * rows * k * n * reps / (time.perf_counter() - t0)
 
 
 def build_prompts(data: Path, users: int, seed: int) -> list[tuple[str, str]]:
@@ -314,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     load = [round(os.getloadavg()[0], 2)]
     items = build_prompts(args.data, args.users, args.seed)
     prompts = [p for _, p in items]
-    flops = {dt: matmul_flops(args.threads, dt) for dt in ("float32", "bfloat16")}
+    flops = {dt: matmul_flops(args.threads, dt == "bfloat16", shape=(256, 576, 1536))
+             for dt in ("float32", "bfloat16")}
     default_bs = GenerateConfig().batch_size
     specs = [RunSpec("naive", 1, share_prefill=False)]
     specs += [RunSpec(f"bs{b}", b) for b in (int(x) for x in args.batch_sizes.split(","))]
