@@ -11,6 +11,11 @@ ceiling of any re-ranking.
   .venv/bin/python bench/rerank_probe.py --config configs/gloss-shipped-beauty.toml \
       --adapter src/glossrec/shipped/smollm2-beauty --candidates 20 --prior-table FILE
 
+Once an ordering is chosen on validation users, ``--test ORDERING`` scores the config's fixed
+test users (evaluate.users, evaluate.user_seed) with it, once, and reports only it against
+LIS-BM25 under both history rules (paired bootstrap CIs of R@5 and N@5); its scores are kept
+apart from the validation users' (a user's test example is another prompt).
+
 Writes bench/results/rerank_probe.json (--json). With --prior-table FILE the priors are read from
 a prior table (glossrec.generate.prior_table; made there on the first run, about 30 min for
 Beauty on 2 cores, then reused) instead of one more teacher-forced pass per candidate.
@@ -68,6 +73,78 @@ class Scores:
             np.savez(f, users=np.asarray(ids), meta=np.asarray(json.dumps(meta)), **cols)
 
 
+LIS_ORDER = "LIS-BM25 (its own order)"
+
+
+def orderings(lp: np.ndarray, ntok: np.ndarray, prior: np.ndarray) -> dict[str, np.ndarray]:
+    """Every ordering of the N candidates [users, N] (indices into them, best first) that the
+    probe compares: LIS's own, the LM's per token or summed at prior weights 0..1, and the LM per
+    token fused with LIS's rank (RRF, k = 60). Summed PMI at weight w orders by
+    log p(item | prompt) - w log p(item | no history)."""
+    users, n = lp.shape
+    orders = {LIS_ORDER: np.tile(np.arange(n), (users, 1))}
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        per_tok = (lp - w * prior) / ntok
+        orders[f"LM, prior weight {w}, per token"] = np.argsort(-per_tok, axis=1, kind="stable")
+        orders[f"LM, prior weight {w}, summed"] = np.argsort(-(lp - w * prior), axis=1, kind="stable")
+        lm_rank = np.argsort(np.argsort(-per_tok, axis=1, kind="stable"), axis=1)
+        fused = 1 / (60 + lm_rank) + 1 / (60 + np.arange(n))[None, :]
+        orders[f"LM per token (w {w}) + LIS rank, RRF"] = np.argsort(-fused, axis=1, kind="stable")
+    return orders
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, draws: int = 2000) -> list[float]:
+    """95% paired bootstrap CI of mean(a - b) over users (seed 0)."""
+    idx = np.random.default_rng(0).integers(0, len(a), (draws, len(a)))
+    return [float(x) for x in np.percentile((a - b)[idx].mean(1), [2.5, 97.5])]
+
+
+def report_test(args: argparse.Namespace, cfg: Any, ds: Any, ex: list[Any],
+                orders: dict[str, np.ndarray], top5_position: Any, seconds: float, scored: int,
+                before: dict[str, Any]) -> int:
+    """The one ordering chosen on validation users against LIS-BM25 on the test users, under
+    both history rules: R@5 and N@5 with paired bootstrap CIs of the differences."""
+    from glossrec.pipeline import build_index, run_lis
+
+    if args.test not in orders:
+        raise SystemExit(f"--test: unknown ordering {args.test!r}; one of: {', '.join(orders)}")
+    kept = run_lis(cfg.updated(retrieve={"exclude_history": False}), None, ds,
+                   build_index(cfg, ds))
+    at = {u: i for i, u in enumerate(kept.user_ids)}
+    rows = [e.user_id for e in ex]
+    per_user = {"LIS-BM25, history kept": {
+        m: np.asarray(kept.per_user[m])[[at[u] for u in rows]] for m in ("recall@5", "ndcg@5")}}
+    for name in (LIS_ORDER, args.test):
+        pos = top5_position(orders[name])
+        per_user[name] = {"recall@5": (pos >= 0).astype(float),
+                          "ndcg@5": np.where(pos >= 0, 1 / np.log2(np.maximum(pos, 0) + 2), 0.0)}
+    chosen = per_user[args.test]
+    versus = {"LIS-BM25, history excluded": per_user[LIS_ORDER],
+              "LIS-BM25, history kept": per_user["LIS-BM25, history kept"]}
+    print(f"{len(ex)} test users, LIS-BM25's top {args.candidates} (history excluded) re-ranked by: "
+          f"{args.test}; {scored} scored by this run; load average {before['load_avg_1m']} before")
+    print("| run | R@5 | N@5 |")
+    for name, m in per_user.items():
+        print(f"| {name} | {m['recall@5'].mean():.4f} | {m['ndcg@5'].mean():.4f} |")
+    diffs = {}
+    for name, m in versus.items():
+        diffs[name] = {k: {"difference": float((chosen[k] - m[k]).mean()),
+                           "ci95": paired_ci(chosen[k], m[k])} for k in ("recall@5", "ndcg@5")}
+        d = diffs[name]
+        print(f"re-ranked - {name}: R@5 {d['recall@5']['difference']:+.4f} "
+              f"[{d['recall@5']['ci95'][0]:+.4f}, {d['recall@5']['ci95'][1]:+.4f}], N@5 "
+              f"{d['ndcg@5']['difference']:+.4f} [{d['ndcg@5']['ci95'][0]:+.4f}, "
+              f"{d['ndcg@5']['ci95'][1]:+.4f}]")
+    write_results(args.json, {
+        "adapter": str(args.adapter), "candidates": args.candidates, "split": "test",
+        "users": len(ex), "user_seed": cfg.evaluate.user_seed, "ordering": args.test,
+        "scored_by_this_run": scored, "s_per_user": seconds / scored if scored else None,
+        "metrics": {name: {k: float(v.mean()) for k, v in m.items()}
+                    for name, m in per_user.items()},
+        "reranked_minus": diffs, "users_ids": rows}, before)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "smollm2-beauty.toml")
@@ -83,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16", action="store_true",
                    help="generate.bf16: bf16 weights (CPUs with native bf16); kept apart from "
                         "fp32 scores (its own --scores file and prior table)")
+    p.add_argument("--test", metavar="ORDERING", default=None,
+                   help="score the config's fixed test users (evaluate.users, evaluate.user_seed) "
+                        "once, with this ordering chosen on validation users: it against LIS-BM25 "
+                        "with history excluded and kept, paired CIs; no other ordering is shown")
     p.add_argument("--json", type=Path, default=RESULTS / "rerank_probe.json")
     args = p.parse_args(argv)
 
@@ -96,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
 
     before = machine()
     n = args.candidates
-    cfg = load_config(args.config, {"evaluate.split": "valid", "evaluate.users": args.valid_users,
-                                    "evaluate.cutoffs": [5, n], "evaluate.user_seed": args.seed,
+    users = ({} if args.test else {"evaluate.split": "valid", "evaluate.users": args.valid_users,
+                                   "evaluate.user_seed": args.seed})
+    cfg = load_config(args.config, {**users, "evaluate.cutoffs": [5, n],
                                     "generate.prior_table": args.prior_table is not None,
                                     "generate.bf16": args.bf16})
+    if args.test and cfg.evaluate.split != "test":
+        raise SystemExit(f"--test: {args.config} evaluates the {cfg.evaluate.split} split")
     ds = load_data(cfg)
     ex = prepare(cfg, ds).examples
     lis = run_lis(cfg, None, ds, build_index(cfg, ds))
@@ -108,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     dump = cfg.model_dump(mode="json")
     meta = {"adapter_sha256": files_sha256(args.adapter), "candidates": n, "bf16": cfg.generate.bf16,
             "config": {k: dump[k] for k in ("data", "split", "prompt", "model", "retrieve")}}
-    name = f"{meta['adapter_sha256'][:12]}-top{n}{'-bf16' if args.bf16 else ''}.npz"
+    if args.test:  # a user's test example is not their validation example
+        meta["split"] = "test"
+    name = (f"{meta['adapter_sha256'][:12]}-top{n}{'-bf16' if args.bf16 else ''}"
+            f"{'-test' if args.test else ''}.npz")
     scores_file = args.scores or ROOT / "runs" / "rerank_probe" / name
     kept = Scores.load(scores_file, meta)
     lp, ntok, prior = (np.full((len(ex), n), -1e9), np.ones((len(ex), n)), np.zeros((len(ex), n)))
@@ -160,23 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             out[u] = where[0] if len(where) else -1
         return out
 
-    orders = {"LIS-BM25 (its own order)": np.tile(np.arange(n), (len(ex), 1))}
-    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
-        per_tok = (lp - w * prior) / ntok
-        orders[f"LM, prior weight {w}, per token"] = np.argsort(-per_tok, axis=1, kind="stable")
-        orders[f"LM, prior weight {w}, summed"] = np.argsort(-(lp - w * prior), axis=1, kind="stable")
-        lm_rank = np.argsort(np.argsort(-per_tok, axis=1, kind="stable"), axis=1)
-        fused = 1 / (60 + lm_rank) + 1 / (60 + np.arange(n))[None, :]
-        orders[f"LM per token (w {w}) + LIS rank, RRF"] = np.argsort(-fused, axis=1, kind="stable")
+    orders = orderings(lp, ntok, prior)
+    if args.test:
+        return report_test(args, cfg, ds, ex, orders, top5_position, seconds, len(todo), before)
     pos = {name: top5_position(order) for name, order in orders.items()}
     recall = {name: (p >= 0).astype(float) for name, p in pos.items()}
     ndcg = {name: np.where(p >= 0, 1 / np.log2(np.maximum(p, 0) + 2), 0.0) for name, p in pos.items()}
     ceiling = float(np.mean([target[u] in cands[u] for u in range(len(ex))]))
     # Paired bootstrap 95% CI of each ordering's R@5 minus LIS's, over users.
-    draws = np.random.default_rng(0).integers(0, len(ex), (2000, len(ex)))
-    base = recall["LIS-BM25 (its own order)"]
-    ci = {name: [float(x) for x in np.percentile((h - base)[draws].mean(1), [2.5, 97.5])]
-          for name, h in recall.items()}
+    ci = {name: paired_ci(h, recall[LIS_ORDER]) for name, h in recall.items()}
     per_user = seconds / len(todo) if todo else None
     speed = f" at {per_user:.2f} s/user" if per_user is not None else ""
     print(f"{len(ex)} validation users (seed {args.seed}), LIS-BM25 top {n} (R@{n} = {ceiling:.3f}), "
