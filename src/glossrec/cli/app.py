@@ -41,7 +41,7 @@ app = typer.Typer(
 
 THIRD_PARTY = ("transformers", "huggingface_hub", "sentence_transformers", "peft", "accelerate",
                "torch", "bm25s", "faiss", "urllib3", "httpx", "filelock", "ray", "bitsandbytes",
-               "ranx", "numba")
+               "kernels", "ranx", "numba")
 """Loggers (and warning-issuing modules) of libraries glossrec drives."""
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # hub downloads, and transformers' bars ("Loading weights")
