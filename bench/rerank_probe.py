@@ -93,6 +93,15 @@ def orderings(lp: np.ndarray, ntok: np.ndarray, prior: np.ndarray) -> dict[str, 
     return orders
 
 
+def at5(pos: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-user R@5 and N@5 from the target's place in a top 5 (0-4, or -1), by glossrec's
+    own metric functions."""
+    from glossrec.evaluate import ndcg_at, recall_at
+
+    ranks = np.where(pos >= 0, pos + 1.0, np.inf)
+    return {"recall@5": recall_at(ranks, 5), "ndcg@5": ndcg_at(ranks, 5)}
+
+
 def paired_ci(a: np.ndarray, b: np.ndarray, draws: int = 2000) -> list[float]:
     """95% paired bootstrap CI of mean(a - b) over users (seed 0)."""
     idx = np.random.default_rng(0).integers(0, len(a), (draws, len(a)))
@@ -115,9 +124,7 @@ def report_test(args: argparse.Namespace, cfg: Any, ds: Any, ex: list[Any],
     per_user = {"LIS-BM25, history kept": {
         m: np.asarray(kept.per_user[m])[[at[u] for u in rows]] for m in ("recall@5", "ndcg@5")}}
     for name in (LIS_ORDER, args.test):
-        pos = top5_position(orders[name])
-        per_user[name] = {"recall@5": (pos >= 0).astype(float),
-                          "ndcg@5": np.where(pos >= 0, 1 / np.log2(np.maximum(pos, 0) + 2), 0.0)}
+        per_user[name] = at5(top5_position(orders[name]))
     chosen = per_user[args.test]
     versus = {"LIS-BM25, history excluded": per_user[LIS_ORDER],
               "LIS-BM25, history kept": per_user["LIS-BM25, history kept"]}
@@ -251,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.test:
         return report_test(args, cfg, ds, ex, orders, top5_position, seconds, len(todo), before)
     pos = {name: top5_position(order) for name, order in orders.items()}
-    recall = {name: (p >= 0).astype(float) for name, p in pos.items()}
-    ndcg = {name: np.where(p >= 0, 1 / np.log2(np.maximum(p, 0) + 2), 0.0) for name, p in pos.items()}
+    recall = {name: at5(p)["recall@5"] for name, p in pos.items()}
+    ndcg = {name: at5(p)["ndcg@5"] for name, p in pos.items()}
     ceiling = float(np.mean([target[u] in cands[u] for u in range(len(ex))]))
     # Paired bootstrap 95% CI of each ordering's R@5 minus LIS's, over users.
     ci = {name: paired_ci(h, recall[LIS_ORDER]) for name, h in recall.items()}
