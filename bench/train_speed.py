@@ -9,11 +9,16 @@ and the user/system CPU seconds of the timed steps:
   passed to attention, random batches, micro-batches never split, whole-text loss, every
   history item that fits;
 - ``label-pos``: the LM head only at label positions, no padding mask (SDPA's fused causal
-  kernel), length-grouped batches, micro-batches split above 1,024 tokens, freed memory
-  returned to the OS after each (whole-text loss);
+  kernel), length-grouped batches, micro-batches split above 1,024 tokens, freed memory kept
+  for the next micro-batch (whole-text loss);
 - ``target``: the same with target-only loss (the head runs on ~10% of positions);
 - ``target-h5``: and prompts of the newest 5 history items (``prompt.max_history_items``);
-- ``target-h5-bf16``: and bf16 autocast (only where the CPU has native bf16);
+- ``target-h5-bf16``: and bf16 autocast (only where the CPU has native bf16), the frozen base
+  weights stored in bf16 (``train.bf16_weights``, the default);
+- ``full-h5-bf16``: the whole-text loss with the newest 5 items in bf16 (the recipe of the
+  whole-text lineage), ``full-h5-bf16-castw`` the same with float32 base weights that
+  autocast casts at every call (``train.bf16_weights = false``), and ``full-h5-bf16-trim``
+  with freed memory returned to the OS after every micro-batch (``train.trim_memory``);
 - ``target-h5-4bit``: ``target-h5`` with the paper's QLoRA weights and optimizer: the base
   model loaded as 4-bit NF4 layers (``model.load_in_4bit = true``, bitsandbytes' CPU backend,
   float32 compute), which also turns on gradient checkpointing as the paper's setup does, and
@@ -38,6 +43,7 @@ Writes bench/results/train_speed.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -60,10 +66,16 @@ ARMS: dict[str, dict[str, Any]] = {
     "target-h5": {"loss": "target", "max_history_items": 5},
     "target-h5-bf16": {"loss": "target", "max_history_items": 5, "bf16": True},
     "target-h5-4bit": {"loss": "target", "max_history_items": 5, "load_in_4bit": True},
+    "full-h5-bf16": {"loss": "full", "max_history_items": 5, "bf16": True},
+    "full-h5-bf16-castw": {"loss": "full", "max_history_items": 5, "bf16": True,
+                           "bf16_weights": False},
+    "full-h5-bf16-trim": {"loss": "full", "max_history_items": 5, "bf16": True,
+                          "trim_memory": True},
 }
 
 
-def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: int = 4) -> None:
+def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: int = 4,
+           profile: int = 0) -> None:
     """One arm: train `steps` optimizer steps, time each, write a JSON summary to `out`."""
     import torch
 
@@ -81,7 +93,8 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: i
         # Where the loop's step and the validation loss look them up.
         loop.loss_sum = train_loss.loss_sum = (  # type: ignore[assignment]
             lambda m, b, d, **kw: full_logits(m, b, d, False, False))
-        loop._release_freed_memory = lambda: None  # type: ignore[assignment]
+        # glibc's defaults: large tensors mapped and unmapped at every micro-batch
+        loop.kept_freed_memory = contextlib.nullcontext  # type: ignore[assignment]
     cfg = load_config(None, {
         "data.path": str(data),
         "model": {"name": "embedded:smollm2", "load_in_4bit": spec.pop("load_in_4bit", False)},
@@ -104,13 +117,21 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: i
 
     loop._optimizer = recorded  # type: ignore[assignment]
     marks: list[tuple[float, Any]] = []
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
 
     def on_step(state: Any) -> None:
         marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)))
+        if prof is not None and len(marks) == 1:
+            prof.start()  # the timed steps only
+        elif prof is not None and len(marks) == steps:
+            prof.stop()
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result = tr.train(cfg, Path(tmp) / "run", pairs, (), on_step=on_step)
+    top: list[dict[str, Any]] = []
+    if prof is not None and len(marks) > 1:
+        top = _top_ops(prof, profile)
     hist = [h for h in result.history if "loss" in h]
     (w0, u0), (w1, u1) = marks[0], marks[-1]  # timed: steps 2..N
     timed = hist[1:]
@@ -128,8 +149,16 @@ def worker(arm: str, data: Path, steps: int, seed: int, out: Path, grad_accum: i
         "threads": torch.get_num_threads(), "setup_s": marks[0][0] - t0 if marks else None,
         "optimizer": optimizers[0] if optimizers else None, "grad_accum": grad_accum,
         "linear4bit_layers": _linear4bit_layers(result.model),
+        "profile": top,
     }
     out.write_text(json.dumps(summary))
+
+
+def _top_ops(prof: Any, n: int) -> list[dict[str, Any]]:
+    """The `n` torch ops with the most self CPU time in the profiled steps (seconds, calls)."""
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "total_s": e.cpu_time_total / 1e6,
+             "calls": e.count} for e in rows[:n]]
 
 
 def _linear4bit_layers(model: Any) -> int:
@@ -160,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--json", type=Path, default=RESULTS / "train_speed.json")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile the timed steps (torch.profiler) and report each arm's N "
+                        "costliest ops by self CPU time (profiling slows the steps a little)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.data, args.steps, args.seed, args.out, args.grad_accum)
+        worker(args.worker, args.data, args.steps, args.seed, args.out, args.grad_accum,
+               args.profile)
         return 0
     if not (args.data / "sequences.jsonl.gz").exists() and not (args.data / "sequences.jsonl").exists():
         print(f"{args.data}: no dataset here (see ../shared/data/amazon2014/README)", file=sys.stderr)
@@ -181,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"{arm}.json"
             subprocess.run([sys.executable, __file__, "--worker", arm, "--out", str(out),
                             "--data", str(args.data), "--steps", str(args.steps),
-                            "--seed", str(args.seed), "--grad-accum", str(args.grad_accum)],
+                            "--seed", str(args.seed), "--grad-accum", str(args.grad_accum),
+                            "--profile", str(args.profile)],
                            check=True, cwd=ROOT,
                            env={**os.environ, "TQDM_DISABLE": "1"})
             r = json.loads(out.read_text())
@@ -212,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['padded_tokens'] / r['examples']:.0f} | {r['sys_s']:.0f} / {r['user_s']:.0f} | "
               f"{r['peak_rss_mb']:.0f} | {r['bound_examples_per_s']:.2f} | "
               f"{r['fraction_of_bound']:.0%} | {r['optimizer']} |")
+    for arm, r in results.items():
+        if r["profile"]:
+            print(f"\n{arm}: the costliest ops of the timed steps ({r['seconds']:.1f} s)")
+            print("| op | self s | total s | calls |\n|---|---:|---:|---:|")
+            for o in r["profile"]:
+                print(f"| {o['op']} | {o['self_s']:.2f} | {o['total_s']:.2f} | {o['calls']} |")
     if fp32 and four:
         ratio = four["vs_fp32_lora"]
         print(f"\n4-bit QLoRA against fp32 LoRA: {ratio['examples_per_s']:.2f}x the examples/s, "

@@ -478,3 +478,51 @@ def test_validation_loss_of_an_adapter_is_the_loss_its_run_recorded(tiny_lm_dir:
     again = cfg.updated(train={"init_adapter": str(res.adapter_dir)})
     assert validation_loss(again) == pytest.approx(recorded[0], rel=1e-5)
     assert validation_loss(cfg) != pytest.approx(recorded[0], rel=1e-3)  # the base model's
+
+
+def test_frozen_linears_to_bf16_casts_only_the_frozen_base(tiny_lm_dir: Path) -> None:
+    from glossrec.config import LoraConfig
+    from glossrec.models import apply_lora
+    from glossrec.train.optim import frozen_linears_to_bf16
+
+    model, _ = load_model(helper.config(tiny_lm_dir).model, trainable=True, device="cpu")
+    model = apply_lora(model, LoraConfig(r=4, alpha=8), seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    restore = frozen_linears_to_bf16(model)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+    assert all(dtypes[n] == torch.float32 for n in dtypes if "lora_" in n)  # the optimizer's
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32  # tied head
+    assert sum(d == torch.bfloat16 for d in dtypes.values()) == 7 * model.config.num_hidden_layers
+    restore()
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), before[n]), n
+
+
+def test_bf16_frozen_weights_train_the_curve_autocast_trains(tiny_lm_dir: Path, tok,
+                                                             tmp_path: Path) -> None:
+    """The weights cast once round as autocast's cast at every call does: the same losses, and
+    the trained model comes back with its float32 base weights."""
+    data = helper.pairs(tok, 8)
+    cast = train(helper.config(tiny_lm_dir, max_steps=3, bf16=True, bf16_weights=False),
+                 tmp_path / "a", data)
+    kept = train(helper.config(tiny_lm_dir, max_steps=3, bf16=True), tmp_path / "b", data)
+    fp32 = train(helper.config(tiny_lm_dir, max_steps=3), tmp_path / "c", data)
+    losses = [[r["loss"] for r in run.history] for run in (cast, kept, fp32)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[2] != pytest.approx(losses[0], rel=1e-5)  # bf16 does change the numbers
+    assert {p.dtype for p in kept.model.parameters()} == {torch.float32}
+
+
+def test_kept_or_trimmed_memory_trains_the_same(tiny_lm_dir: Path, tok, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from glossrec.train import batching
+
+    data = helper.pairs(tok, 8)
+    kept = train(helper.config(tiny_lm_dir, max_steps=2), tmp_path / "a", data)
+    trimmed = train(helper.config(tiny_lm_dir, max_steps=2, trim_memory=True), tmp_path / "b", data)
+    assert [r["loss"] for r in trimmed.history] == pytest.approx([r["loss"] for r in kept.history],
+                                                                  rel=1e-6)
+    monkeypatch.setattr(batching, "_glibc", lambda: None)  # no glibc: nothing to set
+    with batching.kept_freed_memory():
+        pass

@@ -176,6 +176,11 @@ class TrainConfig(_Section):
     """Memory bound: a micro-batch whose padded size exceeds it runs in parts; none: never split.
 
     The gradient is the same: a step's loss is a token mean."""
+    trim_memory: bool = False
+    """Return freed memory to the OS after every micro-batch (glibc): the lowest peak RSS.
+
+    false: glibc keeps freed memory for the next micro-batch instead of faulting large tensors
+    in afresh each time, faster for a higher peak RSS (docs/results.md, "Training speed")."""
     schedule: Literal["linear", "constant"] = "linear"
     """Learning-rate schedule after warm-up: linear decay to 0 (the paper) or constant.
 
@@ -199,6 +204,9 @@ class TrainConfig(_Section):
 
     On a CPU without native bf16 it is emulated and several times slower than fp32
     (docs/results.md, "Training speed")."""
+    bf16_weights: bool = True
+    """Under bf16 autocast with LoRA, keep the frozen base weights of the linear layers in bf16
+    (cast once) instead of casting them at every call: the same numbers, fewer copies."""
     optim: str | None = None
     """The optimizer; none: 8-bit AdamW for 4-bit QLoRA (the paper), else torch AdamW on CPU.
 

@@ -1,5 +1,5 @@
 """An epoch's micro-batches, their split by a token cap, their grouping into optimizer steps,
-and the release of freed memory between micro-batches.
+and what the allocator does with the memory they free.
 
 An epoch's order is a pure function of (seed, epoch): a resumed run recomputes it and skips the
 micro-batches it has already consumed.
@@ -7,9 +7,14 @@ micro-batches it has already consumed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+# glibc's mallopt parameters (malloc.h) and their defaults.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 def _epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
                    group_by_length: bool = False) -> list[list[int]]:
@@ -57,18 +62,44 @@ def _release_freed_memory() -> None:
     so peak RSS grows far beyond what the live tensors need (docs/results.md, "Training speed").
     Trimming after each micro-batch costs milliseconds.
     """
-    trim = _libc_malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def kept_freed_memory() -> Iterator[None]:
+    """Within: glibc serves every allocation from its heap (no mmap) and keeps what is freed.
+
+    By default glibc maps each large tensor (the LM head's logits: ~850 x 49,152 floats per
+    micro-batch) fresh from the kernel and unmaps it when freed, so every micro-batch faults
+    in and zeroes the same hundreds of megabytes again: on 2 cores a sixth of a training step
+    was system time. Kept, the pages are reused, for a higher peak RSS (docs/results.md,
+    "Training speed"). After: glibc's default limits, and the kept memory returned.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 @functools.cache
-def _libc_malloc_trim() -> Any:
-    """glibc's malloc_trim, looked up once; None where there is no glibc."""
+def _glibc() -> Any:
+    """glibc (for malloc_trim and mallopt), loaded once; None where there is no glibc."""
     try:
         import ctypes
 
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both must exist
+        return libc
     except (OSError, AttributeError):
         return None
 

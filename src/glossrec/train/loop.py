@@ -15,6 +15,7 @@ copy and ``glossrec_train.json``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -34,10 +35,12 @@ from glossrec.progress import bars_on
 from glossrec.prompts import PromptPair
 from glossrec.rundir import RunDir
 from glossrec.splits import Splits, prepare, sample_users
-from glossrec.train.batching import _epoch_batches, _groups, _release_freed_memory, _split_by_tokens
+from glossrec.train.batching import (
+    _epoch_batches, _groups, _release_freed_memory, _split_by_tokens, kept_freed_memory)
 from glossrec.train.checkpoints import TrainState, _Run, _seed_all, latest_checkpoint
 from glossrec.train.loss import collate, encode_pairs, evaluate_loss, loss_sum, n_label_tokens
-from glossrec.train.optim import _autocast, _enable_checkpointing, _optimizer, _schedule, _use_bf16
+from glossrec.train.optim import (
+    _autocast, _enable_checkpointing, _optimizer, _schedule, _use_bf16, frozen_linears_to_bf16)
 from glossrec.train.parallel import _process_group
 from glossrec.train.trackers import _Trackers
 
@@ -123,7 +126,8 @@ def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
         loss.backward()
         step_loss += float(loss.detach())
         del loss
-        _release_freed_memory()
+        if t.trim_memory:
+            _release_freed_memory()
     if g.size > 1:
         g.sum_grads(run.params)
         step_loss = g.sum(step_loss)
@@ -186,6 +190,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     run = _Run(cfg, run_dir, model, tok, optimizer,
                _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
                _use_bf16(t, device), state, params, procs)
+    restore_fp32 = _bf16_frozen_weights(run)
     resumed_from = _resume_latest(run, total)
     if resumed_from is None:
         run.state.batch_in_epoch = _start_batch(t, len(train_data))
@@ -200,43 +205,45 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                dynamic_ncols=True, disable=not (procs.main and bars_on()))
     # Wall-clock seconds continue across resumes, like the step count.
     t0 = time.perf_counter() - max((r.get("seconds", 0.0) for r in s.history), default=0.0)
-    while not s.finished and s.step < total:
-        batches = _epoch_batches(lengths, t.batch_size, t.seed, s.epoch, t.group_by_length)
-        for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
-            micro = [collate([train_data[i] for i in part], pad_id) for b in group
-                     for part in _split_by_tokens(b, lengths, t.max_batch_tokens)]
-            record = _optimizer_step(run, micro)
-            s.step += 1
-            s.batch_in_epoch = g + len(group)
-            end_of_epoch = s.batch_in_epoch >= len(batches)
-            s.history.append({"step": s.step,
-                              "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
-                              **record, "examples": sum(len(b) for b in group),
-                              "seconds": round(time.perf_counter() - t0, 3)})
-            if end_of_epoch:
-                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=s.epoch)
+    with contextlib.nullcontext() if t.trim_memory else kept_freed_memory():
+        while not s.finished and s.step < total:
+            batches = _epoch_batches(lengths, t.batch_size, t.seed, s.epoch, t.group_by_length)
+            for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
+                micro = [collate([train_data[i] for i in part], pad_id) for b in group
+                         for part in _split_by_tokens(b, lengths, t.max_batch_tokens)]
+                record = _optimizer_step(run, micro)
+                s.step += 1
+                s.batch_in_epoch = g + len(group)
+                end_of_epoch = s.batch_in_epoch >= len(batches)
+                s.history.append({"step": s.step,
+                                  "epoch": round(s.epoch + s.batch_in_epoch / len(batches), 4),
+                                  **record, "examples": sum(len(b) for b in group),
+                                  "seconds": round(time.perf_counter() - t0, 3)})
+                if end_of_epoch:
+                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=s.epoch)
 
-            # --- validation (best weights kept, early stopping) and checkpoints
-            last = s.step >= total
-            due = (s.step % t.eval_steps == 0) if t.eval_steps else end_of_epoch
-            if valid_data and (due or last) and s.last_eval_step != s.step:
-                s.stopped_early = run.evaluate(valid_data, pad_id)
-            s.finished = last or s.stopped_early
-            if s.step % t.save_steps == 0 or s.finished:
-                run.save_checkpoint()
-            run.write_log()
-            if on_step is not None:
-                on_step(s)
-            if s.finished or end_of_epoch:
-                break
+                # --- validation (best weights kept, early stopping) and checkpoints
+                last = s.step >= total
+                due = (s.step % t.eval_steps == 0) if t.eval_steps else end_of_epoch
+                if valid_data and (due or last) and s.last_eval_step != s.step:
+                    s.stopped_early = run.evaluate(valid_data, pad_id)
+                s.finished = last or s.stopped_early
+                if s.step % t.save_steps == 0 or s.finished:
+                    run.save_checkpoint()
+                run.write_log()
+                if on_step is not None:
+                    on_step(s)
+                if s.finished or end_of_epoch:
+                    break
     bar.close()
     s.finished = True  # also when resuming a run that had already finished its steps
     if run.trackers is not None:
         run.trackers.close()
 
     # --- the result: the best weights, in RUN_DIR/adapter and in the returned model
+    restore_fp32()
     adapter = RunDir(run_dir).adapter
     if run.group.main:
         _write_final_adapter(run)
@@ -248,6 +255,16 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                          s.best_step, s.best_loss, s.stopped_early, resumed_from, s.history)
     result.model, result.tokenizer = model, tok
     return result
+
+
+def _bf16_frozen_weights(run: _Run) -> Callable[[], None]:
+    """train.bf16_weights: the frozen base weights in bf16 for a bf16 LoRA run (see
+    glossrec.train.optim.frozen_linears_to_bf16); what puts the float32 ones back."""
+    t = run.cfg.train
+    if (run.bf16 and t.bf16_weights and t.method == "lora"
+            and not getattr(run.model, "is_loaded_in_4bit", False)):
+        return frozen_linears_to_bf16(run.model)
+    return lambda: None
 
 
 def _init_weights(model: Any, cfg: RunConfig, device: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,40 @@ def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
                           dtype=torch.bfloat16)
+
+
+def frozen_linears_to_bf16(model: Any) -> Callable[[], None]:
+    """Store the frozen float32 weights of `model`'s linear layers in bf16, cast once; returns
+    the function that puts the float32 tensors back.
+
+    Under bf16 autocast every linear layer casts its float32 weight to bf16 at every call, in
+    every micro-batch. LoRA never updates the base weights, so the cast can be made once: the
+    same rounding, so the same numbers, without the copies. Trainable weights (the adapter)
+    stay float32 for the optimizer, and so do weights shared with an embedding (a tied LM
+    head): the embedding's output is the float32 residual stream. Only for use under
+    autocast: outside it a float32 input meets a bf16 weight.
+    """
+    import torch
+
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        for param in (module.weight, module.bias):
+            if (param is None or param.requires_grad or param.dtype != torch.float32
+                    or id(param) in embedded):
+                continue
+            originals.append((param, param.data))
+            param.data = param.data.to(torch.bfloat16)
+    log.info("bf16: %d frozen linear weights kept in bf16", len(originals))
+
+    def restore() -> None:
+        for param, data in originals:
+            param.data = data
+        originals.clear()
+
+    return restore
 
 
 def cpu_has_native_bf16() -> bool:
