@@ -373,9 +373,13 @@ def test_start_examples_continues_the_data_order(tiny_lm_dir: Path, tok, tmp_pat
                                  **kw), tmp_path / "replay", data)
     assert cont.history[0]["loss"] == pytest.approx(whole.history[2]["loss"], rel=1e-5)
     assert replay.history[0]["loss"] != pytest.approx(whole.history[2]["loss"], rel=1e-5)
-    with pytest.raises(ConfigError, match="start_examples"):
-        train(helper.config(tiny_lm_dir, max_steps=1, start_examples=16, **kw),
-              tmp_path / "past", data)
+    # Past an epoch (16 examples, 4 steps): the next epoch's order, where the long run is.
+    longer = train(helper.config(tiny_lm_dir, max_steps=6, **kw), tmp_path / "longer", data)
+    five = train(helper.config(tiny_lm_dir, max_steps=5, **kw), tmp_path / "five", data)
+    sixth = train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(five.adapter_dir),
+                                start_examples=20, **kw), tmp_path / "sixth", data)
+    assert longer.history[4]["epoch"] > 1 and sixth.history[0]["epoch"] == longer.history[5]["epoch"]
+    assert sixth.history[0]["loss"] == pytest.approx(longer.history[5]["loss"], rel=1e-5)
 
 
 def test_valid_loss_target_scores_the_next_item_only(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:

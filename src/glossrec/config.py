@@ -168,9 +168,10 @@ class TrainConfig(_Section):
     A LoRA adapter folder of the same [lora] shape, or a shipped model (glossrec.weights.SHIPPED).
     Lets a long training continue over several runs."""
     start_examples: int = Field(0, ge=0)
-    """Begin the first epoch this many examples into its shuffled order.
+    """Begin this many examples into the run's seeded order of epochs.
 
-    Rounded down to whole micro-batches. A run continued from init_adapter with the same seed
+    Rounded down to whole micro-batches; past one epoch (every training example) it starts in a
+    later epoch, in that epoch's order. A run continued from init_adapter with the same seed
     then sees the examples that adapter has not seen, rather than replaying them."""
     max_batch_tokens: int | None = Field(1024, ge=32)
     """Memory bound: a micro-batch whose padded size exceeds it runs in parts; none: never split.

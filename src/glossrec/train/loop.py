@@ -100,12 +100,11 @@ def _total_steps(t: TrainConfig, n_train: int) -> int:
     return total
 
 
-def _start_batch(t: TrainConfig, n_train: int) -> int:
-    """The first epoch's starting micro-batch for train.start_examples."""
-    if t.start_examples >= n_train:
-        raise ConfigError(f"train.start_examples ({t.start_examples}) must be below the "
-                          f"{n_train} training examples of an epoch")
-    return t.start_examples // t.batch_size
+def _start_position(t: TrainConfig, n_train: int) -> tuple[int, int]:
+    """(epoch, micro-batch in it) where train.start_examples begins: past one epoch's examples
+    it continues into the next epoch's order, as the one long run would."""
+    epoch, offset = divmod(t.start_examples, n_train)
+    return epoch, offset // t.batch_size
 
 
 def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,7 +192,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     restore_fp32 = _bf16_frozen_weights(run)
     resumed_from = _resume_latest(run, total)
     if resumed_from is None:
-        run.state.batch_in_epoch = _start_batch(t, len(train_data))
+        run.state.epoch, run.state.batch_in_epoch = _start_position(t, len(train_data))
     if t.report_to and procs.main:  # a resumed run sends only the steps after its checkpoint
         run.trackers = _Trackers(t.report_to, run_dir, cfg)
         run.trackers.sent = len(run.state.history)
