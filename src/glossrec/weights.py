@@ -66,6 +66,8 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
     "smollm2-beauty-wholetext": "smollm2-beauty continued with the whole-text loss (in training; "
                                 "chosen by validation loss only)",
+    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch "
+                                  "(the whole-text lineage's newest)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME)."""
 _SHIPPED_DIR = Path(__file__).parent / "shipped"
