@@ -49,6 +49,10 @@ DATA = ("the public Amazon review dataset of 2014 (McAuley et al., \"Image-based
         "research use")
 
 
+LOSSES = {"full": "the last run's loss over every token of the text (the paper's)",
+          "target": "the last run's loss over the target's tokens only"}
+
+
 class ShipError(SystemExit):
     """A one-line error naming the file at fault: printed on exit, status 1, no traceback."""
 
@@ -220,6 +224,8 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
     tr, pr = cfg["train"], cfg["prompt"]
     base = BASE_MODELS.get(info["model"], f"`{info['model']}` (see its own licence)")
     minutes = [(s["clock_s"] - runs[s["run"]].get("paused_s", 0.0)) / 60 for s in spans]
+    epochs = max((r["epoch"] for r in log if r.get("run") == spans[-1]["run"] and "loss" in r),
+                 default=0.0)
     decode = prov.get("decode", {})
     served = ", ".join(f"`generate.{k} = {v}`" for k, v in decode.items()) or "its config's defaults"
     lines = [
@@ -253,7 +259,8 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         "",
         "## Training data and recipe",
         "",
-        f"- Examples: {info['examples_seen_total']:,} training examples of full Beauty "
+        f"- Examples: {info['examples_seen_total']:,} training examples seen ({epochs:.2f} "
+        "epochs) of full Beauty "
         "(leave-last-out: one example per user, history = all items but the last two, "
         "target = the second-to-last; validation users' examples shifted one further back), "
         "taken in one seeded order across the runs below (`train.start_examples`).",
@@ -261,7 +268,7 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         f"{cfg['data']['title_words']} words, the newest {pr.get('max_history_items', 'all')} "
         f"history items, at most {pr['max_length']} tokens.",
         f"- LoRA r {lora['r']}, alpha {lora['lora_alpha']}, dropout {lora['lora_dropout']} on "
-        f"{', '.join(sorted(lora['target_modules']))}; loss on the {tr['loss']} tokens; batch "
+        f"{', '.join(sorted(lora['target_modules']))}; {LOSSES[tr['loss']]}; batch "
         f"{tr['batch_size']} x {tr['grad_accum']}; AdamW, weight decay {tr['weight_decay']}, "
         f"warm-up {tr['warmup_steps']} steps, gradient clipping {tr['max_grad_norm']}, seed "
         f"{tr['seed']}. Learning rates per run below (`train_log.jsonl`).",
