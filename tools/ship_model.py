@@ -224,8 +224,8 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
     tr, pr = cfg["train"], cfg["prompt"]
     base = BASE_MODELS.get(info["model"], f"`{info['model']}` (see its own licence)")
     minutes = [(s["clock_s"] - runs[s["run"]].get("paused_s", 0.0)) / 60 for s in spans]
-    epochs = max((r["epoch"] for r in log if r.get("run") == spans[-1]["run"] and "loss" in r),
-                 default=0.0)
+    epochs = max((r.get("epoch", 0.0) for r in log
+                  if r.get("run") == spans[-1]["run"] and "loss" in r), default=0.0)
     decode = prov.get("decode", {})
     served = ", ".join(f"`generate.{k} = {v}`" for k, v in decode.items()) or "its config's defaults"
     lines = [
@@ -259,8 +259,8 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         "",
         "## Training data and recipe",
         "",
-        f"- Examples: {info['examples_seen_total']:,} training examples seen ({epochs:.2f} "
-        "epochs) of full Beauty "
+        f"- Examples: {info['examples_seen_total']:,} training examples seen"
+        f"{f' ({epochs:.2f} epochs)' if epochs else ''} of full Beauty "
         "(leave-last-out: one example per user, history = all items but the last two, "
         "target = the second-to-last; validation users' examples shifted one further back), "
         "taken in one seeded order across the runs below (`train.start_examples`).",
