@@ -58,9 +58,10 @@ def _split_by_tokens(batch: list[int], lengths: Sequence[int], cap: int | None) 
 def _release_freed_memory() -> None:
     """Return the allocator's freed pages to the OS (glibc's malloc_trim; a no-op elsewhere).
 
-    Micro-batches of different lengths leave glibc's heap fragmented, and freed memory is kept,
-    so peak RSS grows far beyond what the live tensors need (docs/results.md, "Training speed").
-    Trimming after each micro-batch costs milliseconds.
+    With ``train.trim_memory``, after each micro-batch: micro-batches of different lengths
+    leave glibc's heap fragmented and freed memory is kept, so without it peak RSS can grow
+    past what the live tensors need. The price is page faults when the next micro-batch
+    allocates again (docs/results.md, "Training speed").
     """
     libc = _glibc()
     if libc is not None:
@@ -73,8 +74,8 @@ def kept_freed_memory() -> Iterator[None]:
 
     By default glibc maps each large tensor (the LM head's logits: ~850 x 49,152 floats per
     micro-batch) fresh from the kernel and unmaps it when freed, so every micro-batch faults
-    in and zeroes the same hundreds of megabytes again: on 2 cores a sixth of a training step
-    was system time. Kept, the pages are reused, for a higher peak RSS (docs/results.md,
+    in and zeroes the same hundreds of megabytes again: on 2 cores a quarter of a step's CPU
+    time was the kernel's. Kept, the pages are reused, for a higher peak RSS (docs/results.md,
     "Training speed"). After: glibc's default limits, and the kept memory returned.
     """
     libc = _glibc()
