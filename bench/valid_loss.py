@@ -33,39 +33,32 @@ def split_loss(cfg: Any, weights: str, prep: Any, first: int) -> dict[str, float
     """Mean next-item token loss on the config's validation users, over the target's first
     `first` tokens and over the rest (title and EOS), and the summed loss per title."""
     import torch
-    import torch.nn.functional as F
 
     from glossrec.models import load_model, resolve_device
     from glossrec.prompts import PromptBuilder, make_pairs
     from glossrec.splits import sample_users
-    from glossrec.train import collate, encode_pairs
+    from glossrec.train import collate, encode_pairs, first_label_tokens, token_losses
     from glossrec.train.optim import _autocast, _use_bf16
-
-    t, device = cfg.train, resolve_device()
     from glossrec.weights import resolve_weights
 
+    t, device = cfg.train, resolve_device()
     model, tok = load_model(cfg.model, adapter_dir=resolve_weights(weights), device=device)
     examples = sample_users(prep.splits.valid, t.max_valid_examples, t.seed)
     builder = PromptBuilder.from_config(tok, cfg.prompt, prep.dataset.catalog.item_format)
     data = encode_pairs(tok, make_pairs(examples, prep.dataset.catalog, builder, "train"),
                         "target", cfg.prompt.max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    head = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens: first K
+    head = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens: the first K
     rest = torch.zeros(2, dtype=torch.float64)
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
     with torch.no_grad():
         for s in range(0, len(order), t.batch_size):
-            part = [data[i] for i in order[s:s + t.batch_size]]
-            batch = collate(part, pad)
+            batch = collate([data[i] for i in order[s:s + t.batch_size]], pad)
             with _autocast(device, _use_bf16(t, device)):
-                logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
-            labels = batch["labels"][:, 1:].to(device)
-            ce = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-            # index of each predicted token within its target: position + 1 - loss_start
-            starts = torch.tensor([e.loss_start for e in part], device=device)
-            index = torch.arange(labels.shape[1], device=device)[None, :] + 1 - starts[:, None]
-            real = labels != -100
-            for acc, mask in ((head, real & (index < first)), (rest, real & (index >= first))):
+                ce = token_losses(model, batch, device)
+            real = batch["labels"][:, 1:] != -100
+            in_first = first_label_tokens(batch["labels"], first)
+            for acc, mask in ((head, in_first), (rest, real & ~in_first)):
                 acc += torch.tensor([float(ce[mask].sum()), float(mask.sum())], dtype=torch.float64)
     n = len(data)
     return {"valid_loss": float((head[0] + rest[0]) / (head[1] + rest[1])),

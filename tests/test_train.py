@@ -109,7 +109,8 @@ def test_train_save_load_gives_same_logits(tiny_lm_dir: Path, tok, tmp_path: Pat
 def test_early_stopping_keeps_best_adapter(tiny_lm_dir: Path, tok, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 1.0])
-    monkeypatch.setattr("glossrec.train.checkpoints.evaluate_loss", lambda *a, **k: next(losses))
+    monkeypatch.setattr("glossrec.train.checkpoints.evaluate_losses",
+                        lambda *a, **k: (next(losses), None))
     data = helper.pairs(tok, 10)
     cfg = helper.config(tiny_lm_dir, eval_steps=1, patience=3, epochs=5, save_steps=100)
     run = tmp_path / "run"
@@ -530,3 +531,37 @@ def test_kept_or_trimmed_memory_trains_the_same(tiny_lm_dir: Path, tok, tmp_path
     monkeypatch.setattr(batching, "_glibc", lambda: None)  # no glibc: nothing to set
     with batching.kept_freed_memory():
         pass
+
+
+def test_first_label_tokens_are_each_texts_first_k() -> None:
+    from glossrec.train import first_label_tokens
+
+    labels = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    labels[0, :2] = IGNORE  # target from position 2, no padding
+    labels[1, :4] = IGNORE  # target from position 4
+    labels[1, 5:] = IGNORE  # then padding
+    mask = first_label_tokens(labels, 2)  # over labels[:, 1:]
+    assert mask.tolist() == [[False, True, True, False, False],
+                             [False, False, False, True, False]]
+
+
+def test_validation_records_the_next_items_first_tokens(tiny_lm_dir: Path, tok,
+                                                        tmp_path: Path) -> None:
+    from glossrec.train import evaluate_losses, loss_sum, token_losses
+
+    data = helper.pairs(tok, 12)
+    run = train(helper.config(tiny_lm_dir, max_steps=2, eval_steps=1, valid_loss="target",
+                              valid_first_tokens=2), tmp_path / "run", data[:8], data[8:])
+    valid = [r for r in run.history if "valid_loss" in r]
+    assert len(valid) == 2 and all(r["valid_loss_first"] != r["valid_loss"] for r in valid)
+    enc = encode_pairs(tok, data[8:], "target")
+    pad = tok.pad_token_id
+    everything, same = evaluate_losses(run.model, enc, pad, 2, "cpu", False, first_tokens=10_000)
+    assert same == pytest.approx(everything, rel=1e-6)  # every target token is "first"
+    assert evaluate_losses(run.model, enc, pad, 2, "cpu", False)[1] is None
+    batch = collate(enc, pad)
+    with torch.no_grad():
+        assert float(token_losses(run.model, batch, "cpu").sum()) == pytest.approx(
+            float(loss_sum(run.model, batch, "cpu")), rel=1e-6)
+    with pytest.raises(ValueError, match="valid_first_tokens"):
+        helper.config(tiny_lm_dir, loss="full", valid_first_tokens=3)

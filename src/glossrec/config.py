@@ -158,6 +158,13 @@ class TrainConfig(_Section):
 
     "target" gives a figure that runs trained with different losses or templates can be
     compared by (the next item's tokens + EOS)."""
+    valid_first_tokens: int = Field(0, ge=0)
+    """Also record, at each validation, the loss of the next item's first N tokens
+    (``valid_loss_first`` in train_log.jsonl); 0: not recorded.
+
+    With a catalog-grounded search the first tokens of a title are where the model chooses an
+    item; the rest is nearly fixed by the catalog. Needs target-token validation texts
+    (``valid_loss = "target"``, or a target-only ``loss``)."""
     method: Literal["lora", "full"] = "lora"
     """LoRA adapters (the paper) or "full": every weight is trained (small models).
 
@@ -234,6 +241,13 @@ class TrainConfig(_Section):
         if v is not None and v not in known:
             raise ValueError(f"unknown optimizer {v!r} (known: {', '.join(known)})")
         return v
+
+    @model_validator(mode="after")
+    def _first_tokens_of_a_target(self) -> "TrainConfig":
+        if self.valid_first_tokens and self.valid_loss == "train" and self.loss == "full":
+            raise ValueError('valid_first_tokens needs validation texts scored on the next item: '
+                             'set valid_loss = "target"')
+        return self
 
 
 class GenerateConfig(_Section):

@@ -6,13 +6,14 @@ Modules:
   :func:`train_from_config` (prompts from a dataset's splits, then :func:`train`); the
   final adapter; :func:`validation_loss` (a run's validation loss of its starting weights).
 - :mod:`~glossrec.train.loss`: training texts as tokens (:func:`encode_pairs`), labels from the
-  attention mask (:func:`make_labels`, :func:`collate`), the summed loss over label positions
-  (:func:`loss_sum`) and the validation loss (:func:`evaluate_loss`).
+  attention mask (:func:`make_labels`, :func:`collate`), the loss per label token and summed
+  (:func:`token_losses`, :func:`loss_sum`) and the validation loss, also over the next item's
+  first tokens (:func:`evaluate_loss`, :func:`evaluate_losses`).
 - :mod:`~glossrec.train.batching`: an epoch's shuffled micro-batches, their split under
-  ``train.max_batch_tokens``, their grouping into optimizer steps, and freed memory handed back
-  to the OS between micro-batches.
-- :mod:`~glossrec.train.optim`: the optimizer, the learning-rate schedule, bf16 autocast and
-  activation checkpointing.
+  ``train.max_batch_tokens``, their grouping into optimizer steps, and what glibc does with the
+  memory they free.
+- :mod:`~glossrec.train.optim`: the optimizer, the learning-rate schedule, bf16 autocast (with
+  the frozen weights in bf16) and activation checkpointing.
 - :mod:`~glossrec.train.checkpoints`: the run's state (:class:`TrainState`), checkpoint write,
   resume and pruning, RNG states, the best adapter kept by validation.
 - :mod:`~glossrec.train.parallel`: the data-parallel process group (torch.distributed).
@@ -32,12 +33,14 @@ from __future__ import annotations
 
 from glossrec.train.checkpoints import TrainState, latest_checkpoint
 from glossrec.train.loop import TrainResult, subset, train, train_from_config, validation_loss
-from glossrec.train.loss import (IGNORE, Encoded, collate, encode_pairs, evaluate_loss, loss_sum,
-                                 make_labels, n_label_tokens)
+from glossrec.train.loss import (IGNORE, Encoded, collate, encode_pairs, evaluate_loss,
+                                 evaluate_losses, first_label_tokens, loss_sum, make_labels,
+                                 n_label_tokens, token_losses)
 from glossrec.train.optim import cpu_has_native_bf16
 
 __all__ = [
     "IGNORE", "Encoded", "TrainState", "TrainResult", "collate", "cpu_has_native_bf16",
-    "encode_pairs", "evaluate_loss", "latest_checkpoint", "loss_sum", "make_labels",
-    "n_label_tokens", "subset", "train", "train_from_config", "validation_loss",
+    "encode_pairs", "evaluate_loss", "evaluate_losses", "first_label_tokens", "latest_checkpoint",
+    "loss_sum", "make_labels", "n_label_tokens", "subset", "token_losses", "train",
+    "train_from_config", "validation_loss",
 ]

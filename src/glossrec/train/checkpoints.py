@@ -28,7 +28,7 @@ from glossrec.config import RunConfig
 from glossrec.errors import ConfigError
 from glossrec.fingerprint import differences
 from glossrec.io import atomic_dir, read_json, write_json, write_jsonl
-from glossrec.train.loss import Encoded, evaluate_loss
+from glossrec.train.loss import Encoded, evaluate_losses
 from glossrec.train.parallel import _Group
 from glossrec.train.trackers import _Trackers
 
@@ -192,7 +192,8 @@ class _Run:
     def evaluate(self, valid: Sequence[Encoded], pad_id: int) -> bool:
         """Validate, keep the best adapter; True when early stopping says stop."""
         t, s = self.cfg.train, self.state
-        loss = evaluate_loss(self.model, valid, pad_id, t.batch_size, self.device, self.bf16)
+        loss, first = evaluate_losses(self.model, valid, pad_id, t.batch_size, self.device,
+                                      self.bf16, t.valid_first_tokens)
         s.last_eval_step = s.step
         improved = s.best_loss is None or loss < s.best_loss
         if improved:
@@ -201,6 +202,9 @@ class _Run:
         else:
             s.bad_evals += 1
         s.history.append({"step": s.step, "epoch": s.epoch, "valid_loss": loss,
+                          **({"valid_loss_first": first} if first is not None else {}),
                           "best": improved})
-        log.info("step %d: valid loss %.4f%s", s.step, loss, " (best)" if improved else "")
+        log.info("step %d: valid loss %.4f%s%s", s.step, loss,
+                 f" (first {t.valid_first_tokens} tokens {first:.4f})" if first is not None else "",
+                 " (best)" if improved else "")
         return s.bad_evals >= t.patience

@@ -116,9 +116,10 @@ def _right_padded(mask: Any) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
-def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bool = True,
-             causal_only: bool = True) -> Any:
-    """Summed next-token cross-entropy over the batch's label tokens (float32).
+def token_losses(model: Any, batch: dict[str, Any], device: str, label_positions: bool = True,
+                 causal_only: bool = True) -> Any:
+    """Next-token cross-entropy (float32) at each position of ``labels[:, 1:]``, 0 where there
+    is no label; :func:`loss_sum` is its sum.
 
     With `label_positions` (the default) the LM head runs only on the hidden states that predict
     a label: with target-only loss that is ~10% of the positions, and even with whole-text loss
@@ -142,30 +143,68 @@ def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bo
     parts = _body_and_head(model) if label_positions else None
     if parts is None:
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE,
+                               reduction="none")
     body, head = parts
     hidden = body(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, targets[keep], reduction="sum")
+    out = hidden.new_zeros(targets.shape, dtype=logits.dtype)
+    out[keep] = F.cross_entropy(logits, targets[keep], reduction="none")
+    return out
+
+
+def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bool = True,
+             causal_only: bool = True) -> Any:
+    """Summed next-token cross-entropy over the batch's label tokens (float32); see
+    :func:`token_losses` for the two shortcuts, both exact."""
+    return token_losses(model, batch, device, label_positions, causal_only).sum()
+
+
+def first_label_tokens(labels: Any, k: int) -> Any:
+    """Mask over ``labels[:, 1:]``: each text's first `k` predicted label tokens (with a
+    target-only text, the first k tokens of its target)."""
+    import torch
+
+    real = labels[:, 1:] != IGNORE
+    first = real.int().argmax(dim=1, keepdim=True)
+    index = torch.arange(real.shape[1], device=labels.device)[None, :] - first
+    return real & (index < k)
 
 
 def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
                   device: str, bf16: bool) -> float:
     """Token-mean validation loss (length-sorted batches: less padding, same result)."""
+    return evaluate_losses(model, data, pad_id, batch_size, device, bf16)[0]
+
+
+def evaluate_losses(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
+                    device: str, bf16: bool, first_tokens: int = 0) -> tuple[float, float | None]:
+    """(token-mean loss, token-mean loss of each text's first `first_tokens` label tokens, or
+    None without them), in one pass.
+
+    On target-only texts the second is the loss of the next item's first tokens (its brand and
+    product line), where a catalog-grounded search chooses among items; the rest of a title
+    is nearly fixed by the catalog once they are written (docs/results.md, "Whole-text
+    continuation of the shipped model").
+    """
     import torch
 
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
-    total, count = 0.0, 0
+    total, count, head, head_count = 0.0, 0, 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
             batch = collate([data[i] for i in order[s:s + batch_size]], pad_id)
             with _autocast(device, bf16):
-                total += float(loss_sum(model, batch, device))
+                ce = token_losses(model, batch, device)
+            total += float(ce.sum())
             count += n_label_tokens(batch)
+            if first_tokens:
+                first = first_label_tokens(batch["labels"], first_tokens).to(ce.device)
+                head += float(ce[first].sum())
+                head_count += int(first.sum())
     if was_training:
         model.train()
-    return total / max(count, 1)
+    return total / max(count, 1), (head / max(head_count, 1) if first_tokens else None)
