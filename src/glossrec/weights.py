@@ -66,7 +66,8 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
     "smollm2-beauty-wholetext": "smollm2-beauty continued with the whole-text loss (in training; "
                                 "chosen by validation loss only)",
-    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch "
+    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch",
+    "smollm2-beauty-wholetext-3": "smollm2-beauty-wholetext-2 trained on, 4,800 examples more "
                                   "(the whole-text lineage's newest)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME)."""
