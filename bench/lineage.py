@@ -12,7 +12,7 @@ Recall points come from scored validation runs (``glossrec run ... --set evaluat
 --set model.weights=NAME``): each run directory's rankings give Recall@5 with a bootstrap CI, at
 the examples its weights had seen; its ``lis-bm25`` ranking is drawn as LIS's level.
 
-  .venv/bin/python bench/lineage.py --model smollm2-beauty-wholetext-2 \\
+  .venv/bin/python bench/lineage.py --model smollm2-beauty-wholetext-3 \\
       --recall runs/valid500-fp32 runs/valid500-wholetext-2
 
 Writes bench/results/lineage--MODEL.json and .png, and prints a table.
