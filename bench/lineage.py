@@ -82,10 +82,11 @@ def recall_point(run_dir: Path) -> dict[str, Any]:
 
     name = tomllib.loads((run_dir / "config.toml").read_text())["model"].get("weights")
     info = weights.train_info(weights.resolve_weights(name)) if name else {}
-    mean, ci = r5(read_run(run_dir))
+    run = read_run(run_dir)
+    mean, ci = r5(run)
     lis = read_run(run_dir / "lis-bm25") if (run_dir / "lis-bm25").is_dir() else None
     return {"run_dir": str(run_dir), "weights": name, "examples": info.get("examples_seen_total"),
-            "recall@5": mean, "recall@5_ci": ci, "users": len(read_run(run_dir).users),
+            "recall@5": mean, "recall@5_ci": ci, "users": len(run.users),
             "lis_bm25_recall@5": r5(lis)[0] if lis else None}
 
 
