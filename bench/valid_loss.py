@@ -29,42 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, RESULTS, machine, print_columns, write_results  # noqa: E402
 
 
-def split_loss(cfg: Any, weights: str, prep: Any, first: int) -> dict[str, float]:
-    """Mean next-item token loss on the config's validation users, over the target's first
-    `first` tokens and over the rest (title and EOS), and the summed loss per title."""
-    import torch
-
-    from glossrec.models import load_model, resolve_device
-    from glossrec.prompts import PromptBuilder, make_pairs
-    from glossrec.splits import sample_users
-    from glossrec.train import collate, encode_pairs, first_label_tokens, token_losses
-    from glossrec.train.optim import _autocast, _use_bf16
-    from glossrec.weights import resolve_weights
-
-    t, device = cfg.train, resolve_device()
-    model, tok = load_model(cfg.model, adapter_dir=resolve_weights(weights), device=device)
-    examples = sample_users(prep.splits.valid, t.max_valid_examples, t.seed)
-    builder = PromptBuilder.from_config(tok, cfg.prompt, prep.dataset.catalog.item_format)
-    data = encode_pairs(tok, make_pairs(examples, prep.dataset.catalog, builder, "train"),
-                        "target", cfg.prompt.max_length)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    head = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens: the first K
-    rest = torch.zeros(2, dtype=torch.float64)
-    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
-    with torch.no_grad():
-        for s in range(0, len(order), t.batch_size):
-            batch = collate([data[i] for i in order[s:s + t.batch_size]], pad)
-            with _autocast(device, _use_bf16(t, device)):
-                ce = token_losses(model, batch, device)
-            real = batch["labels"][:, 1:] != -100
-            in_first = first_label_tokens(batch["labels"], first)
-            for acc, mask in ((head, in_first), (rest, real & ~in_first)):
-                acc += torch.tensor([float(ce[mask].sum()), float(mask.sum())], dtype=torch.float64)
-    n = len(data)
-    return {"valid_loss": float((head[0] + rest[0]) / (head[1] + rest[1])),
-            "first_tokens": first, "first_loss": float(head[0] / head[1]),
-            "rest_loss": float(rest[0] / rest[1]), "first_sum_per_title": float(head[0] / n),
-            "rest_sum_per_title": float(rest[0] / n), "tokens_per_title": float((head[1] + rest[1]) / n)}
+def losses_row(losses: Any) -> dict[str, float]:
+    """A table row of one weights' validation losses (a `glossrec.train.ValidLosses`)."""
+    row: dict[str, float] = {"valid_loss": losses.loss}
+    if losses.first_k:
+        n = losses.texts
+        row |= {"first_tokens": losses.first_k, "first_loss": losses.first,
+                "rest_loss": losses.rest, "first_sum_per_title": losses.first_sum / n,
+                "rest_sum_per_title": (losses.loss_sum - losses.first_sum) / n,
+                "tokens_per_title": losses.tokens / n}
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from glossrec.config import load_config
     from glossrec.splits import prepare
-    from glossrec.train import validation_loss
+    from glossrec.train import validation_losses
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     before = machine()
@@ -93,12 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for w in args.weights:
         t0 = time.perf_counter()
-        if args.first:  # the same validation loss, from the same per-token losses
-            row = split_loss(cfg, w, prep, args.first)
-            loss = row["valid_loss"]
-        else:
-            loss = validation_loss(cfg.updated(train={"init_adapter": w}), prep.dataset, prep.splits)
-            row = {"valid_loss": loss}
+        row = losses_row(validation_losses(cfg.updated(train={"init_adapter": w}), prep.dataset,
+                                           prep.splits, args.first))
+        loss = row["valid_loss"]
         rows.append({"weights": w, **row, "seconds": time.perf_counter() - t0})
         print(f"{w}: {loss:.4f}", file=sys.stderr)
     columns = [("weights", "weights", "{}"), ("validation loss", "valid_loss", "{:.4f}")]

@@ -20,7 +20,7 @@ from glossrec.config import load_config
 from glossrec.errors import ConfigError
 from glossrec.models import load_model
 from glossrec.prompts import PromptPair
-from glossrec.train import (IGNORE, Encoded, collate, encode_pairs, latest_checkpoint, subset,
+from glossrec.train import (IGNORE, Encoded, ValidLosses, collate, encode_pairs, latest_checkpoint, subset,
                             train, train_from_config)
 
 from .conftest import wait_for_checkpoint
@@ -110,7 +110,7 @@ def test_early_stopping_keeps_best_adapter(tiny_lm_dir: Path, tok, tmp_path: Pat
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0, 1.0])
     monkeypatch.setattr("glossrec.train.checkpoints.evaluate_losses",
-                        lambda *a, **k: (next(losses), None))
+                        lambda *a, **k: ValidLosses(1, next(losses), 1))
     data = helper.pairs(tok, 10)
     cfg = helper.config(tiny_lm_dir, eval_steps=1, patience=3, epochs=5, save_steps=100)
     run = tmp_path / "run"
@@ -470,18 +470,23 @@ def test_full_weights_init_and_model_weights_is_not_a_starting_point(
 def test_validation_loss_of_an_adapter_is_the_loss_its_run_recorded(tiny_lm_dir: Path,
                                                                      tmp_path: Path) -> None:
     """validation_loss scores a run's starting weights on the run's own validation users and
-    loss, without training: for the adapter a run kept, the loss the run recorded for it."""
-    from glossrec.train import validation_loss
+    loss, without training: for the adapter a run kept, the loss the run recorded for it, and
+    validation_losses its first-token part too."""
+    from glossrec.train import validation_loss, validation_losses
 
     sample = Path(__file__).resolve().parents[1] / "data" / "beauty-sample"
     cfg = helper.config(tiny_lm_dir, max_steps=2, eval_steps=2, max_valid_examples=8,
-                        valid_loss="target", loss="full").updated(
+                        valid_loss="target", loss="full", valid_first_tokens=3).updated(
         data={"path": str(sample)}, prompt={"max_length": 512, "max_history_items": 3})
     res = train_from_config(cfg, tmp_path / "run")
     recorded = [r["valid_loss"] for r in res.history if "valid_loss" in r]
     assert len(recorded) == 1
     again = cfg.updated(train={"init_adapter": str(res.adapter_dir)})
     assert validation_loss(again) == pytest.approx(recorded[0], rel=1e-5)
+    split = validation_losses(again, first_tokens=3)
+    first = [r["valid_loss_first"] for r in res.history if "valid_loss" in r]
+    assert (split.loss, split.first) == pytest.approx((recorded[0], first[0]), rel=1e-5)
+    assert split.texts == 8
     assert validation_loss(cfg) != pytest.approx(recorded[0], rel=1e-3)  # the base model's
 
 
@@ -556,9 +561,20 @@ def test_validation_records_the_next_items_first_tokens(tiny_lm_dir: Path, tok,
     assert len(valid) == 2 and all(r["valid_loss_first"] != r["valid_loss"] for r in valid)
     enc = encode_pairs(tok, data[8:], "target")
     pad = tok.pad_token_id
-    everything, same = evaluate_losses(run.model, enc, pad, 2, "cpu", False, first_tokens=10_000)
-    assert same == pytest.approx(everything, rel=1e-6)  # every target token is "first"
-    assert evaluate_losses(run.model, enc, pad, 2, "cpu", False)[1] is None
+    everything = evaluate_losses(run.model, enc, pad, 2, "cpu", False, first_tokens=10_000)
+    assert everything.first == pytest.approx(everything.loss, rel=1e-6)  # every token is "first"
+    unsplit = evaluate_losses(run.model, enc, pad, 2, "cpu", False)
+    assert unsplit.first is None and unsplit.rest is None
+    kept = [r for r in valid if r["best"]][-1]  # the weights train() ends with
+    assert unsplit.loss == pytest.approx(kept["valid_loss"], rel=1e-5)
+    split = evaluate_losses(run.model, enc, pad, 2, "cpu", False, first_tokens=2)
+    assert split.first == pytest.approx(kept["valid_loss_first"], rel=1e-5)
+    assert split.texts == len(enc) and split.first_count == 2 * len(enc)
+    # the two parts are the whole: token-weighted, first and rest give back the mean
+    rest_count = split.tokens - split.first_count
+    assert (split.first * split.first_count + split.rest * rest_count) / split.tokens == \
+        pytest.approx(split.loss, rel=1e-6)
+    assert split.rest != pytest.approx(split.first, rel=1e-3)
     batch = collate(enc, pad)
     with torch.no_grad():
         assert float(token_losses(run.model, batch, "cpu").sum()) == pytest.approx(

@@ -4,11 +4,13 @@ Modules:
 
 - :mod:`~glossrec.train.loop`: :func:`train` (the loop, readable in one function) and
   :func:`train_from_config` (prompts from a dataset's splits, then :func:`train`); the
-  final adapter; :func:`validation_loss` (a run's validation loss of its starting weights).
+  final adapter; :func:`validation_loss` and :func:`validation_losses` (a run's validation loss
+  of its starting weights, the second also split by token position).
 - :mod:`~glossrec.train.loss`: training texts as tokens (:func:`encode_pairs`), labels from the
   attention mask (:func:`make_labels`, :func:`collate`), the loss per label token and summed
   (:func:`token_losses`, :func:`loss_sum`) and the validation loss, also over the next item's
-  first tokens (:func:`evaluate_loss`, :func:`evaluate_losses`).
+  first tokens and the rest (:func:`evaluate_loss`, :func:`evaluate_losses` and its
+  :class:`ValidLosses`).
 - :mod:`~glossrec.train.batching`: an epoch's shuffled micro-batches, their split under
   ``train.max_batch_tokens``, their grouping into optimizer steps, and what glibc does with the
   memory they free.
@@ -32,15 +34,16 @@ mask, so the largest forward pass stays within memory.
 from __future__ import annotations
 
 from glossrec.train.checkpoints import TrainState, latest_checkpoint
-from glossrec.train.loop import TrainResult, subset, train, train_from_config, validation_loss
-from glossrec.train.loss import (IGNORE, Encoded, collate, encode_pairs, evaluate_loss,
+from glossrec.train.loop import (TrainResult, subset, train, train_from_config, validation_loss,
+                                 validation_losses)
+from glossrec.train.loss import (IGNORE, Encoded, ValidLosses, collate, encode_pairs, evaluate_loss,
                                  evaluate_losses, first_label_tokens, loss_sum, make_labels,
                                  n_label_tokens, token_losses)
 from glossrec.train.optim import cpu_has_native_bf16
 
 __all__ = [
-    "IGNORE", "Encoded", "TrainState", "TrainResult", "collate", "cpu_has_native_bf16",
+    "IGNORE", "Encoded", "TrainState", "TrainResult", "ValidLosses", "collate", "cpu_has_native_bf16",
     "encode_pairs", "evaluate_loss", "evaluate_losses", "first_label_tokens", "latest_checkpoint",
     "loss_sum", "make_labels", "n_label_tokens", "subset", "token_losses", "train",
-    "train_from_config", "validation_loss",
+    "train_from_config", "validation_loss", "validation_losses",
 ]

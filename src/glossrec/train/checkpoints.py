@@ -192,8 +192,9 @@ class _Run:
     def evaluate(self, valid: Sequence[Encoded], pad_id: int) -> bool:
         """Validate, keep the best adapter; True when early stopping says stop."""
         t, s = self.cfg.train, self.state
-        loss, first = evaluate_losses(self.model, valid, pad_id, t.batch_size, self.device,
-                                      self.bf16, t.valid_first_tokens)
+        result = evaluate_losses(self.model, valid, pad_id, t.batch_size, self.device,
+                                 self.bf16, t.valid_first_tokens)
+        loss, first = result.loss, result.first
         s.last_eval_step = s.step
         improved = s.best_loss is None or loss < s.best_loss
         if improved:

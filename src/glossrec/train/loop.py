@@ -38,7 +38,8 @@ from glossrec.splits import Splits, prepare, sample_users
 from glossrec.train.batching import (
     _epoch_batches, _groups, _release_freed_memory, _split_by_tokens, kept_freed_memory)
 from glossrec.train.checkpoints import TrainState, _Run, _seed_all, latest_checkpoint
-from glossrec.train.loss import collate, encode_pairs, evaluate_loss, loss_sum, n_label_tokens
+from glossrec.train.loss import (ValidLosses, collate, encode_pairs, evaluate_losses, loss_sum,
+                                 n_label_tokens)
 from glossrec.train.optim import (
     _autocast, _enable_checkpointing, _optimizer, _schedule, _use_bf16, frozen_linears_to_bf16)
 from glossrec.train.parallel import _process_group
@@ -338,6 +339,13 @@ def validation_loss(cfg: RunConfig, ds: Dataset | None = None,
     from (train.init_adapter, else the base model), without training: the same validation
     users (train.max_valid_examples, train.seed), texts and loss (train.valid_loss). Compares
     adapters, or recipes, on one scale."""
+    return validation_losses(cfg, ds, splits).loss
+
+
+def validation_losses(cfg: RunConfig, ds: Dataset | None = None, splits: Splits | None = None,
+                      first_tokens: int = 0) -> ValidLosses:
+    """:func:`validation_loss` with its sums and token counts, and with `first_tokens` split
+    into each text's first tokens and the rest (what ``train.valid_first_tokens`` records)."""
     from glossrec.models import resolve_device
 
     t = cfg.train
@@ -347,7 +355,8 @@ def validation_loss(cfg: RunConfig, ds: Dataset | None = None,
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     data = encode_pairs(tok, valid_pairs, t.loss if t.valid_loss == "train" else "target",
                         cfg.prompt.max_length)
-    return evaluate_loss(model, data, pad_id, t.batch_size, device, _use_bf16(t, device))
+    return evaluate_losses(model, data, pad_id, t.batch_size, device, _use_bf16(t, device),
+                           first_tokens)
 
 
 def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train: bool = True

@@ -172,19 +172,49 @@ def first_label_tokens(labels: Any, k: int) -> Any:
     return real & (index < k)
 
 
+@dataclass(frozen=True)
+class ValidLosses:
+    """One validation pass's summed next-token losses and their token counts: the token-mean
+    loss over every label token, and the same over each text's first `first_k` label tokens and
+    over the rest (``first_k`` 0: not split)."""
+
+    texts: int
+    loss_sum: float
+    tokens: int
+    first_k: int = 0
+    first_sum: float = 0.0
+    first_count: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.tokens, 1)
+
+    @property
+    def first(self) -> float | None:
+        """Token-mean loss of the first `first_k` label tokens; None when not split."""
+        return self.first_sum / max(self.first_count, 1) if self.first_k else None
+
+    @property
+    def rest(self) -> float | None:
+        """Token-mean loss of the label tokens after the first `first_k`; None when not split."""
+        if not self.first_k:
+            return None
+        return (self.loss_sum - self.first_sum) / max(self.tokens - self.first_count, 1)
+
+
 def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
                   device: str, bf16: bool) -> float:
     """Token-mean validation loss (length-sorted batches: less padding, same result)."""
-    return evaluate_losses(model, data, pad_id, batch_size, device, bf16)[0]
+    return evaluate_losses(model, data, pad_id, batch_size, device, bf16).loss
 
 
 def evaluate_losses(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: int,
-                    device: str, bf16: bool, first_tokens: int = 0) -> tuple[float, float | None]:
-    """(token-mean loss, token-mean loss of each text's first `first_tokens` label tokens, or
-    None without them), in one pass.
+                    device: str, bf16: bool, first_tokens: int = 0) -> ValidLosses:
+    """The validation losses of `data` in one pass: over every label token and, with
+    `first_tokens`, split into each text's first `first_tokens` label tokens and the rest.
 
-    On target-only texts the second is the loss of the next item's first tokens (its brand and
-    product line), where a catalog-grounded search chooses among items; the rest of a title
+    On target-only texts the first part is the loss of the next item's first tokens (its brand
+    and product line), where a catalog-grounded search chooses among items; the rest of a title
     is nearly fixed by the catalog once they are written (docs/results.md, "Whole-text
     continuation of the shipped model").
     """
@@ -207,4 +237,4 @@ def evaluate_losses(model: Any, data: Sequence[Encoded], pad_id: int, batch_size
                 head_count += int(first.sum())
     if was_training:
         model.train()
-    return total / max(count, 1), (head / max(head_count, 1) if first_tokens else None)
+    return ValidLosses(len(data), total, count, first_tokens, head, head_count)
