@@ -102,3 +102,36 @@ def test_the_shipped_card_cites_its_provenance() -> None:
     assert len(prov["runs"]) == len({json.loads(x)["run"] for x in
                                      (SHIPPED / "train_log.jsonl").read_text().splitlines() if x})
     assert prov["test_json"] in text and (ROOT / prov["test_json"]).is_file()
+
+
+def _git(folder: Path, *cmd: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t", *cmd],
+                   check=True, capture_output=True)
+
+
+def test_retire_keeps_the_card_and_log_and_names_the_commit_with_the_weights(tmp_path: Path) -> None:
+    tool, folder = _tool(), _folder(tmp_path)
+    with pytest.raises(SystemExit, match="not committed as it is"):  # not in a repository
+        tool.retire(folder, "m")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "m")
+    _git(tmp_path, "commit", "-qm", "ship m")
+    (folder / "adapter_model.safetensors").write_bytes(b"\1" * 1024)  # changed since
+    with pytest.raises(SystemExit, match="not committed as it is"):
+        tool.retire(folder, "m")
+    _git(tmp_path, "commit", "-qam", "ship m again")
+    kept = {n: (folder / n).read_bytes() for n in KEPT if n != "adapter_model.safetensors"}
+    text = tool.retire(folder, "m").read_text()
+    assert not (folder / "adapter_model.safetensors").exists()
+    assert {n: (folder / n).read_bytes() for n in kept} == kept
+    import subprocess
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    retired = json.loads((folder / "provenance.json").read_text())["retired"]
+    assert retired == {"commit": head, "weights_mb": 0.0}
+    assert "weights are not in the package" in text and f"git checkout {head}" in text
+    assert "| 1 | 2 | 48 -> 80 |" in text  # the lineage table is still written from the log
+    with pytest.raises(SystemExit, match="retired already"):
+        tool.retire(folder, "m")

@@ -94,6 +94,24 @@ def test_formats_and_the_rule(tmp_path: Path) -> None:
         run_weights(None, str(tmp_path / "missing"))
 
 
+def test_a_retired_shipped_model_says_where_its_weights_are(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import glossrec.weights as w
+
+    folder = _lora(tmp_path / "smollm2-beauty")
+    save_file({"a": np.zeros(2, dtype=np.float32)}, str(folder / w.ADAPTER_WEIGHTS))
+    monkeypatch.setattr(w, "_SHIPPED_DIR", tmp_path)
+    assert resolve_weights("smollm2-beauty") == folder
+    (folder / w.ADAPTER_WEIGHTS).unlink()
+    (folder / "provenance.json").write_text(json.dumps({"retired": {"commit": "abc123"}}))
+    with pytest.raises(ConfigError, match="not in the package.*git checkout abc123 -- "
+                       "src/glossrec/shipped/smollm2-beauty/adapter_model.safetensors"):
+        resolve_weights("smollm2-beauty")
+
+
 def test_full_weights_replace_the_base_model(tmp_path: Path, tiny_model_config: Any) -> None:
     full, lora = _full(tmp_path / "full"), _lora(tmp_path / "lora")
     model, adapter = base_and_adapter(tiny_model_config, full)

@@ -19,6 +19,13 @@ scored):
 
   .venv/bin/python tools/ship_model.py --card-only --name smollm2-beauty \\
       --test-json bench/results/generative_cpu--shipped.json
+
+Retire an older model of a lineage once a newer one ships: its weights leave the package (a
+wheel carries every shipped adapter whole, and PyPI takes at most 100 MB a file), its card,
+recipe, training log and provenance stay, and the card and `glossrec` name the commit that
+still holds the weights (commit the weights first):
+
+  .venv/bin/python tools/ship_model.py --retire --name smollm2-beauty-wholetext-2
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -220,7 +228,9 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
     if len(runs) != len(spans):
         raise ShipError(f"{folder / PROVENANCE}: {len(runs)} runs recorded, the log has "
                         f"{len(spans)}")
-    size = (folder / "adapter_model.safetensors").stat().st_size / 2**20
+    retired = prov.get("retired")
+    size = (retired["weights_mb"] if retired
+            else (folder / "adapter_model.safetensors").stat().st_size / 2**20)
     tr, pr = cfg["train"], cfg["prompt"]
     base = BASE_MODELS.get(info["model"], f"`{info['model']}` (see its own licence)")
     minutes = [(s["clock_s"] - runs[s["run"]].get("paused_s", 0.0)) / 60 for s in spans]
@@ -237,6 +247,10 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         f"Served with catalog-grounded beam search ({served}): each of its 5 beams is a real "
         "catalog item, matched by BM25 or dense retrieval.",
         "",
+        *([f"**Its weights are not in the package** (retired when a newer model of its lineage "
+           "shipped; this card, its recipe and training log stay). They are in the glossrec "
+           f"repository at commit {retired['commit']}: `git checkout {retired['commit']} -- "
+           f"src/glossrec/shipped/{name}/adapter_model.safetensors`.", ""] if retired else []),
         "## Intended use",
         "",
         "- Research on generative recommendation and demonstrations of the GLoSS pipeline on a "
@@ -298,8 +312,9 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
     lines += test_section(test, prov["test_json"]) if test else [test_summary(None)]
     lines += ["", "## Limitations", "",
               f"- {test_summary(test)}",
-              "- CPU-sized: 135M parameters and under one epoch of training; the GLoSS paper's "
-              "models are 1B-8B parameters trained up to 10 epochs on a GPU.",
+              "- CPU-sized: 135M parameters and "
+              f"{f'{epochs:.2f} epochs' if epochs else 'a few epochs at most'} of training; the "
+              "GLoSS paper's models are 1B-8B parameters trained up to 10 epochs on a GPU.",
               "- Amazon Beauty (2014) only: it writes Beauty titles of that catalog's style; "
               "English titles only; item titles only (no brand, category or description).",
               "- Popular items are favoured by what the data rewards; the grounded search never "
@@ -348,6 +363,31 @@ def write_card(folder: Path, name: str, test_json: Path | None = None) -> Path:
     return folder / "README.md"
 
 
+def retire(folder: Path, name: str) -> Path:
+    """Take a shipped model's weights out of the package: the card (rewritten to say where the
+    weights are), recipe, training log and provenance stay. The weights must be committed, so
+    that the commit recorded holds them."""
+    from glossrec.io import write_json
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ShipError(f"{weights}: not found (retired already?)")
+    def git(*cmd: str) -> str:
+        out = subprocess.run(["git", "-C", str(folder), *cmd, "--", weights.name],
+                             capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("log", "-1", "--format=%H")
+    if not commit or git("status", "--porcelain"):
+        raise ShipError(f"{weights}: not committed as it is; commit the weights before retiring "
+                        "them, so that the commit recorded holds them")
+    prov = read_json(folder / PROVENANCE)
+    prov["retired"] = {"commit": commit, "weights_mb": round(weights.stat().st_size / 2**20, 1)}
+    write_json(folder / PROVENANCE, prov)
+    weights.unlink()
+    return write_card(folder, name)
+
+
 # ---- shipping a run --------------------------------------------------------------------------
 
 def recipe_toml(config: Path, decode: dict[str, str] | None = None) -> str:
@@ -368,9 +408,11 @@ def earlier(info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
     its examples must be those this run started from, or the lineage would be wrong."""
     if not info.get("init_adapter"):
         return [], []
-    from glossrec.weights import resolve_weights
+    from glossrec.weights import SHIPPED, resolve_weights
 
-    folder = resolve_weights(info["init_adapter"])
+    name = info["init_adapter"]  # a shipped model's log stays when its weights are retired
+    folder = (ROOT / "src" / "glossrec" / "shipped" / name if name in SHIPPED
+              else resolve_weights(name))
     path = folder / "train_log.jsonl"
     if not path.is_file():
         print(f"{folder} has no train_log.jsonl: the shipped log holds this run only",
@@ -445,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--card-only", action="store_true",
                    help="rewrite NAME's README.md (the model card) from its shipped files; copy "
                    "nothing, change no weights")
+    p.add_argument("--retire", action="store_true",
+                   help="take NAME's weights out of the package, keeping its card, recipe and "
+                   "log; the card names the commit that holds them")
     p.add_argument("--test-json", type=Path, default=None,
                    help="a bench/generative_cpu.py results file that scored this model on test "
                    "users (its rows and paired differences to LIS go in the card)")
@@ -462,9 +507,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds this run's process was stopped (SIGSTOP) while other work ran: "
                    "the log's wall clock includes them, the training time stated does not")
     args = p.parse_args(argv)
+    folder = ROOT / "src" / "glossrec" / "shipped" / args.name
     if args.card_only:
-        folder = ROOT / "src" / "glossrec" / "shipped" / args.name
         print(f"wrote {write_card(folder, args.name, args.test_json)}")
+        return 0
+    if args.retire:
+        print(f"retired the weights of {folder}; wrote {retire(folder, args.name)}")
         return 0
     if args.run is None or args.config is None:
         p.error("--run and --config are required (or --card-only)")

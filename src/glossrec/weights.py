@@ -100,6 +100,8 @@ def resolve_weights(spec: str | Path) -> Path:
     (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
     if isinstance(spec, str) and spec in SHIPPED:
         folder = _SHIPPED_DIR / spec
+        if kind(folder) == "lora" and not (folder / ADAPTER_WEIGHTS).is_file():
+            raise ConfigError(_retired(spec, folder))
         if kind(folder) is None:
             raise ConfigError(f"shipped model {spec!r}: {folder} is missing from this install")
         check_model_files(folder)
@@ -113,6 +115,18 @@ def resolve_weights(spec: str | Path) -> Path:
                           f"folder ({FULL_CONFIG} + {FULL_WEIGHTS})")
     check_model_files(folder)
     return folder
+
+
+def _retired(name: str, folder: Path) -> str:
+    """Why a shipped model has no weights here: the package keeps every shipped model's card,
+    recipe and training log, but the weights of the newest of each lineage only (a wheel holds
+    each one whole); the others stay in the project's git history."""
+    provenance = folder / "provenance.json"
+    commit = (read_json(provenance).get("retired") or {}).get("commit") if provenance.is_file() else None
+    where = (f"`git checkout {commit} -- src/glossrec/shipped/{name}/{ADAPTER_WEIGHTS}` in a "
+             "clone of the glossrec repository" if commit else "the glossrec repository's history")
+    return (f"shipped model {name!r}: its weights are not in the package (retired; its card, "
+            f"recipe and training log are in {folder}); get them with {where}")
 
 
 def check_model_files(folder: Path) -> None:
