@@ -39,7 +39,12 @@ def test_known_answer(tmp_path: Path) -> None:
     assert res.significant("good", "recall@5") and res.significant("good", "ndcg@5")
     assert not res.significant("same", "recall@5")
     assert res.p_adjusted["same"]["recall@5"] == 1.0
-    assert "+*" in res.table()
+    # paired bootstrap CI of the difference: 36 of 40 users gain 1 in recall, 4 gain 0
+    lo, hi = res.diff_ci95["good"]["recall@5"]
+    assert 0.75 < lo < 0.9 < hi <= 1.0
+    assert res.diff_ci95["same"]["recall@5"] == (0.0, 0.0)
+    assert "+*" in res.table() and "+0.9000 [" in res.table()
+    assert res.as_dict()["diff_ci95"]["good"]["recall@5"] == [lo, hi]
 
 
 def test_means_equal_glossrec_metrics(tmp_path: Path) -> None:

@@ -9,7 +9,12 @@ different splits) and testing each run against a chosen baseline, user by user:
 - the p-values of all (run, metric) tests against the baseline form one family, corrected by
   Holm-Bonferroni (Holm, 1979): with the m p-values sorted ascending p_(1) <= ... <= p_(m),
   ``p_adj_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))``; a difference is significant when
-  p_adj < alpha.
+  p_adj < alpha;
+- each run's difference from the baseline comes with its paired bootstrap 95% CI: users are
+  resampled with replacement, both runs' scores of a user kept together, and the CI is the
+  2.5th-97.5th percentile of the mean per-user difference over the resamples
+  (:func:`glossrec.evaluate.bootstrap_ci` on the per-user differences; 1,000 resamples, seed 0).
+  A difference whose CI lies above 0 is the one a claim of "beats" needs.
 
 ranx computes Recall@K and NDCG@K with the same definitions as :mod:`glossrec.evaluate` (one
 relevant item per user), so its means equal the runs' metrics.json on the same users (a test
@@ -31,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from glossrec.errors import ConfigError, DataError, import_optional
+from glossrec.evaluate import bootstrap_ci
 from glossrec.io import atomic_write, iter_jsonl
 from glossrec.rundir import RunDir
 
@@ -113,6 +119,8 @@ class Comparison:
     means: dict[str, dict[str, float]]
     p_values: dict[str, dict[str, float]] = field(default_factory=dict)
     p_adjusted: dict[str, dict[str, float]] = field(default_factory=dict)
+    diff_ci95: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    """Paired bootstrap 95% CI of (run - baseline) per metric."""
 
     def significant(self, run: str, metric: str) -> bool:
         p = self.p_adjusted.get(run, {}).get(metric)
@@ -121,11 +129,14 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {"users": self.users, "baseline": self.baseline, "metrics": self.metrics,
                 "stat_test": self.stat_test, "alpha": self.alpha, "correction": "holm",
-                "means": self.means, "p_values": self.p_values, "p_adjusted": self.p_adjusted}
+                "means": self.means, "p_values": self.p_values, "p_adjusted": self.p_adjusted,
+                "diff_ci95": {n: {m: list(ci) for m, ci in row.items()}
+                              for n, row in self.diff_ci95.items()}}
 
     def table(self) -> str:
         """Markdown: one row per run; ``*`` marks a corrected-significant difference from the
-        baseline (``+`` better / ``-`` worse), p_adj in brackets."""
+        baseline (``+`` better / ``-`` worse); p_adj, the difference and its paired bootstrap
+        95% CI in brackets."""
         head = "| run | " + " | ".join(self.metrics) + " |"
         lines = [f"{self.users} shared users; {self.stat_test} test vs {self.baseline}, "
                  f"Holm-corrected, alpha {self.alpha}", "", head,
@@ -137,7 +148,9 @@ class Comparison:
                 if name != self.baseline:
                     diff = row[m] - self.means[self.baseline][m]
                     mark = ("+*" if diff > 0 else "-*") if self.significant(name, m) else ""
-                    cell += f"{mark} (p={self.p_adjusted[name][m]:.3g})"
+                    lo, hi = self.diff_ci95[name][m]
+                    cell += (f"{mark} (p={self.p_adjusted[name][m]:.3g}; {diff:+.4f} "
+                             f"[{lo:+.4f}, {hi:+.4f}])")
                 cells.append(cell)
             lines.append(f"| {name}{' (baseline)' if name == self.baseline else ''} | "
                          + " | ".join(cells) + " |")
@@ -162,7 +175,8 @@ def compare(runs: Sequence[RankedRun], baseline: str | None = None,
     if not users:
         raise DataError("the runs share no user", runs[0].path)
     qrels = _ranx_qrels(runs, users)
-    report = ranx.compare(qrels, [_ranx_run(r, users) for r in runs], list(metrics),
+    ranx_runs = [_ranx_run(r, users) for r in runs]
+    report = ranx.compare(qrels, ranx_runs, list(metrics),
                           stat_test=stat_test, n_permutations=n_permutations, max_p=alpha,
                           random_seed=seed, make_comparable=True)
     means = {n: {m: float(report.results[n][m]) for m in metrics} for n in names}
@@ -170,9 +184,13 @@ def compare(runs: Sequence[RankedRun], baseline: str | None = None,
     raw = [float(report.comparisons[frozenset([baseline, n])][m]["p_value"]) for n, m in tested]
     adj = holm(raw)
     out = Comparison(len(users), baseline, list(metrics), stat_test, alpha, means)
+    scores = {r.name: r.scores for r in ranx_runs}  # per metric, per user (filled by ranx)
     for (n, m), p, pa in zip(tested, raw, adj):
         out.p_values.setdefault(n, {})[m] = p
         out.p_adjusted.setdefault(n, {})[m] = float(pa)
+        diff = np.array([scores[n][m].get(u, 0.0) - scores[baseline][m].get(u, 0.0)
+                         for u in users])  # absent: an empty list, scored 0
+        out.diff_ci95.setdefault(n, {})[m] = bootstrap_ci(diff)
     return out
 
 
