@@ -383,6 +383,27 @@ def test_start_examples_continues_the_data_order(tiny_lm_dir: Path, tok, tmp_pat
     assert sixth.history[0]["loss"] == pytest.approx(longer.history[5]["loss"], rel=1e-5)
 
 
+def test_start_examples_counts_short_micro_batches(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    # 15 examples in micro-batches of 2: each epoch has one batch of 1, anywhere in the order
+    # (group_by_length shuffles the cut batches). A continuation that starts at the examples its
+    # adapter saw (examples_seen_total) must take the very batch the long run took next, not
+    # one counted as if every batch were full.
+    data = helper.pairs(tok, 15)
+    kw = dict(warmup_steps=0, schedule="constant", learning_rate=1e-3, group_by_length=True)
+    whole = train(helper.config(tiny_lm_dir, max_steps=8, **kw), tmp_path / "whole", data)
+    sizes = [r["examples"] for r in whole.history if "loss" in r]
+    # a stop whose place in its epoch is odd: the batch of 1 is behind it, where the old
+    # rounding (examples // batch_size) would have started one batch early
+    k = next(j for j in range(1, 8) if sum(sizes[:j]) % 15 % 2)
+    seen = sum(sizes[:k])
+    first = train(helper.config(tiny_lm_dir, max_steps=k, **kw), tmp_path / "first", data)
+    cont = train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir),
+                               start_examples=seen, **kw), tmp_path / "cont", data)
+    steps = [r for r in whole.history if "loss" in r]
+    assert cont.history[0]["examples"] == steps[k]["examples"]
+    assert cont.history[0]["loss"] == pytest.approx(steps[k]["loss"], rel=1e-5)
+
+
 def test_valid_loss_target_scores_the_next_item_only(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
     """train.valid_loss = "target": a whole-text run is validated on the next item's tokens,
     the figure a target-only run reports, so the two can be compared."""

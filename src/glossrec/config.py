@@ -177,7 +177,8 @@ class TrainConfig(_Section):
     start_examples: int = Field(0, ge=0)
     """Begin this many examples into the run's seeded order of epochs.
 
-    Rounded down to whole micro-batches; past one epoch (every training example) it starts in a
+    At the first micro-batch not wholly taken by that many examples (micro-batches are counted
+    with their real sizes, some short); past one epoch (every training example) it starts in a
     later epoch, in that epoch's order. A run continued from init_adapter with the same seed
     then sees the examples that adapter has not seen, rather than replaying them."""
     max_batch_tokens: int | None = Field(1024, ge=32)

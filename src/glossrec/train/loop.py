@@ -101,11 +101,20 @@ def _total_steps(t: TrainConfig, n_train: int) -> int:
     return total
 
 
-def _start_position(t: TrainConfig, n_train: int) -> tuple[int, int]:
+def _start_position(t: TrainConfig, lengths: Sequence[int]) -> tuple[int, int]:
     """(epoch, micro-batch in it) where train.start_examples begins: past one epoch's examples
-    it continues into the next epoch's order, as the one long run would."""
-    epoch, offset = divmod(t.start_examples, n_train)
-    return epoch, offset // t.batch_size
+    it continues into the next epoch's order, as the one long run would. Within the epoch, the
+    first micro-batch not wholly taken by the examples before it: an epoch's micro-batches are
+    not all full (the last of each length window is short), so examples are counted batch by
+    batch, and a run's examples_seen_total starts its continuation exactly where it stopped."""
+    epoch, offset = divmod(t.start_examples, len(lengths))
+    seen = 0
+    batches = _epoch_batches(lengths, t.batch_size, t.seed, epoch, t.group_by_length)
+    for k, batch in enumerate(batches):
+        if seen + len(batch) > offset:
+            return epoch, k
+        seen += len(batch)
+    return epoch, len(batches)
 
 
 def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,7 +202,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     restore_fp32 = _bf16_frozen_weights(run)
     resumed_from = _resume_latest(run, total)
     if resumed_from is None:
-        run.state.epoch, run.state.batch_in_epoch = _start_position(t, len(train_data))
+        run.state.epoch, run.state.batch_in_epoch = _start_position(t, lengths)
     if t.report_to and procs.main:  # a resumed run sends only the steps after its checkpoint
         run.trackers = _Trackers(t.report_to, run_dir, cfg)
         run.trackers.sent = len(run.state.history)
