@@ -64,13 +64,19 @@ TRAIN_INFO = "glossrec_train.json"
 
 SHIPPED = MappingProxyType({
     "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
-    "smollm2-beauty-wholetext": "smollm2-beauty continued with the whole-text loss (in training; "
-                                "chosen by validation loss only)",
-    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch",
+    "smollm2-beauty-wholetext": "smollm2-beauty continued with the whole-text loss (card and "
+                                "training log; weights retired from the package)",
+    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch "
+                                  "(card and training log; weights retired from the package)",
     "smollm2-beauty-wholetext-3": "smollm2-beauty-wholetext-2 trained on, 4,800 examples more "
+                                  "(card and training log; weights retired from the package)",
+    "smollm2-beauty-wholetext-4": "smollm2-beauty-wholetext-3 trained on, 4,799 examples more "
                                   "(the whole-text lineage's newest)",
 })
-"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME)."""
+"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
+keeps its card, recipe and training log there; a lineage's older models have their weights
+retired from the package (``tools/ship_model.py --retire``), and :func:`resolve_weights` then
+names the commit that holds them."""
 _SHIPPED_DIR = Path(__file__).parent / "shipped"
 
 Kind = Literal["lora", "full"]
