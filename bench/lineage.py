@@ -8,6 +8,9 @@ taken out (spread evenly over the run's steps: the log does not say when it was 
 validation users are its config's ``train.max_valid_examples`` (read from the config its command
 names), so a jump between two runs' validation sets shows as a labelled break, not as progress.
 
+Where a run logged it (``train.valid_first_tokens``), the loss of the next item's first tokens
+is drawn beside it, dashed.
+
 Recall points come from scored validation runs (``glossrec run ... --set evaluate.split=valid
 --set model.weights=NAME``): each run directory's rankings give Recall@5 with a bootstrap CI, at
 the examples its weights had seen; its ``lis-bm25`` ranking is drawn as LIS's level.
@@ -61,6 +64,7 @@ def lineage_points(folder: Path) -> list[dict[str, Any]]:
             ex, sec = seen.get(v["step"], (0, 0.0))
             rows.append({"run": r, "step": v["step"], "examples": examples0 + ex,
                          "hours": round(hours0 + sec / 3600, 3), "valid_loss": v["valid_loss"],
+                         "valid_loss_first": v.get("valid_loss_first"),
                          "valid_users": _valid_users(prov.get("command", "")),
                          "machine": prov.get("machine", {})})
         examples0 += sum(x["examples"] for x in steps)
@@ -81,7 +85,9 @@ def recall_point(run_dir: Path) -> dict[str, Any]:
         return float(hits.mean()), list(bootstrap_ci(hits))
 
     name = tomllib.loads((run_dir / "config.toml").read_text())["model"].get("weights")
-    info = weights.train_info(weights.resolve_weights(name)) if name else {}
+    folder = (weights.shipped_dir(name) if name in weights.SHIPPED  # its weights may be retired
+              else weights.resolve_weights(name)) if name else None
+    info = weights.train_info(folder) if folder else {}
     run = read_run(run_dir)
     mean, ci = r5(run)
     lis = read_run(run_dir / "lis-bm25") if (run_dir / "lis-bm25").is_dir() else None
@@ -101,8 +107,13 @@ def plot(path: Path, model: str, rows: list[dict[str, Any]], recall: list[dict[s
         pts = [x for x in rows if x["run"] == r]
         users = pts[0]["valid_users"]
         label = f"run {r} ({users or '?'} validation users)"
+        first = [x for x in pts if x["valid_loss_first"] is not None]
         for ax, key in ((axes[0], "examples"), (axes[1], "hours")):
-            ax.plot([x[key] for x in pts], [x["valid_loss"] for x in pts], "o-", ms=3, label=label)
+            line, = ax.plot([x[key] for x in pts], [x["valid_loss"] for x in pts], "o-", ms=3,
+                            label=label)
+            if first:  # the next item's first tokens, where the grounded search chooses
+                ax.plot([x[key] for x in first], [x["valid_loss_first"] for x in first], "s--",
+                        ms=3, color=line.get_color(), label=f"run {r}, first tokens only")
     axes[0].set_xlabel("training examples seen")
     axes[1].set_xlabel("training hours (paused time left out; the machines differ per run)")
     for ax in axes[:2]:
@@ -135,18 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from glossrec import weights
 
-    folder = weights.resolve_weights(args.model)
+    folder = (weights.shipped_dir(args.model) if args.model in weights.SHIPPED
+              else weights.resolve_weights(args.model))
     name = Path(folder).name
     out = args.json or RESULTS / f"lineage--{name}.json"
     rows = lineage_points(Path(folder))
     recall = [recall_point(d) for d in args.recall]
     write_results(out, {"model": name, "validations": rows, "recall": recall}, machine())
     plot(out.with_suffix(".png"), name, rows, recall)
-    print("| run | step | examples | hours | validation users | validation loss |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| run | step | examples | hours | validation users | validation loss | first tokens |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for x in rows:
+        first = f"{x['valid_loss_first']:.3f}" if x["valid_loss_first"] is not None else ""
         print(f"| {x['run']} | {x['step']} | {x['examples']:,} | {x['hours']:.2f} | "
-              f"{x['valid_users'] or '?'} | {x['valid_loss']:.3f} |")
+              f"{x['valid_users'] or '?'} | {x['valid_loss']:.3f} | {first} |")
     for q in recall:
         lo, hi = q["recall@5_ci"]
         print(f"{q['weights']}: {q['examples']} examples, R@5 {q['recall@5']:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -110,6 +110,9 @@ def test_a_retired_shipped_model_says_where_its_weights_are(tmp_path: Path,
     with pytest.raises(ConfigError, match="not in the package.*git checkout abc123 -- "
                        "src/glossrec/shipped/smollm2-beauty/adapter_model.safetensors"):
         resolve_weights("smollm2-beauty")
+    assert w.shipped_dir("smollm2-beauty") == folder  # its card, recipe and log are still read
+    with pytest.raises(ConfigError, match="not a shipped model"):
+        w.shipped_dir("no-such-model")
 
 
 def test_full_weights_replace_the_base_model(tmp_path: Path, tiny_model_config: Any) -> None:

@@ -408,11 +408,10 @@ def earlier(info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
     its examples must be those this run started from, or the lineage would be wrong."""
     if not info.get("init_adapter"):
         return [], []
-    from glossrec.weights import SHIPPED, resolve_weights
+    from glossrec.weights import SHIPPED, resolve_weights, shipped_dir
 
     name = info["init_adapter"]  # a shipped model's log stays when its weights are retired
-    folder = (ROOT / "src" / "glossrec" / "shipped" / name if name in SHIPPED
-              else resolve_weights(name))
+    folder = shipped_dir(name) if name in SHIPPED else resolve_weights(name)
     path = folder / "train_log.jsonl"
     if not path.is_file():
         print(f"{folder} has no train_log.jsonl: the shipped log holds this run only",

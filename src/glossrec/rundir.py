@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from glossrec.config import RunConfig, config_to_toml, load_config
 from glossrec.errors import ConfigError
 from glossrec.io import atomic_write
-from glossrec.weights import SHIPPED, kind, resolve_weights, run_weights
+from glossrec.weights import SHIPPED, kind, run_weights, shipped_dir
 
 if TYPE_CHECKING:
     from glossrec.retrieve.live import LiveCatalog, RetrieverLoader
@@ -183,7 +183,7 @@ def shipped_config(name: str) -> Path | None:
     folder carries one like a run directory does (None for a plain weights folder)."""
     if name not in SHIPPED:
         return None
-    path = RunDir(resolve_weights(name)).config
+    path = RunDir(shipped_dir(name)).config
     return path if path.is_file() else None
 
 

@@ -47,7 +47,7 @@ from glossrec.io import read_json
 
 __all__ = [
     "SHIPPED", "ADAPTER_FILES", "TRAIN_INFO", "Kind", "kind", "is_lora", "is_full_model",
-    "resolve_weights", "run_weights", "base_and_adapter", "lora_settings",
+    "resolve_weights", "shipped_dir", "run_weights", "base_and_adapter", "lora_settings",
     "train_info", "check_init", "save", "load_into", "check_model_files", "first_line",
 ]
 
@@ -101,11 +101,19 @@ def is_full_model(folder: str | Path) -> bool:
     return kind(folder) == "full"
 
 
+def shipped_dir(name: str) -> Path:
+    """The package folder of a shipped model: its card, recipe, training log and provenance,
+    and its weights unless they were retired (:func:`resolve_weights` checks that)."""
+    if name not in SHIPPED:
+        raise ConfigError(f"{name!r} is not a shipped model (known: {', '.join(sorted(SHIPPED))})")
+    return _SHIPPED_DIR / name
+
+
 def resolve_weights(spec: str | Path) -> Path:
     """A trained-weights folder: a shipped model's name, or a path to a LoRA adapter folder
     (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
     if isinstance(spec, str) and spec in SHIPPED:
-        folder = _SHIPPED_DIR / spec
+        folder = shipped_dir(spec)
         if kind(folder) == "lora" and not (folder / ADAPTER_WEIGHTS).is_file():
             raise ConfigError(_retired(spec, folder))
         if kind(folder) is None:
