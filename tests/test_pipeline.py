@@ -164,7 +164,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
-BANDS = {  # issue #2: LIS-BM25, paper settings; bands = what BM25 score ties alone move
+BANDS = {  # LIS-BM25, paper settings; bands = what BM25 score ties alone move
     "beauty": ((0.0425, 0.0450), (0.0225, 0.0243)),
     "toys": ((0.0510, 0.0555), (0.0257, 0.0290)),
     "sports": ((0.0202, 0.0222), (0.0100, 0.0120)),
