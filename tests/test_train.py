@@ -404,6 +404,26 @@ def test_start_examples_counts_short_micro_batches(tiny_lm_dir: Path, tok, tmp_p
     assert cont.history[0]["loss"] == pytest.approx(steps[k]["loss"], rel=1e-5)
 
 
+def test_every_checkpoint_is_a_whole_weights_folder(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
+    """A checkpoint carries glossrec_train.json as the final adapter does: shippable, and a
+    starting point whose examples a continuation adds to, before its run has ended."""
+    data = helper.pairs(tok, 12)
+    run = tmp_path / "run"
+    res = train(helper.config(tiny_lm_dir, max_steps=4, eval_steps=1, save_steps=2),
+                run, data[:8], data[8:])
+    final = json.loads((res.adapter_dir / "glossrec_train.json").read_text())
+    last = json.loads((latest_checkpoint(run) / "glossrec_train.json").read_text())
+    assert last == final and final["steps"] == 4 and final["examples_seen"] == 16
+    best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("best-"))
+    info = json.loads((best / "glossrec_train.json").read_text())
+    assert info["steps"] == int(best.name.rsplit("-", 1)[1]) == res.best_step
+    assert info["examples_seen"] == 4 * info["steps"]
+    cont = train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(best)),
+                 tmp_path / "cont", data[:8], data[8:])
+    more = json.loads((cont.adapter_dir / "glossrec_train.json").read_text())
+    assert more["examples_seen_total"] == info["examples_seen"] + 4
+
+
 def test_valid_loss_target_scores_the_next_item_only(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:
     """train.valid_loss = "target": a whole-text run is validated on the next item's tokens,
     the figure a target-only run reports, so the two can be compared."""

@@ -57,6 +57,13 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _BEST_DIR = re.compile(r"^best-step-(\d+)$")
 
 
+def _prior(cfg: RunConfig, key: str) -> float:
+    """A total (examples seen, seconds) behind train.init_adapter (0 for a fresh start)."""
+    if cfg.train.init_adapter is None:
+        return 0
+    return weights.train_info(weights.resolve_weights(cfg.train.init_adapter)).get(key, 0)
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint folder (incomplete ones never get their final name)."""
     root = Path(run_dir) / "checkpoints"
@@ -118,6 +125,23 @@ class _Run:
     def ckpt_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    def train_info(self) -> dict[str, Any]:
+        """glossrec_train.json of the weights as they stand: what this run did so far and, with
+        train.init_adapter, the totals behind it. The final adapter and every checkpoint carry
+        one, so a checkpoint is a whole weights folder too (an init_adapter, a model to ship
+        before its run ends)."""
+        s, cfg = self.state, self.cfg
+        seconds = max((r.get("seconds", 0.0) for r in s.history), default=0.0)
+        seen = sum(int(r.get("examples", 0)) for r in s.history)
+        return {"model": cfg.model.name, "steps": s.step, "best_step": s.best_step,
+                "best_valid_loss": s.best_loss, "stopped_early": s.stopped_early,
+                "lora": cfg.lora.model_dump(mode="json"), "loss": cfg.train.loss,
+                "method": cfg.train.method, "init_adapter": cfg.train.init_adapter,
+                "examples_seen": seen,
+                "examples_seen_total": seen + _prior(cfg, "examples_seen_total"),
+                "train_seconds": round(seconds, 1),
+                "train_seconds_total": round(seconds + _prior(cfg, "train_seconds_total"), 1)}
+
     def save_checkpoint(self) -> Path:
         """checkpoints/step-N (rank 0 writes; the others wait until it is there)."""
         path = self.ckpt_root / f"step-{self.state.step:07d}"
@@ -133,6 +157,7 @@ class _Run:
 
         def fill(tmp: Path) -> None:
             weights.save(self.model, tmp, self.cfg.model.name)
+            write_json(tmp / weights.TRAIN_INFO, self.train_info())
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(_rng_state(), tmp / "rng.pt")
@@ -153,9 +178,12 @@ class _Run:
 
     def save_best(self) -> None:
         name = f"best-step-{self.state.step:07d}"
+        def fill(tmp: Path) -> None:
+            weights.save(self.model, tmp, self.cfg.model.name)
+            write_json(tmp / weights.TRAIN_INFO, self.train_info())
+
         if self.group.main:
-            atomic_dir(self.ckpt_root / name,
-                       lambda tmp: weights.save(self.model, tmp, self.cfg.model.name))
+            atomic_dir(self.ckpt_root / name, fill)
         self.group.barrier()
         self.state.best_dir = name
 

@@ -296,8 +296,6 @@ def _write_final_adapter(run: _Run) -> Path:
     s = run.state
     best = run.ckpt_root / s.best_dir if s.best_dir else None
 
-    seconds = max((r.get("seconds", 0.0) for r in s.history), default=0.0)
-
     def fill(tmp: Path) -> None:
         if best is not None and best.is_dir() and any(best.glob("*.safetensors")):
             for f in best.iterdir():
@@ -308,28 +306,9 @@ def _write_final_adapter(run: _Run) -> Path:
             for extra in tmp.glob("README.md"):
                 extra.unlink()
         run.tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / weights.TRAIN_INFO, {
-            "model": run.cfg.model.name, "steps": s.step, "best_step": s.best_step,
-            "best_valid_loss": s.best_loss, "stopped_early": s.stopped_early,
-            "lora": run.cfg.lora.model_dump(mode="json"), "loss": run.cfg.train.loss,
-            "method": run.cfg.train.method, "init_adapter": run.cfg.train.init_adapter,
-            "examples_seen": _examples_seen(s.history),
-            "examples_seen_total": _examples_seen(s.history) + _prior(run.cfg, "examples_seen_total"),
-            "train_seconds": round(seconds, 1),
-            "train_seconds_total": round(seconds + _prior(run.cfg, "train_seconds_total"), 1)})
+        write_json(tmp / weights.TRAIN_INFO, run.train_info())
 
     return atomic_dir(RunDir(run.run_dir).adapter, fill)
-
-
-def _examples_seen(history: Sequence[dict[str, Any]]) -> int:
-    return sum(int(r.get("examples", 0)) for r in history)
-
-
-def _prior(cfg: RunConfig, key: str) -> float:
-    """A total (examples seen, seconds) behind train.init_adapter (0 for a fresh start)."""
-    if cfg.train.init_adapter is None:
-        return 0
-    return weights.train_info(weights.resolve_weights(cfg.train.init_adapter)).get(key, 0)
 
 
 def train_from_config(cfg: RunConfig, run_dir: Path,
