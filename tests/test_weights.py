@@ -195,3 +195,21 @@ def test_recommender_uses_the_same_rule(run: RunDir, tmp_path: Path,
     _full(run.adapter)
     Recommender.from_run(run.path)
     assert rec.weights == [named, run.adapter]
+
+
+def test_every_shipped_model_has_its_card_and_log_and_weights_or_their_commit() -> None:
+    import re
+
+    import glossrec.weights as w
+
+    for name in w.SHIPPED:
+        folder = w.shipped_dir(name)
+        assert all((folder / f).is_file() for f in ("README.md", "config.toml", "train_log.jsonl",
+                                                    "provenance.json", w.TRAIN_INFO)), name
+        if (folder / w.ADAPTER_WEIGHTS).is_file():
+            assert resolve_weights(name) == folder
+        else:
+            with pytest.raises(ConfigError, match=r"git checkout [0-9a-f]{40} -- "):
+                resolve_weights(name)
+            commit = re.search(r"[0-9a-f]{40}", (folder / "README.md").read_text())
+            assert commit is not None, f"{name}: its card names no commit with the weights"
