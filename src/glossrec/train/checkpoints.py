@@ -12,6 +12,7 @@ decides early stopping.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -55,13 +56,6 @@ class TrainState:
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _BEST_DIR = re.compile(r"^best-step-(\d+)$")
-
-
-def _prior(cfg: RunConfig, key: str) -> float:
-    """A total (examples seen, seconds) behind train.init_adapter (0 for a fresh start)."""
-    if cfg.train.init_adapter is None:
-        return 0
-    return weights.train_info(weights.resolve_weights(cfg.train.init_adapter)).get(key, 0)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -125,6 +119,13 @@ class _Run:
     def ckpt_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    @functools.cached_property
+    def prior(self) -> dict[str, Any]:
+        """glossrec_train.json of train.init_adapter, read once ({} for a fresh start): the
+        totals (examples seen, seconds) behind this run."""
+        init = self.cfg.train.init_adapter
+        return weights.train_info(weights.resolve_weights(init)) if init else {}
+
     def train_info(self) -> dict[str, Any]:
         """glossrec_train.json of the weights as they stand: what this run did so far and, with
         train.init_adapter, the totals behind it. The final adapter and every checkpoint carry
@@ -138,9 +139,14 @@ class _Run:
                 "lora": cfg.lora.model_dump(mode="json"), "loss": cfg.train.loss,
                 "method": cfg.train.method, "init_adapter": cfg.train.init_adapter,
                 "examples_seen": seen,
-                "examples_seen_total": seen + _prior(cfg, "examples_seen_total"),
+                "examples_seen_total": seen + self.prior.get("examples_seen_total", 0),
                 "train_seconds": round(seconds, 1),
-                "train_seconds_total": round(seconds + _prior(cfg, "train_seconds_total"), 1)}
+                "train_seconds_total": round(seconds + self.prior.get("train_seconds_total", 0), 1)}
+
+    def _save_weights(self, folder: Path) -> None:
+        """The weights as they stand, with their glossrec_train.json (checkpoints, best)."""
+        weights.save(self.model, folder, self.cfg.model.name)
+        write_json(folder / weights.TRAIN_INFO, self.train_info())
 
     def save_checkpoint(self) -> Path:
         """checkpoints/step-N (rank 0 writes; the others wait until it is there)."""
@@ -156,8 +162,7 @@ class _Run:
         step = self.state.step
 
         def fill(tmp: Path) -> None:
-            weights.save(self.model, tmp, self.cfg.model.name)
-            write_json(tmp / weights.TRAIN_INFO, self.train_info())
+            self._save_weights(tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(_rng_state(), tmp / "rng.pt")
@@ -178,12 +183,8 @@ class _Run:
 
     def save_best(self) -> None:
         name = f"best-step-{self.state.step:07d}"
-        def fill(tmp: Path) -> None:
-            weights.save(self.model, tmp, self.cfg.model.name)
-            write_json(tmp / weights.TRAIN_INFO, self.train_info())
-
         if self.group.main:
-            atomic_dir(self.ckpt_root / name, fill)
+            atomic_dir(self.ckpt_root / name, self._save_weights)
         self.group.barrier()
         self.state.best_dir = name
 
