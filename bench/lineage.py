@@ -85,9 +85,7 @@ def recall_point(run_dir: Path) -> dict[str, Any]:
         return float(hits.mean()), list(bootstrap_ci(hits))
 
     name = tomllib.loads((run_dir / "config.toml").read_text())["model"].get("weights")
-    folder = (weights.shipped_dir(name) if name in weights.SHIPPED  # its weights may be retired
-              else weights.resolve_weights(name)) if name else None
-    info = weights.train_info(folder) if folder else {}
+    info = weights.train_info(weights.record_dir(name)) if name else {}
     run = read_run(run_dir)
     mean, ci = r5(run)
     lis = read_run(run_dir / "lis-bm25") if (run_dir / "lis-bm25").is_dir() else None
@@ -146,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from glossrec import weights
 
-    folder = (weights.shipped_dir(args.model) if args.model in weights.SHIPPED
-              else weights.resolve_weights(args.model))
+    folder = weights.record_dir(args.model)
     name = Path(folder).name
     out = args.json or RESULTS / f"lineage--{name}.json"
     rows = lineage_points(Path(folder))

@@ -219,6 +219,8 @@ def test_summary(d: dict[str, Any] | None) -> str:
 
 def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | None) -> str:
     """The model card (README.md) of a shipped folder, from its files and provenance."""
+    from glossrec.weights import retired_checkout
+
     info = read_json(folder / "glossrec_train.json")
     lora = read_json(folder / "adapter_config.json")
     cfg = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8"))
@@ -249,8 +251,8 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
         "",
         *([f"**Its weights are not in the package** (retired when a newer model of its lineage "
            "shipped; this card, its recipe and training log stay). They are in the glossrec "
-           f"repository at commit {retired['commit']}: `git checkout {retired['commit']} -- "
-           f"src/glossrec/shipped/{name}/adapter_model.safetensors`.", ""] if retired else []),
+           f"repository at commit {retired['commit']}: "
+           f"`{retired_checkout(name, retired['commit'])}`.", ""] if retired else []),
         "## Intended use",
         "",
         "- Research on generative recommendation and demonstrations of the GLoSS pipeline on a "
@@ -408,10 +410,9 @@ def earlier(info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
     its examples must be those this run started from, or the lineage would be wrong."""
     if not info.get("init_adapter"):
         return [], []
-    from glossrec.weights import SHIPPED, resolve_weights, shipped_dir
+    from glossrec.weights import record_dir
 
-    name = info["init_adapter"]  # a shipped model's log stays when its weights are retired
-    folder = shipped_dir(name) if name in SHIPPED else resolve_weights(name)
+    folder = record_dir(info["init_adapter"])  # a retired shipped model's log is still there
     path = folder / "train_log.jsonl"
     if not path.is_file():
         print(f"{folder} has no train_log.jsonl: the shipped log holds this run only",

@@ -47,7 +47,7 @@ from glossrec.io import read_json
 
 __all__ = [
     "SHIPPED", "ADAPTER_FILES", "TRAIN_INFO", "Kind", "kind", "is_lora", "is_full_model",
-    "resolve_weights", "shipped_dir", "run_weights", "base_and_adapter", "lora_settings",
+    "resolve_weights", "shipped_dir", "record_dir", "retired_checkout", "run_weights", "base_and_adapter", "lora_settings",
     "train_info", "check_init", "save", "load_into", "check_model_files", "first_line",
 ]
 
@@ -111,6 +111,21 @@ def shipped_dir(name: str) -> Path:
     return _SHIPPED_DIR / name
 
 
+def record_dir(spec: str | Path) -> Path:
+    """The folder of a model's record (training info and log, and for a shipped model its card
+    and recipe): a shipped model's package folder, whose weights may be retired, else the
+    weights folder `spec` names (:func:`resolve_weights`)."""
+    if isinstance(spec, str) and spec in SHIPPED:
+        return shipped_dir(spec)
+    return resolve_weights(spec)
+
+
+def retired_checkout(name: str, commit: str) -> str:
+    """The command that brings a retired shipped model's weights back, in a clone of the
+    glossrec repository."""
+    return f"git checkout {commit} -- src/glossrec/shipped/{name}/{ADAPTER_WEIGHTS}"
+
+
 def resolve_weights(spec: str | Path) -> Path:
     """A trained-weights folder: a shipped model's name, or a path to a LoRA adapter folder
     (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
@@ -139,8 +154,8 @@ def _retired(name: str, folder: Path) -> str:
     each one whole); the others stay in the project's git history."""
     provenance = folder / "provenance.json"
     commit = (read_json(provenance).get("retired") or {}).get("commit") if provenance.is_file() else None
-    where = (f"`git checkout {commit} -- src/glossrec/shipped/{name}/{ADAPTER_WEIGHTS}` in a "
-             "clone of the glossrec repository" if commit else "the glossrec repository's history")
+    where = (f"`{retired_checkout(name, commit)}` in a clone of the glossrec repository"
+             if commit else "the glossrec repository's history")
     return (f"shipped model {name!r}: its weights are not in the package (retired; its card, "
             f"recipe and training log are in {folder}); get them with {where}")
 
