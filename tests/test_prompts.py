@@ -171,3 +171,16 @@ def test_compact_template_with_a_history_cap(tok) -> None:
     assert compact.count(prompt) < paper.count(paper.test_prompt(hist))
     pair = compact.train_pair(hist, "Title: the next one", "u1")
     assert pair.prompt == prompt and pair.target == "Title: the next one"
+
+
+def test_item_starts_point_at_each_history_item() -> None:
+    from glossrec.prompts import item_starts, render
+
+    history = ["Title: a comb", "Title: shampoo 500ml", "Title: x"]
+    for template in (PAPER_TEMPLATE, "{target}? ### History\n{history}\n### Next:\n{target}",
+                     "no history here {target}"):
+        text = render(history, None, template)
+        starts = item_starts(history, template)
+        assert len(starts) == (len(history) if "{history}" in template else 0)
+        for at, item in zip(starts, history):
+            assert text[at:at + len(item)] == item

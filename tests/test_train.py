@@ -622,3 +622,61 @@ def test_validation_records_the_next_items_first_tokens(tiny_lm_dir: Path, tok,
             float(loss_sum(run.model, batch, "cpu")), rel=1e-6)
     with pytest.raises(ValueError, match="valid_first_tokens"):
         helper.config(tiny_lm_dir, loss="full", valid_first_tokens=3)
+
+
+# ---- train.head_tokens / head_weight: the first tokens of each item weigh more -----------------
+
+
+def test_heads_mark_the_first_token_of_every_item(tok) -> None:
+    pair = helper.pairs(tok, 1)[0]
+    enc, = encode_pairs(tok, [pair], "full", heads=True)
+    assert len(enc.heads) == 4  # three history items and the target
+    assert enc.heads[-1] == len(tok(pair.prompt)["input_ids"])
+    ids = list(enc.input_ids)
+    for h in enc.heads:
+        assert tok.decode(ids[h:]).startswith("Title:")
+        assert not tok.decode(ids[h - 1:h]).endswith("Title")  # the item's first token, not later
+    # Cut from the left (a text longer than max_length): the heads move with the tokens and
+    # those cut away are gone.
+    cut, = encode_pairs(tok, [pair], "full", max_length=len(ids) - enc.heads[1] - 1, heads=True)
+    drop = len(ids) - len(cut.input_ids)
+    assert cut.heads == tuple(h - drop for h in enc.heads[2:])
+    assert encode_pairs(tok, [pair], "full")[0].heads == ()
+
+
+def test_head_weight_weighs_each_items_first_tokens(tiny_lm_dir: Path, tok) -> None:
+    from glossrec.train.loss import label_weight, loss_sum, n_label_tokens, token_losses
+
+    data = encode_pairs(tok, helper.pairs(tok, 3), "full", heads=True)
+    plain = collate(data, tok.eos_token_id)
+    weighted = collate(data, tok.eos_token_id, head_tokens=2, head_weight=3.0)
+    assert "weights" not in plain and "weights" not in collate(data, tok.eos_token_id, 2, 1.0)
+    w = weighted["weights"]
+    assert w.shape == weighted["labels"][:, 1:].shape
+    # Label j (predicted from position j - 1) sits at column j - 1: each head and the token after.
+    expected = torch.ones_like(w)
+    for i, e in enumerate(data):
+        for h in e.heads:
+            expected[i, h - 1:h + 1] = 3.0
+    assert torch.equal(w, expected)
+    heads = sum(2 * len(e.heads) for e in data)
+    assert label_weight(weighted) == n_label_tokens(plain) + 2.0 * heads
+    assert label_weight(plain) == n_label_tokens(plain)
+    model, _ = load_model(helper.config(tiny_lm_dir).model)
+    with torch.no_grad():
+        ce = token_losses(model, plain, "cpu")
+        assert torch.allclose(loss_sum(model, weighted, "cpu"), (ce * expected).sum())
+        assert torch.allclose(loss_sum(model, plain, "cpu"), ce.sum())
+
+
+def test_head_weight_trains_another_model_and_needs_head_tokens(tiny_lm_dir: Path, tok,
+                                                                tmp_path: Path) -> None:
+    data = helper.pairs(tok, 10)
+    runs = {}
+    for name, extra in {"plain": {}, "heads": {"head_tokens": 3, "head_weight": 4.0}}.items():
+        cfg = helper.config(tiny_lm_dir, max_steps=2, warmup_steps=0, **extra)
+        train(cfg, tmp_path / name, data[:8], data[8:])
+        runs[name] = load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(runs["plain"][k], runs["heads"][k]) for k in runs["plain"])
+    with pytest.raises(ValueError, match="head_tokens"):
+        helper.config(tiny_lm_dir, head_weight=4.0)

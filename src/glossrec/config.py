@@ -165,6 +165,16 @@ class TrainConfig(_Section):
     With a catalog-grounded search the first tokens of a title are where the model chooses an
     item; the rest is nearly fixed by the catalog. Needs target-token validation texts
     (``valid_loss = "target"``, or a target-only ``loss``)."""
+    head_tokens: int = Field(0, ge=0)
+    """The first N tokens of every item in a training text (each history item's that the loss
+    covers, and the next item's) weigh ``head_weight`` in the loss; 0: every token weighs 1
+    (the paper).
+
+    A title's first tokens are where the model chooses an item (see ``valid_first_tokens``);
+    with whole-text loss most label tokens spell out the rest of titles, which the catalog
+    nearly fixes. The weight moves the gradient from spelling titles to choosing them."""
+    head_weight: float = Field(1.0, gt=0)
+    """The loss weight of the ``head_tokens``; a step's loss is then a weighted token mean."""
     method: Literal["lora", "full"] = "lora"
     """LoRA adapters (the paper) or "full": every weight is trained (small models).
 
@@ -248,6 +258,12 @@ class TrainConfig(_Section):
         if self.valid_first_tokens and self.valid_loss == "train" and self.loss == "full":
             raise ValueError('valid_first_tokens needs validation texts scored on the next item: '
                              'set valid_loss = "target"')
+        return self
+
+    @model_validator(mode="after")
+    def _head_weight_needs_head_tokens(self) -> "TrainConfig":
+        if self.head_weight != 1.0 and not self.head_tokens:
+            raise ValueError("head_weight weighs the head_tokens of each item: set head_tokens")
         return self
 
 

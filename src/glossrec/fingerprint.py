@@ -58,6 +58,8 @@ def _train_inputs(cfg: RunConfig, n_train: int | None = None, n_valid: int | Non
             # only when set: runs trained before the setting existed still resume
             **({"start_examples": t.start_examples} if t.start_examples else {}),
             **({"valid_loss": t.valid_loss} if t.valid_loss != "train" else {}),
+            **({"head_tokens": t.head_tokens, "head_weight": t.head_weight}
+               if t.head_weight != 1.0 else {}),
             **({"template": cfg.prompt.template} if cfg.prompt.template != PAPER_TEMPLATE else {})}
 
 
@@ -108,7 +110,9 @@ MANIFEST_SECTIONS: dict[str, tuple[str, ...]] = {
 stage_inputs: a finished run is redone (or refused) when any of them changes."""
 
 
-LATER_SETTINGS: dict[tuple[str, str], Any] = {("generate", "prior_table"): False}
+LATER_SETTINGS: dict[tuple[str, str], Any] = {("generate", "prior_table"): False,
+                                               ("train", "head_tokens"): 0,
+                                               ("train", "head_weight"): 1.0}
 """Settings added after runs were made, with their defaults: left out of the manifest key
 while at their default, so those runs keep their key (and are not redone or refused)."""
 

@@ -32,7 +32,8 @@ from glossrec.splits import Example
 from glossrec.progress import bars_on
 
 __all__ = [
-    "PAPER_TEMPLATE", "PAPER_ITEM_FORMAT", "PromptPair", "PromptBuilder", "render", "training_text",
+    "PAPER_TEMPLATE", "PAPER_ITEM_FORMAT", "PromptPair", "PromptBuilder", "render", "item_starts",
+    "training_text",
     "make_template", "resolve_template", "example_texts", "make_pairs", "test_prompts",
 ]
 
@@ -48,6 +49,8 @@ class PromptPair:
     prompt: str
     target: str
     user_id: str = ""
+    item_starts: tuple[int, ...] = ()
+    """Where each history item's text begins in `prompt` (characters); () when not recorded."""
 
     def text(self, eos: str) -> str:
         """The training text: prompt, target, EOS."""
@@ -59,6 +62,19 @@ def render(history_texts: Sequence[str], target_text: str | None,
     """Fill the template: history items one per line; target None -> "" (a test prompt)."""
     return template.replace("{history}", "\n".join(history_texts)).replace(
         "{target}", target_text or "")
+
+
+def item_starts(history_texts: Sequence[str], template: str = PAPER_TEMPLATE) -> tuple[int, ...]:
+    """Character offsets in ``render(history_texts, None, template)`` where each history item's
+    text begins; () for a template without ``{history}``."""
+    at = template.find("{history}")
+    if at < 0:
+        return ()
+    start, out = len(template[:at].replace("{target}", "")), []
+    for text in history_texts:
+        out.append(start)
+        start += len(text) + 1  # the newline that joins items
+    return tuple(out)
 
 
 def training_text(history_texts: Sequence[str], target_text: str, eos: str,
@@ -182,7 +198,8 @@ class PromptBuilder:
                    user_id: str = "") -> PromptPair:
         """A training pair whose full text (prompt + target + EOS) fits max_length."""
         kept = self.fit(history_texts, target_text, self.max_length, extra=1)
-        return PromptPair(render(kept, None, self.template), target_text, user_id)
+        return PromptPair(render(kept, None, self.template), target_text, user_id,
+                          item_starts(kept, self.template))
 
     def test_prompt(self, history_texts: Sequence[str], reserve: int = 50) -> str:
         """A generation prompt leaving `reserve` tokens of max_length for new tokens."""

@@ -38,8 +38,8 @@ from glossrec.splits import Splits, prepare, sample_users
 from glossrec.train.batching import (
     _epoch_batches, _groups, _release_freed_memory, _split_by_tokens, kept_freed_memory)
 from glossrec.train.checkpoints import TrainState, _Run, _seed_all, latest_checkpoint
-from glossrec.train.loss import (ValidLosses, collate, encode_pairs, evaluate_losses, loss_sum,
-                                 n_label_tokens)
+from glossrec.train.loss import (ValidLosses, collate, encode_pairs, evaluate_losses, label_weight,
+                                 loss_sum, n_label_tokens)
 from glossrec.train.optim import (
     _autocast, _enable_checkpointing, _optimizer, _schedule, _use_bf16, frozen_linears_to_bf16)
 from glossrec.train.parallel import _process_group
@@ -120,18 +120,20 @@ def _start_position(t: TrainConfig, lengths: Sequence[int]) -> tuple[int, int]:
 def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
     """Accumulate the micro-batches' gradients, clip, step: the log record of one step.
 
-    Each micro-batch's loss is divided by the label tokens of the whole step, so the step's
-    loss is a token mean however the texts were grouped.
+    Each micro-batch's loss is divided by the label tokens of the whole step (their summed
+    weights under ``train.head_weight``), so the step's loss is a token mean however the texts
+    were grouped.
     """
     import torch
 
     t = run.cfg.train
     n_tok = max(1, sum(n_label_tokens(b) for b in micro))
+    norm = max(1.0, sum(label_weight(b) for b in micro))  # n_tok unless train.head_weight
     step_loss = 0.0
     g = run.group
     for batch in micro[g.rank::g.size]:  # this process's share of the step (all of it alone)
         with _autocast(run.device, run.bf16):
-            loss = loss_sum(run.model, batch, run.device) / n_tok
+            loss = loss_sum(run.model, batch, run.device) / norm
         loss.backward()
         step_loss += float(loss.detach())
         del loss
@@ -187,7 +189,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     procs, device = _process_group(resolve_device())
     model, tok = _trainable_model(cfg, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length)
+    train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length,
+                              heads=t.head_weight != 1.0)
     valid_data = encode_pairs(tok, valid_pairs, t.loss if t.valid_loss == "train" else "target",
                               cfg.prompt.max_length)
     lengths = [len(e.input_ids) for e in train_data]
@@ -218,7 +221,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
         while not s.finished and s.step < total:
             batches = _epoch_batches(lengths, t.batch_size, t.seed, s.epoch, t.group_by_length)
             for g, group in _groups(batches, s.batch_in_epoch, t.grad_accum):
-                micro = [collate([train_data[i] for i in part], pad_id) for b in group
+                micro = [collate([train_data[i] for i in part], pad_id, t.head_tokens,
+                                 t.head_weight) for b in group
                          for part in _split_by_tokens(b, lengths, t.max_batch_tokens)]
                 record = _optimizer_step(run, micro)
                 s.step += 1

@@ -28,33 +28,59 @@ class Encoded:
 
     input_ids: tuple[int, ...]
     loss_start: int = 0
+    heads: tuple[int, ...] = ()
+    """Positions where an item's text begins (history items and the target; only with
+    ``encode_pairs(head_tokens=...)``), for the loss weight of its first tokens."""
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full",
-                 max_length: int | None = None) -> list[Encoded]:
+                 max_length: int | None = None, heads: bool = False) -> list[Encoded]:
     """Token ids of prompt + target + EOS for each pair.
 
     Prompt and target are tokenized separately (prompt with the tokenizer's special tokens, e.g.
     a BOS), exactly as generation sees the prompt; the EOS id is appended, not parsed from text.
     Pairs longer than `max_length` (only when not built by PromptBuilder) lose tokens from the
-    left.
+    left. With `heads`, each text also records the token where each item begins: the target's
+    and, from the pair's ``item_starts``, each history item's (the token holding its first
+    character).
     """
     if not pairs:
         return []
     eos = tokenizer.eos_token_id
-    prompts = tokenizer([p.prompt for p in pairs])["input_ids"]
+    enc = tokenizer([p.prompt for p in pairs], return_offsets_mapping=heads)
+    prompts = enc["input_ids"]
+    spans = enc["offset_mapping"] if heads else [()] * len(pairs)
     targets = tokenizer([p.target for p in pairs], add_special_tokens=False)["input_ids"]
     out, cut = [], 0
-    for p_ids, t_ids in zip(prompts, targets):
+    for pair, p_ids, t_ids, span in zip(pairs, prompts, targets, spans):
         ids = list(p_ids) + list(t_ids) + [eos]
         start = 0 if loss == "full" else len(p_ids)
+        at = (*_tokens_at(span, pair.item_starts), len(p_ids)) if heads else ()
         if max_length is not None and len(ids) > max_length:
             drop = len(ids) - max_length
             ids, start, cut = ids[drop:], max(0, start - drop), cut + 1
-        out.append(Encoded(tuple(ids), start))
+            at = tuple(h - drop for h in at if h >= drop)
+        out.append(Encoded(tuple(ids), start, at))
     if cut:
         log.warning("%d training texts exceeded %s tokens and were cut from the left",
                     cut, max_length)
+    return out
+
+
+def _tokens_at(spans: Sequence[tuple[int, int]], chars: Sequence[int]) -> tuple[int, ...]:
+    """For each character offset, the first token whose span ends after it (special tokens,
+    with empty spans, never)."""
+    import bisect
+
+    ends = [e if e > b else -1 for b, e in spans]
+    return tuple(bisect.bisect_right(_running_max(ends), c) for c in chars)
+
+
+def _running_max(values: Sequence[int]) -> list[int]:
+    out, top = [], -1
+    for v in values:
+        top = max(top, v)
+        out.append(top)
     return out
 
 
@@ -73,8 +99,14 @@ def make_labels(input_ids: Any, attention_mask: Any, loss_start: Any | None = No
     return labels
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-pad a micro-batch to its longest text (dynamic padding, no packing)."""
+def collate(batch: Sequence[Encoded], pad_id: int, head_tokens: int = 0,
+            head_weight: float = 1.0) -> dict[str, Any]:
+    """Right-pad a micro-batch to its longest text (dynamic padding, no packing).
+
+    With `head_tokens` and a `head_weight` other than 1, the batch also carries ``weights``
+    (aligned with ``labels[:, 1:]``): `head_weight` at the first `head_tokens` tokens of each
+    item (:attr:`Encoded.heads`), 1 elsewhere.
+    """
     import torch
 
     width = max(len(e.input_ids) for e in batch)
@@ -84,13 +116,28 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
         input_ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
         attention[i, :len(e.input_ids)] = 1
     starts = torch.tensor([e.loss_start for e in batch], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention,
-            "labels": make_labels(input_ids, attention, starts)}
+    out = {"input_ids": input_ids, "attention_mask": attention,
+           "labels": make_labels(input_ids, attention, starts)}
+    if head_tokens and head_weight != 1.0:
+        weights = torch.ones((len(batch), width), dtype=torch.float32)
+        for i, e in enumerate(batch):
+            for h in e.heads:
+                weights[i, h:h + head_tokens] = head_weight
+        out["weights"] = weights[:, 1:]
+    return out
 
 
 def n_label_tokens(batch: dict[str, Any]) -> int:
     """Tokens that are predicted (the first position predicts nothing after the shift)."""
     return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def label_weight(batch: dict[str, Any]) -> float:
+    """The summed loss weight of the predicted tokens: :func:`n_label_tokens` unless the batch
+    carries ``weights`` (:func:`collate`)."""
+    if "weights" not in batch:
+        return float(n_label_tokens(batch))
+    return float(batch["weights"][batch["labels"][:, 1:] != IGNORE].sum())
 
 
 # Architectures whose logits are exactly lm_head(last hidden state): no logit scaling or
@@ -156,9 +203,13 @@ def token_losses(model: Any, batch: dict[str, Any], device: str, label_positions
 
 def loss_sum(model: Any, batch: dict[str, Any], device: str, label_positions: bool = True,
              causal_only: bool = True) -> Any:
-    """Summed next-token cross-entropy over the batch's label tokens (float32); see
-    :func:`token_losses` for the two shortcuts, both exact."""
-    return token_losses(model, batch, device, label_positions, causal_only).sum()
+    """Summed next-token cross-entropy over the batch's label tokens (float32), each weighted by
+    the batch's ``weights`` when it has them; see :func:`token_losses` for the two shortcuts,
+    both exact."""
+    ce = token_losses(model, batch, device, label_positions, causal_only)
+    if "weights" in batch:
+        ce = ce * batch["weights"].to(ce.device)
+    return ce.sum()
 
 
 def first_label_tokens(labels: Any, k: int) -> Any:
