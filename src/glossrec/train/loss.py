@@ -9,11 +9,14 @@ mean of micro-batch means), so padding and batch composition do not reweight exa
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from glossrec.errors import ConfigError
 from glossrec.prompts import PromptPair
 from glossrec.train.optim import _autocast
 
@@ -30,7 +33,7 @@ class Encoded:
     loss_start: int = 0
     heads: tuple[int, ...] = ()
     """Positions where an item's text begins (history items and the target; only with
-    ``encode_pairs(head_tokens=...)``), for the loss weight of its first tokens."""
+    ``encode_pairs(heads=True)``), for the loss weight of its first tokens."""
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full",
@@ -47,7 +50,11 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full"
     if not pairs:
         return []
     eos = tokenizer.eos_token_id
-    enc = tokenizer([p.prompt for p in pairs], return_offsets_mapping=heads)
+    try:
+        enc = tokenizer([p.prompt for p in pairs], return_offsets_mapping=heads)
+    except NotImplementedError as e:  # a Python ("slow") tokenizer has no character offsets
+        raise ConfigError(f"train.head_weight: finding items' first tokens needs a fast "
+                          f"tokenizer with character offsets ({e})") from None
     prompts = enc["input_ids"]
     spans = enc["offset_mapping"] if heads else [()] * len(pairs)
     targets = tokenizer([p.target for p in pairs], add_special_tokens=False)["input_ids"]
@@ -70,18 +77,8 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[PromptPair], loss: str = "full"
 def _tokens_at(spans: Sequence[tuple[int, int]], chars: Sequence[int]) -> tuple[int, ...]:
     """For each character offset, the first token whose span ends after it (special tokens,
     with empty spans, never)."""
-    import bisect
-
-    ends = [e if e > b else -1 for b, e in spans]
-    return tuple(bisect.bisect_right(_running_max(ends), c) for c in chars)
-
-
-def _running_max(values: Sequence[int]) -> list[int]:
-    out, top = [], -1
-    for v in values:
-        top = max(top, v)
-        out.append(top)
-    return out
+    ends = list(itertools.accumulate((e if e > b else -1 for b, e in spans), max))
+    return tuple(bisect.bisect_right(ends, c) for c in chars)
 
 
 def make_labels(input_ids: Any, attention_mask: Any, loss_start: Any | None = None) -> Any:
