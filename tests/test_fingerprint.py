@@ -24,6 +24,17 @@ def test_a_later_setting_at_its_default_keeps_the_old_key() -> None:
     on = cfg.updated(generate={"constrain": "catalog", "prior_weight": 1.0, "prior_table": True})
     off = cfg.updated(generate={"constrain": "catalog", "prior_weight": 1.0})
     assert manifest_key(on, "generate") != manifest_key(off, "generate")
+    heads = cfg.updated(train={"head_tokens": 3, "head_weight": 4.0})
+    assert manifest_key(heads, "train") != manifest_key(cfg, "train")
+
+
+def test_a_training_resumes_only_under_its_head_weight() -> None:
+    from glossrec.fingerprint import stage_inputs
+
+    cfg = RunConfig()
+    assert stage_inputs(cfg, "train") == stage_inputs(cfg.updated(train={"head_tokens": 3}), "train")
+    heads = stage_inputs(cfg.updated(train={"head_tokens": 3, "head_weight": 4.0}), "train")
+    assert heads != stage_inputs(cfg, "train") and heads["head_weight"] == 4.0
 
 
 def test_a_prior_tables_key_names_the_weights_by_content_not_by_path(tmp_path: Path) -> None:
