@@ -18,6 +18,8 @@ the examples its weights had seen; its ``lis-bm25`` ranking is drawn as LIS's le
   .venv/bin/python bench/lineage.py --model smollm2-beauty-wholetext-3 \\
       --recall runs/valid500-fp32 runs/valid500-wholetext-2
 
+``--recall-from`` carries the points of an earlier lineage JSON forward.
+
 Writes bench/results/lineage--MODEL.json and .png, and prints a table.
 """
 
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a shipped model's name (or its folder)")
     p.add_argument("--recall", nargs="*", type=Path, default=[], metavar="RUN_DIR",
                    help="scored validation runs of models of this lineage")
+    p.add_argument("--recall-from", type=Path, metavar="LINEAGE_JSON",
+                   help="also the Recall points an earlier lineage JSON recorded (their run "
+                        "directories need not exist any more)")
     p.add_argument("--json", type=Path, help="default: bench/results/lineage--MODEL.json")
     args = p.parse_args(argv)
     from glossrec import weights
@@ -148,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(folder).name
     out = args.json or RESULTS / f"lineage--{name}.json"
     rows = lineage_points(Path(folder))
-    recall = [recall_point(d) for d in args.recall]
+    recall = json.loads(args.recall_from.read_text())["recall"] if args.recall_from else []
+    recall += [recall_point(d) for d in args.recall]
     write_results(out, {"model": name, "validations": rows, "recall": recall}, machine())
     plot(out.with_suffix(".png"), name, rows, recall)
     print("| run | step | examples | hours | validation users | validation loss | first tokens |")
