@@ -73,7 +73,10 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty-wholetext-4": "smollm2-beauty-wholetext-3 trained on, 4,799 examples more "
                                   "(the whole-text lineage's newest)",
     "smollm2-beauty-wholetext-h20": "smollm2-beauty-wholetext-4 trained on with 20 history items "
-                                    "per text (in training: its newest checkpoint)",
+                                    "per text (card and training log; weights retired from the "
+                                    "package)",
+    "smollm2-beauty-wholetext-h20-2": "smollm2-beauty-wholetext-h20 trained on, 3,200 examples "
+                                      "more (the whole-text lineage's newest, 20 history items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
 keeps its card, recipe and training log there; a lineage's older models have their weights
