@@ -260,9 +260,14 @@ class TrainConfig(_Section):
                              'set valid_loss = "target"')
         return self
 
+    @property
+    def weighs_heads(self) -> bool:
+        """Whether items' first tokens weigh other than 1 in the loss (head_tokens/head_weight)."""
+        return self.head_weight != 1.0
+
     @model_validator(mode="after")
     def _head_weight_needs_head_tokens(self) -> "TrainConfig":
-        if self.head_weight != 1.0 and not self.head_tokens:
+        if self.weighs_heads and not self.head_tokens:
             raise ValueError("head_weight weighs the head_tokens of each item: set head_tokens")
         return self
 

@@ -59,7 +59,7 @@ def _train_inputs(cfg: RunConfig, n_train: int | None = None, n_valid: int | Non
             **({"start_examples": t.start_examples} if t.start_examples else {}),
             **({"valid_loss": t.valid_loss} if t.valid_loss != "train" else {}),
             **({"head_tokens": t.head_tokens, "head_weight": t.head_weight}
-               if t.head_weight != 1.0 else {}),
+               if t.weighs_heads else {}),
             **({"template": cfg.prompt.template} if cfg.prompt.template != PAPER_TEMPLATE else {})}
 
 

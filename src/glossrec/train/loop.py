@@ -190,7 +190,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     model, tok = _trainable_model(cfg, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length,
-                              heads=t.head_weight != 1.0)
+                              heads=t.weighs_heads)
     valid_data = encode_pairs(tok, valid_pairs, t.loss if t.valid_loss == "train" else "target",
                               cfg.prompt.max_length)
     lengths = [len(e.input_ids) for e in train_data]
