@@ -124,7 +124,7 @@ class _Run:
         """glossrec_train.json of train.init_adapter, read once ({} for a fresh start): the
         totals (examples seen, seconds) behind this run."""
         init = self.cfg.train.init_adapter
-        return weights.train_info(weights.resolve_weights(init)) if init else {}
+        return weights.train_info(weights.record_dir(init)) if init else {}
 
     def train_info(self) -> dict[str, Any]:
         """glossrec_train.json of the weights as they stand: what this run did so far and, with

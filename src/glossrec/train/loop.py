@@ -69,9 +69,10 @@ class TrainResult:
         self.tokenizer: Any = None
 
 
-def _trainable_model(cfg: RunConfig, device: str) -> tuple[Any, Any]:
+def _trainable_model(cfg: RunConfig, device: str, init: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) ready to train: LoRA-wrapped or whole, from train.init_adapter's
-    weights when set."""
+    weights when set and `init` (a resume loads its checkpoint instead, so it does not need
+    them: they may have been retired since the run began)."""
     from glossrec.models import apply_lora, count_parameters, load_model
 
     t = cfg.train
@@ -85,7 +86,8 @@ def _trainable_model(cfg: RunConfig, device: str) -> tuple[Any, Any]:
     elif four_bit:
         raise ConfigError('train.method = "full" cannot train 4-bit weights; set '
                           "model.load_in_4bit = false")
-    _init_weights(model, cfg, device)
+    if init:
+        _init_weights(model, cfg, device)
     trainable, total_params = count_parameters(model)
     log.info("%s: %s trainable of %s parameters", t.method, f"{trainable:,}", f"{total_params:,}")
     return model, tok
@@ -187,7 +189,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     # --- setup: model, data, optimizer, schedule; then resume where a killed run stopped
     _seed_all(t.seed)
     procs, device = _process_group(resolve_device())
-    model, tok = _trainable_model(cfg, device)
+    model, tok = _trainable_model(cfg, device, init=latest_checkpoint(run_dir) is None)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length,
                               heads=t.weighs_heads)
