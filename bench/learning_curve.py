@@ -44,9 +44,10 @@ def _train_to(cfg: Any, run_dir: Path, steps: int) -> dict[str, Any]:
 
     res = train_from_config(cfg.updated(train={"max_steps": steps}), run_dir)
     meta = json.loads((res.adapter_dir / "glossrec_train.json").read_text())
-    valid = [h["valid_loss"] for h in res.history if "valid_loss" in h]
+    valid = [h for h in res.history if "valid_loss" in h]
     return {"steps": res.steps, "examples_seen": meta["examples_seen_total"],
-            "best_step": res.best_step, "valid_loss": valid[-1] if valid else None,
+            "best_step": res.best_step, "valid_loss": valid[-1]["valid_loss"] if valid else None,
+            "valid_loss_first": valid[-1].get("valid_loss_first") if valid else None,
             "train_seconds": round(max(h.get("seconds", 0.0) for h in res.history), 1)}
 
 
@@ -161,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="config overrides of a recipe arm, e.g. train.loss=full (give it its own "
                    "--run and --json)")
     p.add_argument("--valid-users", type=int, default=200)
-    p.add_argument("--json", type=Path, default=RESULTS / "learning_curve.json")
+    p.add_argument("--json", type=Path, default=None,
+                   help="results JSON (default bench/results/learning_curve.json); with "
+                   "--train-only, where the trained points are kept (only when given)")
     p.add_argument("--variant", metavar="LABEL", help="score a decoding variant at points already "
                    "trained (with --decode), into the JSON's variants[LABEL]")
     p.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot-only", action="store_true",
                    help="redraw the plot from --json (and --continued); run nothing")
     args = p.parse_args(argv)
+    train_json, args.json = args.json, args.json or RESULTS / "learning_curve.json"
     if args.plot_only:
         old = json.loads(args.json.read_text())
         plot(args.json.with_suffix(".png"), old["points"], old["lis_bm25"],
@@ -192,8 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, {**overrides, "evaluate.split": "valid",
                                     "evaluate.users": args.valid_users})
     if args.train_only:
+        old = json.loads(train_json.read_text()) if train_json and train_json.exists() else {}
+        done = {q["steps"]: q for q in old.get("train_points", [])}
         for steps in sorted(set(args.points) - {0}):
-            print(json.dumps({"steps": steps, **train_point(cfg, args.run, steps)}), flush=True)
+            done[steps] = {"steps": steps, **train_point(cfg, args.run, steps)}
+            print(json.dumps(done[steps]), flush=True)
+            if train_json:  # train_seconds: the run's wall clock, time paused (SIGSTOP) included
+                write_results(train_json, {**old, "config": str(args.config), "overrides": overrides,
+                                           "run": str(args.run),
+                                           "train_points": [done[k] for k in sorted(done)]}, before)
         return 0
     ds = load_data(cfg)
     examples = prepare(cfg, ds).examples

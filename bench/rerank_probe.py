@@ -16,6 +16,11 @@ test users (evaluate.users, evaluate.user_seed) with it, once, and reports only 
 LIS-BM25 under both history rules (paired bootstrap CIs of R@5 and N@5); its scores are kept
 apart from the validation users' (a user's test example is another prompt).
 
+``--candidates-from RUN`` takes each user's candidates from a scored run's rankings.jsonl instead
+(e.g. a GLoSS run that returned 20 grounded texts per user), in that run's order: the orderings
+are then of the run's own list, and LIS-BM25's own ranking on the same users is the reference
+of the CIs.
+
 Writes bench/results/rerank_probe.json (--json). With --prior-table FILE the priors are read from
 a prior table (glossrec.generate.prior_table; made there on the first run, about 30 min for
 Beauty on 2 cores, then reused) instead of one more teacher-forced pass per candidate.
@@ -108,6 +113,22 @@ def paired_ci(a: np.ndarray, b: np.ndarray, draws: int = 2000) -> list[float]:
     return [float(x) for x in np.percentile((a - b)[idx].mean(1), [2.5, 97.5])]
 
 
+def run_candidates(run: Path, catalog: Any, users: list[str], n: int) -> np.ndarray:
+    """[users, n] catalog indices: each user's first n items in RUN/rankings.jsonl, -1 padded."""
+    from glossrec.compare import read_run
+
+    ranked = read_run(run).users
+    missing = [u for u in users if u not in ranked]
+    if missing:
+        raise SystemExit(f"{run}: {len(missing)} of the {len(users)} users have no ranking "
+                         f"(e.g. {missing[0]}): score the run on the same users")
+    out = np.full((len(users), n), -1)
+    for r, u in enumerate(users):
+        items = ranked[u][1][:n]
+        out[r, :len(items)] = catalog.indices(items)
+    return out
+
+
 def report_test(args: argparse.Namespace, cfg: Any, ds: Any, ex: list[Any],
                 orders: dict[str, np.ndarray], top5_position: Any, seconds: float, scored: int,
                 before: dict[str, Any]) -> int:
@@ -171,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="score the config's fixed test users (evaluate.users, evaluate.user_seed) "
                         "once, with this ordering chosen on validation users: it against LIS-BM25 "
                         "with history excluded and kept, paired CIs; no other ordering is shown")
+    p.add_argument("--candidates-from", type=Path, default=None, metavar="RUN",
+                   help="each user's first --candidates items of RUN/rankings.jsonl (a scored run "
+                        "on the same users) instead of LIS-BM25's top N")
     p.add_argument("--json", type=Path, default=RESULTS / "rerank_probe.json")
     args = p.parse_args(argv)
+    if args.candidates_from and args.test:
+        raise SystemExit("--test scores LIS-BM25's candidates; --candidates-from is for validation")
 
     import torch
 
@@ -194,14 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_data(cfg)
     ex = prepare(cfg, ds).examples
     lis = run_lis(cfg, None, ds, build_index(cfg, ds))
-    cands = lis.ranked[:, :n]
+    cands = lis.ranked[:, :n] if args.candidates_from is None else run_candidates(
+        args.candidates_from, ds.catalog, [e.user_id for e in ex], n)
     # What a user's scores depend on: not the draw of users (evaluate), so draws share them.
     dump = cfg.model_dump(mode="json")
     meta = {"adapter_sha256": files_sha256(args.adapter), "candidates": n, "bf16": cfg.generate.bf16,
+            "candidates_from": str(args.candidates_from) if args.candidates_from else None,
             "config": {k: dump[k] for k in ("data", "split", "prompt", "model", "retrieve")}}
     if args.test:  # a user's test example is not their validation example
         meta["split"] = "test"
-    name = (f"{meta['adapter_sha256'][:12]}-top{n}{'-bf16' if args.bf16 else ''}"
+    source = f"-{args.candidates_from.name}" if args.candidates_from else ""
+    name = (f"{meta['adapter_sha256'][:12]}-top{n}{source}{'-bf16' if args.bf16 else ''}"
             f"{'-test' if args.test else ''}.npz")
     scores_file = args.scores or ROOT / "runs" / "rerank_probe" / name
     kept = Scores.load(scores_file, meta)
@@ -255,25 +284,35 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     orders = orderings(lp, ntok, prior)
+    if args.candidates_from is not None:
+        orders = {(f"{args.candidates_from.name} (its own order)" if k == LIS_ORDER else k): v
+                  for k, v in orders.items()}
     if args.test:
         return report_test(args, cfg, ds, ex, orders, top5_position, seconds, len(todo), before)
     pos = {name: top5_position(order) for name, order in orders.items()}
     recall = {name: at5(p)["recall@5"] for name, p in pos.items()}
     ndcg = {name: at5(p)["ndcg@5"] for name, p in pos.items()}
+    reference = LIS_ORDER
+    if args.candidates_from is not None:  # the run's list is not LIS's: LIS's own ranking is
+        reference = "LIS-BM25 (its own ranking, same users)"
+        recall[reference] = np.asarray(lis.per_user["recall@5"], dtype=float)
+        ndcg[reference] = np.asarray(lis.per_user["ndcg@5"], dtype=float)
     ceiling = float(np.mean([target[u] in cands[u] for u in range(len(ex))]))
     # Paired bootstrap 95% CI of each ordering's R@5 minus LIS's, over users.
-    ci = {name: paired_ci(h, recall[LIS_ORDER]) for name, h in recall.items()}
+    ci = {name: paired_ci(h, recall[reference]) for name, h in recall.items()}
     per_user = seconds / len(todo) if todo else None
     speed = f" at {per_user:.2f} s/user" if per_user is not None else ""
-    print(f"{len(ex)} validation users (seed {args.seed}), LIS-BM25 top {n} (R@{n} = {ceiling:.3f}), "
+    where = args.candidates_from or "LIS-BM25"
+    print(f"{len(ex)} validation users (seed {args.seed}), {where} top {n} (R@{n} = {ceiling:.3f}), "
           f"{len(todo)} scored by this run{speed} (scores: {scores_file}); load average "
           f"{before['load_avg_1m']} before")
     print("| ordering | R@5 | R@5 - LIS, 95% CI | N@5 |")
-    for name in orders:
+    for name in recall:
         lo, hi = ci[name]
         print(f"| {name} | {recall[name].mean():.3f} | [{lo:+.3f}, {hi:+.3f}] | {ndcg[name].mean():.4f} |")
     write_results(args.json, {
         "adapter": str(args.adapter), "candidates": n, "users": len(ex), "seed": args.seed,
+        "candidates_from": meta["candidates_from"], "reference": reference,
         "lis_recall_at_n": ceiling, "scored_by_this_run": len(todo), "s_per_user": per_user,
         "recall@5": {k: float(v.mean()) for k, v in recall.items()},
         "ndcg@5": {k: float(v.mean()) for k, v in ndcg.items()},

@@ -37,6 +37,19 @@ def test_a_training_resumes_only_under_its_head_weight() -> None:
     assert heads != stage_inputs(cfg, "train") and heads["head_weight"] == 4.0
 
 
+def test_generations_resume_only_under_their_rescore_weight() -> None:
+    from glossrec.fingerprint import stage_inputs
+
+    pmi = RunConfig().updated(generate={"constrain": "catalog", "grounded_score": "pmi"})
+    before = stage_inputs(pmi, "generate")  # files made before the setting keep their key
+    assert "rescore_prior_weight" not in before["generate"]
+    half = stage_inputs(pmi.updated(generate={"rescore_prior_weight": 0.5}), "generate")
+    assert half != before and half["generate"]["rescore_prior_weight"] == 0.5
+    beam = RunConfig().updated(generate={"constrain": "catalog", "rescore_prior_weight": 0.5})
+    assert stage_inputs(beam, "generate") == stage_inputs(
+        RunConfig().updated(generate={"constrain": "catalog"}), "generate")  # unused: no change
+
+
 def test_a_prior_tables_key_names_the_weights_by_content_not_by_path(tmp_path: Path) -> None:
     """The same adapter files under another path (a copy, a relative spelling) key the same
     table; other files do not."""

@@ -320,8 +320,14 @@ class GenerateConfig(_Section):
     """Order of the grounded beams returned: beam search's, length-normalised, or PMI.
 
     "length": sum log-prob / tokens (EOS counted), rescored by one teacher-forced pass. "pmi":
-    log p(item | prompt) - log p(item | prompt with an empty history), which removes the model's
-    prior for token-cheap items. Only the returned beams are re-ranked."""
+    log p(item | prompt) - rescore_prior_weight x log p(item | prompt with an empty history),
+    which removes the model's prior for token-cheap items. Only the returned beams are
+    re-ranked: with more beams than texts kept (num_beams > num_return), the search finds the
+    candidates and the re-ranking chooses among them."""
+    rescore_prior_weight: float = Field(1.0, ge=0.0, le=2.0)
+    """With grounded_score = "pmi": the prior's weight w in the re-ranking score log p(item |
+    prompt) - w log p(item | empty history) (1.0: pointwise mutual information). Read from the
+    prior table when generate.prior_table is on."""
     prior_weight: float = Field(0.0, ge=0.0, le=2.0)
     """PMI-guided search: subtract prior_weight x the empty-history log-prob at every token.
 

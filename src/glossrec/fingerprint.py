@@ -73,6 +73,8 @@ def _generate_inputs(cfg: RunConfig, adapter: Path | None = None) -> dict[str, A
                    grounded_score=g.grounded_score, grounded_search=g.grounded_search)
         if g.prior_weight:  # only when set: grounded files made before it still resume
             gen["prior_weight"] = g.prior_weight
+        if g.grounded_score == "pmi" and g.rescore_prior_weight != 1.0:  # likewise
+            gen["rescore_prior_weight"] = g.rescore_prior_weight
     return {
         "model": cfg.model.name,
         "weights": None if adapter is None else {"path": str(adapter), "sha256": files_sha256(adapter)},
@@ -112,7 +114,8 @@ stage_inputs: a finished run is redone (or refused) when any of them changes."""
 
 LATER_SETTINGS: dict[tuple[str, str], Any] = {("generate", "prior_table"): False,
                                                ("train", "head_tokens"): 0,
-                                               ("train", "head_weight"): 1.0}
+                                               ("train", "head_weight"): 1.0,
+                                               ("generate", "rescore_prior_weight"): 1.0}
 """Settings added after runs were made, with their defaults: left out of the manifest key
 while at their default, so those runs keep their key (and are not redone or refused)."""
 

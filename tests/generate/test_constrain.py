@@ -187,6 +187,7 @@ def test_grounded_score_definitions() -> None:
     # Hand-computable: item a = 2 tokens, log p -2 (prior -1.5); b = 8 tokens, -4 (prior -0.5).
     assert grounded_score("length", -2.0, 2) == -1.0 and grounded_score("length", -4.0, 8) == -0.5
     assert grounded_score("pmi", -2.0, 2, -1.5) == -0.5 and grounded_score("pmi", -4.0, 8, -0.5) == -3.5
+    assert grounded_score("pmi", -2.0, 2, -1.5, 0.5) == -1.25 and grounded_score("pmi", -2.0, 2, -1.5, 0.0) == -2.0
     assert rank_by([10, 20], [-1.0, -0.5]) == [20, 10]       # length prefers b
     assert rank_by([10, 20], [-0.5, -3.5]) == [10, 20]       # pmi prefers a
     assert rank_by([1, 2, 3], [0.0, 1.0, 0.0]) == [2, 1, 3]  # ties keep beam order
@@ -218,6 +219,30 @@ def test_length_and_pmi_reorder_the_beams_as_defined(peaky_lm: tuple[Any, Any],
         assert got_len == b
         reordered += got_pmi != b
     assert reordered > 0   # the prior really changes some order
+
+
+def test_wide_search_then_weighted_rerank(peaky_lm: tuple[Any, Any], texts: list[str]) -> None:
+    """More beams than texts kept, PMI-guided: the search's items re-ranked by log p(item |
+    prompt) - w log p(item | empty history), the prior teacher-forced or from the prior table."""
+    model, tok = peaky_lm
+    trie = CatalogTrie.from_texts(tok, texts)
+    by_text = {t: i for i, t in enumerate(texts)}
+    prompts, hist = random_users(texts, 4, seed=7)
+    wide = {"num_beams": 8, "num_return": 8, "prior_weight": 1.0}
+    beam = grounded(model, tok, trie, **wide).generate(prompts, exclude=hist)
+    empty = tok(PAPER_TEMPLATE.format(history="", target=""))["input_ids"]
+    lists = {}
+    for w in (0.0, 0.5):
+        lists[w] = got = grounded(model, tok, trie, grounded_score="pmi", rescore_prior_weight=w,
+                       **wide).generate(prompts, exclude=hist)
+        table = grounded(model, tok, trie, grounded_score="pmi", rescore_prior_weight=w,
+                         prior_table=True, **wide).generate(prompts, exclude=hist)
+        for p, b, g, t in zip(prompts, beam, got, table):
+            ids = tok(p)["input_ids"]
+            score = {x: _direct_logprob(model, ids, list(trie.tokens(by_text[x])))
+                     - w * _direct_logprob(model, empty, list(trie.tokens(by_text[x]))) for x in b}
+            assert len(b) > 5 and g == sorted(b, key=lambda x: -score[x]) == t
+    assert lists[0.0] != lists[0.5]  # the weight really changes some order
 
 
 def _pmi_order(model: Any, tok: Any, trie: CatalogTrie, prompt: str, w: float) -> list[str]:

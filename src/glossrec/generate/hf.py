@@ -273,8 +273,9 @@ class HFGenerator:
         if not pairs:
             return keys
         scored = self.item_logprobs(input_ids, mask, pairs, cache)
-        priors = (self.prior_logprobs([self.trie.text(key) for row in keys for key in row])
-                  if self.cfg.grounded_score == "pmi" else None)
+        weight = self.cfg.rescore_prior_weight
+        priors = (self._item_priors([key for row in keys for key in row])
+                  if self.cfg.grounded_score == "pmi" and weight > 0 else None)
         out: list[list[int]] = []
         n = 0
         for row in keys:
@@ -282,7 +283,7 @@ class HFGenerator:
             for j, key in enumerate(row):
                 lp, count = scored[n + j]
                 scores.append(grounded_score(self.cfg.grounded_score, lp, count,
-                                             priors[n + j] if priors is not None else 0.0))
+                                             priors[n + j] if priors is not None else 0.0, weight))
             out.append(rank_by(row, scores))
             n += len(row)
         return out
@@ -399,6 +400,15 @@ class HFGenerator:
         else:
             self._table.update(self.trie, self.prior_token_logprobs, todo=todo)
         return self._table
+
+    def _item_priors(self, keys: Sequence[int]) -> list[float]:
+        """log p(item's tokens + EOS | empty-history prompt) per trie key: summed from the prior
+        table when there is one (:meth:`prior_table`), else teacher-forced (:meth:`prior_logprobs`)."""
+        assert self.trie is not None
+        table = self.prior_table()
+        if table is None:
+            return self.prior_logprobs([self.trie.text(k) for k in keys])
+        return [float(table.edges(self.trie.path(self.trie.tokens(k))).sum()) for k in keys]
 
     def prior_logprobs(self, texts: Sequence[str]) -> list[float]:
         """log p(text's tokens + EOS | prompt with an empty history), cached per text."""
@@ -569,12 +579,14 @@ def _empty_prompt(template: str) -> str:
     return template.replace("{history}", "").replace("{target}", "")
 
 
-def grounded_score(how: str, logprob: float, tokens: int, prior: float = 0.0) -> float:
-    """A returned item's score: "length" = logprob / tokens, "pmi" = logprob - prior."""
+def grounded_score(how: str, logprob: float, tokens: int, prior: float = 0.0,
+                   prior_weight: float = 1.0) -> float:
+    """A returned item's score: "length" = logprob / tokens, "pmi" = logprob - prior_weight x
+    prior (prior: the item's log-prob after the empty-history prompt)."""
     if how == "length":
         return logprob / max(tokens, 1)
     if how == "pmi":
-        return logprob - prior
+        return logprob - prior_weight * prior
     raise ValueError(f"unknown grounded_score {how!r}")
 
 
