@@ -81,20 +81,22 @@ class Scores:
 LIS_ORDER = "LIS-BM25 (its own order)"
 
 
-def orderings(lp: np.ndarray, ntok: np.ndarray, prior: np.ndarray) -> dict[str, np.ndarray]:
+def orderings(lp: np.ndarray, ntok: np.ndarray, prior: np.ndarray,
+              source: str = "LIS") -> dict[str, np.ndarray]:
     """Every ordering of the N candidates [users, N] (indices into them, best first) that the
-    probe compares: LIS's own, the LM's per token or summed at prior weights 0..1, and the LM per
-    token fused with LIS's rank (RRF, k = 60). Summed PMI at weight w orders by
-    log p(item | prompt) - w log p(item | no history)."""
+    probe compares: the candidates' own (LIS's, or `source`'s), the LM's per token or summed at
+    prior weights 0..1, and the LM per token fused with the candidates' own rank (RRF, k = 60).
+    Summed PMI at weight w orders by log p(item | prompt) - w log p(item | no history)."""
     users, n = lp.shape
-    orders = {LIS_ORDER: np.tile(np.arange(n), (users, 1))}
+    own = LIS_ORDER if source == "LIS" else f"{source} (its own order)"
+    orders = {own: np.tile(np.arange(n), (users, 1))}
     for w in (0.0, 0.25, 0.5, 0.75, 1.0):
         per_tok = (lp - w * prior) / ntok
         orders[f"LM, prior weight {w}, per token"] = np.argsort(-per_tok, axis=1, kind="stable")
         orders[f"LM, prior weight {w}, summed"] = np.argsort(-(lp - w * prior), axis=1, kind="stable")
         lm_rank = np.argsort(np.argsort(-per_tok, axis=1, kind="stable"), axis=1)
         fused = 1 / (60 + lm_rank) + 1 / (60 + np.arange(n))[None, :]
-        orders[f"LM per token (w {w}) + LIS rank, RRF"] = np.argsort(-fused, axis=1, kind="stable")
+        orders[f"LM per token (w {w}) + {source} rank, RRF"] = np.argsort(-fused, axis=1, kind="stable")
     return orders
 
 
@@ -283,10 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             out[u] = where[0] if len(where) else -1
         return out
 
-    orders = orderings(lp, ntok, prior)
-    if args.candidates_from is not None:
-        orders = {(f"{args.candidates_from.name} (its own order)" if k == LIS_ORDER else k): v
-                  for k, v in orders.items()}
+    orders = orderings(lp, ntok, prior,
+                       args.candidates_from.name if args.candidates_from is not None else "LIS")
     if args.test:
         return report_test(args, cfg, ds, ex, orders, top5_position, seconds, len(todo), before)
     pos = {name: top5_position(order) for name, order in orders.items()}
