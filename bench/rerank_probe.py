@@ -248,13 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if todo:  # the model is loaded only when some user is still to be scored
         gen = make_generator(cfg, args.adapter, ds.catalog.texts(), args.prior_table)
-        table = gen.prior_table() if args.prior_table is not None else None
-
-        def priors_of(keys: list[int]) -> list[float]:
-            if table is None:
-                return gen.prior_logprobs([ds.catalog.text(k) for k in keys])
-            return [float(table.edges(gen.trie.path(gen.trie.tokens(k))).sum()) for k in keys]
-
         prompts = dict(test_prompts([ex[u] for u in todo], ds.catalog, gen.tokenizer, cfg.prompt,
                                     reserve=cfg.generate.max_new_tokens))
         with torch.inference_mode():
@@ -264,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 slots = [(r, u, j) for r, u in enumerate(part) for j in range(n) if cands[u, j] >= 0]
                 pairs = [(r, list(gen.trie.tokens(int(cands[u, j])))) for r, u, j in slots]
                 scored = gen.item_logprobs(ids, mask, pairs, gen.prefill(ids, mask))
-                priors = priors_of([int(cands[u, j]) for _, u, j in slots])
+                priors = gen.item_priors([int(cands[u, j]) for _, u, j in slots])
                 for (_, u, j), (value, count), pr in zip(slots, scored, priors):
                     lp[u, j], ntok[u, j], prior[u, j] = value, count, pr
                 for u in part:

@@ -274,7 +274,7 @@ class HFGenerator:
             return keys
         scored = self.item_logprobs(input_ids, mask, pairs, cache)
         weight = self.cfg.rescore_prior_weight
-        priors = (self._item_priors([key for row in keys for key in row])
+        priors = (self.item_priors([key for row in keys for key in row])
                   if self.cfg.grounded_score == "pmi" and weight > 0 else None)
         out: list[list[int]] = []
         n = 0
@@ -401,7 +401,7 @@ class HFGenerator:
             self._table.update(self.trie, self.prior_token_logprobs, todo=todo)
         return self._table
 
-    def _item_priors(self, keys: Sequence[int]) -> list[float]:
+    def item_priors(self, keys: Sequence[int]) -> list[float]:
         """log p(item's tokens + EOS | empty-history prompt) per trie key: summed from the prior
         table when there is one (:meth:`prior_table`), else teacher-forced (:meth:`prior_logprobs`)."""
         assert self.trie is not None
