@@ -75,7 +75,7 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty-wholetext-h20": "smollm2-beauty-wholetext-4 trained on with 20 history items "
                                     "per text (card and training log; weights retired from the "
                                     "package)",
-    "smollm2-beauty-wholetext-h20-2": "smollm2-beauty-wholetext-h20 trained on, 3,200 examples "
+    "smollm2-beauty-wholetext-h20-2": "smollm2-beauty-wholetext-h20 trained on, 4,800 examples "
                                       "more (the whole-text lineage's newest, 20 history items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each

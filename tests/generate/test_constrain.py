@@ -233,8 +233,8 @@ def test_wide_search_then_weighted_rerank(peaky_lm: tuple[Any, Any], texts: list
     empty = tok(PAPER_TEMPLATE.format(history="", target=""))["input_ids"]
     lists = {}
     for w in (0.0, 0.5):
-        lists[w] = got = grounded(model, tok, trie, grounded_score="pmi", rescore_prior_weight=w,
-                       **wide).generate(prompts, exclude=hist)
+        lists[w] = got = grounded(model, tok, trie, grounded_score="pmi",
+                                  rescore_prior_weight=w, **wide).generate(prompts, exclude=hist)
         table = grounded(model, tok, trie, grounded_score="pmi", rescore_prior_weight=w,
                          prior_table=True, **wide).generate(prompts, exclude=hist)
         for p, b, g, t in zip(prompts, beam, got, table):

@@ -155,9 +155,8 @@ def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
             "real_tokens": sum(int(b["attention_mask"].sum()) for b in micro)}
 
 
-def _resume_latest(run: _Run, total: int) -> int | None:
-    """Continue from run_dir's newest checkpoint, if any: the step it resumed from."""
-    ckpt = latest_checkpoint(run.run_dir)
+def _resume_latest(run: _Run, total: int, ckpt: Path | None) -> int | None:
+    """Continue from `ckpt`, run_dir's newest checkpoint, if any: the step it resumed from."""
     if ckpt is None:
         return None
     run.resume(ckpt)
@@ -189,7 +188,8 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     # --- setup: model, data, optimizer, schedule; then resume where a killed run stopped
     _seed_all(t.seed)
     procs, device = _process_group(resolve_device())
-    model, tok = _trainable_model(cfg, device, init=latest_checkpoint(run_dir) is None)
+    ckpt = latest_checkpoint(run_dir)
+    model, tok = _trainable_model(cfg, device, init=ckpt is None)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_data = encode_pairs(tok, train_pairs, t.loss, cfg.prompt.max_length,
                               heads=t.weighs_heads)
@@ -205,7 +205,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
                _schedule(optimizer, t.warmup_steps, total, t.schedule), device,
                _use_bf16(t, device), state, params, procs)
     restore_fp32 = _bf16_frozen_weights(run)
-    resumed_from = _resume_latest(run, total)
+    resumed_from = _resume_latest(run, total, ckpt)
     if resumed_from is None:
         run.state.epoch, run.state.batch_in_epoch = _start_position(t, lengths)
     if t.report_to and procs.main:  # a resumed run sends only the steps after its checkpoint
