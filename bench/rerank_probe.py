@@ -109,10 +109,11 @@ def at5(pos: np.ndarray) -> dict[str, np.ndarray]:
     return {"recall@5": recall_at(ranks, 5), "ndcg@5": ndcg_at(ranks, 5)}
 
 
-def paired_ci(a: np.ndarray, b: np.ndarray, draws: int = 2000) -> list[float]:
-    """95% paired bootstrap CI of mean(a - b) over users (seed 0)."""
-    idx = np.random.default_rng(0).integers(0, len(a), (draws, len(a)))
-    return [float(x) for x in np.percentile((a - b)[idx].mean(1), [2.5, 97.5])]
+def paired_ci(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """95% paired bootstrap CI of mean(a - b) over users: evaluate.bootstrap_ci, 2,000 draws."""
+    from glossrec.evaluate import bootstrap_ci
+
+    return list(bootstrap_ci(a - b, n_boot=2000))
 
 
 def run_candidates(run: Path, catalog: Any, users: list[str], n: int) -> np.ndarray:
