@@ -76,6 +76,9 @@ SHIPPED = MappingProxyType({
                                     "per text (card and training log; weights retired from the "
                                     "package)",
     "smollm2-beauty-wholetext-h20-2": "smollm2-beauty-wholetext-h20 trained on, 4,800 examples "
+                                      "more (card and training log; weights retired from the "
+                                      "package)",
+    "smollm2-beauty-wholetext-h20-3": "smollm2-beauty-wholetext-h20-2 trained on, 4,796 examples "
                                       "more (the whole-text lineage's newest, 20 history items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
