@@ -21,7 +21,7 @@ import numpy as np
 from glossrec.config import load_config
 from glossrec.evaluate import bootstrap_ci
 from glossrec.pipeline import build_index, load_data, run_lis
-from glossrec.splits import Example, Splits, make_splits
+from glossrec.splits import Example, Splits, validation_users
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, write_results  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     before = machine()
     cfg = load_config(None, {"data.path": str(args.data), "retrieve.retriever": "bm25"})
     ds = load_data(cfg)
-    valid_users = {e.user_id for e in make_splits(ds, cfg.split).valid}
+    valid_users = validation_users(ds.users, [len(s) for s in ds.sequences], cfg.split)
     index = build_index(cfg, ds)
     rows, hits = [], {}
     for excl in (False, True):
