@@ -11,6 +11,10 @@ the loss of the rest of the title and its EOS (which the catalog nearly fixes on
 words are written), and the mean loss per title. A loss that falls only in the rest would
 not change which catalog item the grounded search picks.
 
+With ``--split valid train`` each weights is also scored on as many training texts (their last
+item, a target every epoch has trained on): where the training texts' loss keeps falling and the
+validation users' does not, the weights memorise rather than generalise.
+
 Run alone on an idle machine:
   .venv/bin/python bench/valid_loss.py --config configs/smollm2-beauty-wholetext.toml \
       --weights smollm2-beauty runs/smollm2-beauty-wholetext/checkpoints/step-0000100 [--first 3]
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--first", type=int, default=0, metavar="K",
                    help="also split the next item's loss: its first K tokens and the rest")
+    p.add_argument("--split", nargs="+", choices=["valid", "train"], default=["valid"],
+                   help="score the validation users' next item, and/or training texts' last item")
     p.add_argument("--json", type=Path, default=RESULTS / "valid_loss.json")
     args = p.parse_args(argv)
 
@@ -66,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     prep = prepare(cfg)
     rows: list[dict[str, Any]] = []
     for w in args.weights:
-        t0 = time.perf_counter()
-        row = losses_row(validation_losses(cfg.updated(train={"init_adapter": w}), prep.dataset,
-                                           prep.splits, args.first))
-        loss = row["valid_loss"]
-        rows.append({"weights": w, **row, "seconds": time.perf_counter() - t0})
-        print(f"{w}: {loss:.4f}", file=sys.stderr)
-    columns = [("weights", "weights", "{}"), ("validation loss", "valid_loss", "{:.4f}")]
+        for split in args.split:
+            t0 = time.perf_counter()
+            row = losses_row(validation_losses(cfg.updated(train={"init_adapter": w}),
+                                               prep.dataset, prep.splits, args.first, split))
+            loss = row["valid_loss"]
+            rows.append({"weights": w, "split": split, **row, "seconds": time.perf_counter() - t0})
+            print(f"{w} ({split}): {loss:.4f}", file=sys.stderr)
+    columns = [("weights", "weights", "{}"), ("split", "split", "{}"),
+               ("loss", "valid_loss", "{:.4f}")]
     if args.first:
         columns += [(f"first {args.first} tokens", "first_loss", "{:.3f}"),
                     ("rest", "rest_loss", "{:.3f}"),

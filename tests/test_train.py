@@ -537,6 +537,28 @@ def test_validation_loss_of_an_adapter_is_the_loss_its_run_recorded(tiny_lm_dir:
     assert validation_loss(cfg) != pytest.approx(recorded[0], rel=1e-3)  # the base model's
 
 
+def test_training_split_losses_score_the_texts_the_run_trained_on(tiny_lm_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """validation_losses(split="train") scores training texts drawn as train() draws them: a
+    run that fine-tuned all weights for many epochs on 4 texts has learned those texts' last items far better than
+    the validation users' next items, and before training the two splits score alike."""
+    from glossrec.train import validation_losses
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "beauty-sample"
+    cfg = helper.config(tiny_lm_dir, max_examples=4, max_valid_examples=4, epochs=30,
+                        batch_size=4, grad_accum=1, learning_rate=1e-2, eval_steps=1000,
+                        valid_loss="target", loss="target", method="full").updated(
+        data={"path": str(sample)}, prompt={"max_length": 512, "max_history_items": 3})
+    res = train_from_config(cfg, tmp_path / "run")
+    trained = cfg.updated(train={"init_adapter": str(res.adapter_dir)})
+    seen, unseen = (validation_losses(trained, split=s) for s in ("train", "valid"))
+    base_seen, base_unseen = (validation_losses(cfg, split=s).loss for s in ("train", "valid"))
+    assert seen.texts == unseen.texts == 4
+    assert seen.loss < 0.6 * base_seen
+    assert seen.loss < 0.6 * unseen.loss
+    assert abs(base_seen - base_unseen) < 0.2 * base_unseen
+
+
 def test_frozen_linears_to_bf16_casts_only_the_frozen_base(tiny_lm_dir: Path) -> None:
     from glossrec.config import LoraConfig
     from glossrec.models import apply_lora

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from glossrec import weights
 from glossrec.config import RunConfig, TrainConfig
@@ -337,13 +337,18 @@ def validation_loss(cfg: RunConfig, ds: Dataset | None = None,
 
 
 def validation_losses(cfg: RunConfig, ds: Dataset | None = None, splits: Splits | None = None,
-                      first_tokens: int = 0) -> ValidLosses:
+                      first_tokens: int = 0, split: Literal["valid", "train"] = "valid"
+                      ) -> ValidLosses:
     """:func:`validation_loss` with its sums and token counts, and with `first_tokens` split
-    into each text's first tokens and the rest (what ``train.valid_first_tokens`` records)."""
+    into each text's first tokens and the rest (what ``train.valid_first_tokens`` records).
+
+    ``split="train"`` scores the same loss on as many training texts instead (drawn with
+    train.seed): their last item is a target every epoch has trained on, so the gap between
+    the two splits is what the weights memorised rather than learned to generalise."""
     from glossrec.models import resolve_device
 
     t = cfg.train
-    _, valid_pairs = _pairs(cfg, ds, splits, with_train=False)
+    _, valid_pairs = _pairs(cfg, ds, splits, with_train=False, valid_split=split)
     device = resolve_device()
     model, tok = _trainable_model(cfg, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -353,10 +358,11 @@ def validation_losses(cfg: RunConfig, ds: Dataset | None = None, splits: Splits 
                            first_tokens)
 
 
-def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train: bool = True
+def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train: bool = True,
+           valid_split: Literal["valid", "train"] = "valid"
            ) -> tuple[list[PromptPair], list[PromptPair]]:
     """(training, validation) prompt pairs of the dataset's splits, sampled as train() samples
-    them (training pairs only `with_train`)."""
+    them (training pairs only `with_train`; the "validation" pairs drawn from `valid_split`)."""
     from glossrec.models import load_tokenizer
     from glossrec.prompts import PromptBuilder, make_pairs
 
@@ -366,7 +372,7 @@ def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train
     t = cfg.train
     # Sample examples before rendering (cheaper); train() samples the same indices (no-op here).
     train_ex = subset(splits.train, t.max_examples, t.seed) if with_train else []
-    valid_ex = subset(splits.valid, t.max_valid_examples, t.seed)
+    valid_ex = subset(splits.get(valid_split), t.max_valid_examples, t.seed)
     builder = PromptBuilder.from_config(load_tokenizer(cfg.model), cfg.prompt,
                                         ds.catalog.item_format)
     return (make_pairs(train_ex, ds.catalog, builder, "train"),
