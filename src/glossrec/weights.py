@@ -80,9 +80,8 @@ SHIPPED = MappingProxyType({
                                       "package)",
     "smollm2-beauty-wholetext-h20-3": "smollm2-beauty-wholetext-h20-2 trained on, 4,796 examples "
                                       "more (the whole-text lineage's newest, 20 history items)",
-    "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 960 examples "
-                                      "more (a stretch stopped at its step-60 checkpoint, not yet "
-                                      "validated; 20 history items)",
+    "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 4,799 examples "
+                                      "more (the whole-text lineage's newest, 20 history items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
 keeps its card, recipe and training log there; a lineage's older models have their weights
