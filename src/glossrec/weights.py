@@ -79,7 +79,8 @@ SHIPPED = MappingProxyType({
                                       "more (card and training log; weights retired from the "
                                       "package)",
     "smollm2-beauty-wholetext-h20-3": "smollm2-beauty-wholetext-h20-2 trained on, 4,796 examples "
-                                      "more (the whole-text lineage's newest, 20 history items)",
+                                      "more (card and training log; weights retired from the "
+                                      "package)",
     "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 4,799 examples "
                                       "more (the whole-text lineage's newest, 20 history items)",
 })
