@@ -58,18 +58,17 @@ def kth_token_baselines(cfg: Any, ds: Any, splits: Any, k: int,
     history's own k-th tokens, lam chosen on the training texts; one row per split."""
     import math
     from collections import Counter
+    from functools import cache
 
     from glossrec.models import load_tokenizer
-    from glossrec.splits import sample_users
+    from glossrec.train.loop import scored_examples
 
     tok = load_tokenizer(cfg.model)
-    memo: dict[int, int] = {}
 
+    @cache
     def kth(item: int) -> int:
-        if item not in memo:
-            ids = tok(ds.catalog.text(item), add_special_tokens=False)["input_ids"]
-            memo[item] = ids[k - 1] if len(ids) >= k else -1
-        return memo[item]
+        ids = tok(ds.catalog.text(item), add_special_tokens=False)["input_ids"]
+        return ids[k - 1] if len(ids) >= k else -1
 
     freq = Counter(kth(e.target) for e in splits.train)
     n, vocab = sum(freq.values()), len(tok)
@@ -78,7 +77,7 @@ def kth_token_baselines(cfg: Any, ds: Any, splits: Any, k: int,
     def loss(examples: list[Any], lam: float) -> float:
         total = 0.0
         for e in examples:
-            hist = [kth(i) for i in e.history[-keep:]] if keep else [kth(i) for i in e.history]
+            hist = [kth(i) for i in (e.history[-keep:] if keep else e.history)]
             t = kth(e.target)
             p = (1 - lam) * (freq[t] + 0.5) / (n + 0.5 * vocab)
             if hist:
@@ -86,8 +85,7 @@ def kth_token_baselines(cfg: Any, ds: Any, splits: Any, k: int,
             total -= math.log(p)
         return total / len(examples)
 
-    t = cfg.train
-    texts = {s: sample_users(splits.get(s), t.max_valid_examples, t.seed) for s in ("valid", "train")}
+    texts = {s: scored_examples(cfg, splits, s) for s in ("valid", "train")}
     lam = min(lams, key=lambda x: loss(texts["train"], x))
     return [{"weights": f"baseline: k-th token frequency{' + history' if mix else ''}",
              "split": s, "first_tokens": k, "lam": lam if mix else 0.0,

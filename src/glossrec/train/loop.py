@@ -358,6 +358,13 @@ def validation_losses(cfg: RunConfig, ds: Dataset | None = None, splits: Splits 
                            first_tokens)
 
 
+def scored_examples(cfg: RunConfig, splits: Splits, split: Literal["valid", "train"] = "valid"
+                    ) -> list[Any]:
+    """The examples of `split` whose next item :func:`validation_losses` scores: at most
+    train.max_valid_examples, drawn with train.seed."""
+    return subset(splits.get(split), cfg.train.max_valid_examples, cfg.train.seed)
+
+
 def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train: bool = True,
            valid_split: Literal["valid", "train"] = "valid"
            ) -> tuple[list[PromptPair], list[PromptPair]]:
@@ -372,7 +379,7 @@ def _pairs(cfg: RunConfig, ds: Dataset | None, splits: Splits | None, with_train
     t = cfg.train
     # Sample examples before rendering (cheaper); train() samples the same indices (no-op here).
     train_ex = subset(splits.train, t.max_examples, t.seed) if with_train else []
-    valid_ex = subset(splits.get(valid_split), t.max_valid_examples, t.seed)
+    valid_ex = scored_examples(cfg, splits, valid_split)
     builder = PromptBuilder.from_config(load_tokenizer(cfg.model), cfg.prompt,
                                         ds.catalog.item_format)
     return (make_pairs(train_ex, ds.catalog, builder, "train"),
