@@ -83,8 +83,8 @@ SHIPPED = MappingProxyType({
                                       "package)",
     "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 4,799 examples "
                                       "more (the whole-text lineage's newest, 20 history items)",
-    "smollm2-beauty-wholetext-h20-5": "smollm2-beauty-wholetext-h20-4 trained on, 1,120 examples "
-                                      "more (a stretch stopped at its step-70 checkpoint, not yet "
+    "smollm2-beauty-wholetext-h20-5": "smollm2-beauty-wholetext-h20-4 trained on, 1,280 examples "
+                                      "more (a stretch stopped at its step-80 checkpoint, not yet "
                                       "validated; 20 history items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
