@@ -86,6 +86,9 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty-wholetext-h20-5": "smollm2-beauty-wholetext-h20-4 trained on, 1,280 examples "
                                       "more (a stretch stopped at its step-80 checkpoint, not yet "
                                       "validated; 20 history items)",
+    "smollm2-beauty-wholetext-h20-6": "smollm2-beauty-wholetext-h20-5 trained on, 3,200 examples "
+                                      "more (a running stretch's step-200 checkpoint; 20 history "
+                                      "items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
 keeps its card, recipe and training log there; a lineage's older models have their weights
