@@ -82,13 +82,13 @@ SHIPPED = MappingProxyType({
                                       "more (card and training log; weights retired from the "
                                       "package)",
     "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 4,799 examples "
-                                      "more (the whole-text lineage's newest, 20 history items)",
+                                      "more (card and training log; weights retired from the "
+                                      "package)",
     "smollm2-beauty-wholetext-h20-5": "smollm2-beauty-wholetext-h20-4 trained on, 1,280 examples "
-                                      "more (a stretch stopped at its step-80 checkpoint, not yet "
-                                      "validated; 20 history items)",
-    "smollm2-beauty-wholetext-h20-6": "smollm2-beauty-wholetext-h20-5 trained on, 3,200 examples "
-                                      "more (a running stretch's step-200 checkpoint; 20 history "
-                                      "items)",
+                                      "more, a stretch stopped at its step 80 (card and training "
+                                      "log; weights retired from the package)",
+    "smollm2-beauty-wholetext-h20-6": "smollm2-beauty-wholetext-h20-5 trained on, 4,800 examples "
+                                      "more (the whole-text lineage's newest, 20 history items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
 keeps its card, recipe and training log there; a lineage's older models have their weights
