@@ -43,7 +43,9 @@ def _valid_users(command: str) -> int | None:
     path = ROOT / found.group(1) if found else None
     if path is None or not path.is_file():
         return None
-    return tomllib.loads(path.read_text()).get("train", {}).get("max_valid_examples")
+    from glossrec.config import load_config
+
+    return load_config(path).train.max_valid_examples
 
 
 def lineage_points(folder: Path) -> list[dict[str, Any]]:

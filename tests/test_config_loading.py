@@ -66,3 +66,45 @@ def test_updated_copies_and_validates() -> None:
     assert base.train.max_steps is None and cfg.train.learning_rate == base.train.learning_rate
     with pytest.raises(ConfigError, match="train.max_stepz"):
         base.updated(train={"max_stepz": 3})
+
+
+def test_base_file_merges_table_by_table(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.toml").write_text(
+        'out = "runs/root"\n[data]\npath = "data/x"\n[train]\nmax_steps = 7\nlearning_rate = 3e-4\n')
+    (tmp_path / "mid.toml").write_text('base = "root.toml"\n[train]\nmax_steps = 8\n')
+    child = tmp_path / "sub" / "child.toml"
+    child.write_text('base = "../mid.toml"\nout = "runs/child"\n[train]\nwarmup_steps = 5\n')
+    c = load_config(child, {"train.warmup_steps": 6})
+    # the nearest file wins key by key; untouched keys come from further down the chain
+    assert (c.train.max_steps, c.train.learning_rate, c.train.warmup_steps) == (8, 3e-4, 6)
+    # relative paths stay relative to the file that wrote them
+    assert c.data.path == (tmp_path / "data/x").resolve()
+    assert c.out == (tmp_path / "sub" / "runs/child").resolve()
+    assert load_config(tmp_path / "mid.toml").out == (tmp_path / "runs/root").resolve()
+    # the resolved config stands alone: written out, it has no base and loads the same
+    flat = tmp_path / "flat.toml"
+    flat.write_text(config_to_toml(c))
+    assert not any(line.startswith("base") for line in flat.read_text().splitlines())
+    assert load_config(flat) == c
+
+
+def test_base_errors_name_the_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('base = "b.toml"\n')
+    b.write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match="makes a loop") as e:
+        load_config(a)
+    assert str(a) in str(e.value) and str(b) in str(e.value)
+    a.write_text('base = "gone.toml"\n')
+    with pytest.raises(ConfigError, match=r"gone\.toml: config file not found \(the base of .*a\.toml\)"):
+        load_config(a)
+    a.write_text("base = 3\n")
+    with pytest.raises(ConfigError, match="a.toml: base: should be the path"):
+        load_config(a)
+    # a bad key in the base is reported with both files named
+    b.write_text("[train]\nlearning_rat = 1\n")
+    a.write_text('base = "b.toml"\n')
+    with pytest.raises(ConfigError, match="train.learning_rat") as e:
+        load_config(a)
+    assert str(a) in str(e.value) and str(b) in str(e.value)

@@ -331,7 +331,8 @@ def card(folder: Path, name: str, prov: dict[str, Any], test: dict[str, Any] | N
               "```", "",
               f"Python: `Recommender.from_dataset(DIR, model=\"{name}\")`. In a config: "
               f"`model.weights = \"{name}\"` (no training), or `train.init_adapter = \"{name}\"` "
-              "to continue training it: copy the last run's config, set `train.start_examples` to "
+              "to continue training it: a config whose `base` is the last run's config, with "
+              "`train.start_examples` set to "
               f"{info['examples_seen_total']:,} (the same seed's order continues where it "
               "stopped) and run `bench/learning_curve.py --config C --run R --points N "
               "--train-only`, then ship with `tools/ship_model.py`.",
