@@ -19,6 +19,8 @@ and the user/system CPU seconds of the timed steps:
   whole-text lineage), ``full-h5-bf16-castw`` the same with float32 base weights that
   autocast casts at every call (``train.bf16_weights = false``), and ``full-h5-bf16-trim``
   with freed memory returned to the OS after every micro-batch (``train.trim_memory``);
+- ``full-h20``: the recipe of the 20-item whole-text lineage in float32 (whole-text loss, the
+  newest 20 history items), as it trains where the CPU has no native bf16;
 - ``target-h5-4bit``: ``target-h5`` with the paper's QLoRA weights and optimizer: the base
   model loaded as 4-bit NF4 layers (``model.load_in_4bit = true``, bitsandbytes' CPU backend,
   float32 compute), which also turns on gradient checkpointing as the paper's setup does, and
@@ -71,6 +73,7 @@ ARMS: dict[str, dict[str, Any]] = {
                            "bf16_weights": False},
     "full-h5-bf16-trim": {"loss": "full", "max_history_items": 5, "bf16": True,
                           "trim_memory": True},
+    "full-h20": {"loss": "full", "max_history_items": 20},
 }
 
 
