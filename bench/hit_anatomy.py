@@ -1,0 +1,112 @@
+"""Where GLoSS and Last-Item Search find their targets: continuations of the last item's brand
+against everything else.
+
+A Beauty title usually begins with its brand, so "the target's title starts with the same word
+as the last history item's" is a cheap proxy for a same-brand continuation. For each run
+directory (a `glossrec run` with its `lis-bm25/` beside it, the same users and targets), this
+splits the users by that proxy and counts, for GLoSS and for LIS:
+
+- hits in the top 5 in each part (and both lists' shared hits);
+- how often the top item, and the top 5 on average, start with the last item's first word;
+- the median popularity (purchases before each user's last two items) of the recommended items
+  and of the targets.
+
+It reads rankings only, so it costs seconds.
+
+    .venv/bin/python bench/hit_anatomy.py runs/valid500-wholetext-h20-7 [RUN ...] \\
+        [--json bench/results/hit_anatomy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_results  # noqa: E402
+
+
+def first_word(title: str) -> str:
+    words = title.split()
+    return words[0].lower() if words else ""
+
+
+def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
+    """The counts above for one run directory and its lis-bm25 run."""
+    from glossrec.compare import read_run
+    from glossrec.config import load_config
+    from glossrec.data import load_data
+
+    cfg = load_config(run_dir / "config.toml")
+    ds = load_data(cfg)
+    ids = {item: i for i, item in enumerate(ds.catalog.ids)}
+    word = [first_word(t) for t in ds.catalog.titles]
+    back = 1 if cfg.evaluate.split == "test" else 2  # the target's place from the end
+    popularity = Counter(int(i) for s in ds.sequences for i in s[:-2])
+    gloss, lis = read_run(run_dir), read_run(run_dir / "lis-bm25")
+    users = sorted(set(gloss.users) & set(lis.users))
+    parts: dict[str, Counter[str]] = {"same first word": Counter(), "other": Counter()}
+    top1, topk = Counter(), Counter()
+    pops: dict[str, list[int]] = {"gloss": [], "lis": [], "target": []}
+    for user in users:
+        seq = ds.sequences[ds.user_index[user]]
+        target, g_items = gloss.users[user]
+        l_target, l_items = lis.users[user]
+        if target != l_target or ds.catalog.ids[int(seq[-back])] != target:
+            raise SystemExit(f"{run_dir}: user {user}'s target is not the {cfg.evaluate.split} target "
+                             "of the dataset, or differs from lis-bm25's")
+        last = word[int(seq[-back - 1])]
+        part = parts["same first word" if word[ids[target]] == last else "other"]
+        g, li = g_items[:k], l_items[:k]
+        part["users"] += 1
+        part["gloss"] += target in g
+        part["lis"] += target in li
+        part["both"] += target in g and target in li
+        for name, items in (("gloss", g), ("lis", li)):
+            top1[name] += bool(items) and word[ids[items[0]]] == last
+            topk[name] += sum(word[ids[x]] == last for x in items) / k
+            pops[name] += [popularity[ids[x]] for x in items]
+        pops["target"].append(popularity[ids[target]])
+    n = len(users)
+    return {"run": str(run_dir), "split": cfg.evaluate.split, "users": n, "k": k,
+            "parts": {name: dict(c) for name, c in parts.items()},
+            "top1_same_first_word": {m: top1[m] / n for m in ("gloss", "lis")},
+            "topk_same_first_word": {m: topk[m] / n for m in ("gloss", "lis")},
+            "median_popularity": {m: statistics.median(v) if v else None for m, v in pops.items()}}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    out = ["| run | users | target starts like the last item | GLoSS hits there | LIS hits there | "
+           "GLoSS hits elsewhere | LIS hits elsewhere | shared hits | top 1 starts like the last item "
+           "(GLoSS / LIS) | median popularity (GLoSS / LIS / target) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        same, other = r["parts"]["same first word"], r["parts"]["other"]
+        shared = same.get("both", 0) + other.get("both", 0)
+        t1, mp = r["top1_same_first_word"], r["median_popularity"]
+        out.append(f"| {Path(r['run']).name} | {r['users']} | {same.get('users', 0)} | "
+                   f"{same.get('gloss', 0)} | {same.get('lis', 0)} | {other.get('gloss', 0)} | "
+                   f"{other.get('lis', 0)} | {shared} | {t1['gloss']:.2f} / {t1['lis']:.2f} | "
+                   f"{mp['gloss']} / {mp['lis']} / {mp['target']} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", type=Path, nargs="+", help="glossrec run directories with lis-bm25/")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=RESULTS / "hit_anatomy.json")
+    args = ap.parse_args(argv)
+    before = machine()
+    rows = [anatomy(r, args.k) for r in args.runs]
+    print(table(rows))
+    write_results(args.json, {"k": args.k, "runs": rows}, before)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
