@@ -108,3 +108,14 @@ def test_base_errors_name_the_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.learning_rat") as e:
         load_config(a)
     assert str(a) in str(e.value) and str(b) in str(e.value)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    """Configs build on one another (`base`): a renamed or broken base fails here, not in a run."""
+    cfg = load_config(path)
+    # relative paths resolve against the file that wrote them, wherever the test runs from
+    assert all(p is None or p.is_absolute() for p in (cfg.out, cfg.data.path))
