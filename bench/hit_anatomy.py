@@ -20,6 +20,7 @@ It reads rankings only, so it costs seconds.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from collections import Counter
@@ -35,14 +36,21 @@ def first_word(title: str) -> str:
     return words[0].lower() if words else ""
 
 
+@functools.cache
+def _dataset(path: str, item_format: str, title_words: int) -> Any:
+    """One load per dataset, however many run directories name it."""
+    from glossrec.data import load_dataset
+
+    return load_dataset(path, item_format, title_words)
+
+
 def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
     """The counts above for one run directory and its lis-bm25 run."""
     from glossrec.compare import read_run
     from glossrec.config import load_config
-    from glossrec.data import load_data
 
     cfg = load_config(run_dir / "config.toml")
-    ds = load_data(cfg)
+    ds = _dataset(str(cfg.data.path), cfg.data.item_format, cfg.data.title_words)
     ids = {item: i for i, item in enumerate(ds.catalog.ids)}
     word = [first_word(t) for t in ds.catalog.titles]
     back = 1 if cfg.evaluate.split == "test" else 2  # the target's place from the end
