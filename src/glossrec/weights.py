@@ -171,8 +171,9 @@ def resolve_weights(spec: str | Path) -> Path:
 
 def _retired(name: str, folder: Path) -> str:
     """Why a shipped model has no weights here: the package keeps every shipped model's card,
-    recipe and training log, but the weights of the newest of each lineage only (a wheel holds
-    each one whole); the others stay in the project's git history."""
+    recipe and training log, but the weights only of the newest of each lineage and of a model
+    the demo starts from (a wheel holds each one whole); the others stay in the project's git
+    history."""
     provenance = folder / "provenance.json"
     commit = (read_json(provenance).get("retired") or {}).get("commit") if provenance.is_file() else None
     where = (f"`{retired_checkout(name, commit)}` in a clone of the glossrec repository"
