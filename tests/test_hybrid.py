@@ -1,4 +1,5 @@
-"""The hybrid: weighted rrf by hand, tuning on validation users, new items through text."""
+"""The hybrid: weighted rrf and interleaving by hand, tuning on validation users, new items
+through text."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from glossrec.baselines import fit_model
 from glossrec.config import HybridConfig, RunConfig
 from glossrec.data import Catalog, Dataset
-from glossrec.hybrid import Lists, fuse_lists, tune, weight_grid
+from glossrec.hybrid import Lists, fuse_lists, interleave_lists, slot_grid, tune, weight_grid
 from glossrec.pipeline import run_hybrid
 from glossrec.rundir import RunDir
 from glossrec.splits import make_splits
@@ -31,9 +32,41 @@ def test_tune_picks_the_list_that_finds_the_targets() -> None:
     good = Lists.one_per_user("sasrec", np.array([[5, 8], [6, 8], [7, 8]]))
     bad = Lists.one_per_user("lis", np.array([[1, 2], [2, 3], [3, 4]]))
     t = tune([bad, good], np.array([5, 6, 7]), HybridConfig(weight_grid=[0.0, 4.0], rrf_k_grid=[10]))
-    assert t.weights == {"lis": 1.0, "sasrec": 4.0} and t.valid_ndcg10 == 1.0
+    assert t.fixed == {"weights": {"lis": 1.0, "sasrec": 4.0}, "rrf_k": 10} and t.valid_ndcg10 == 1.0
     assert len(t.tried) == 2
     assert weight_grid(["a", "b", "c"], HybridConfig(weight_grid=[0, 1]))[-1] == {"a": 1.0, "b": 1, "c": 1}
+
+
+def test_interleave_by_hand() -> None:
+    lis = Lists.one_per_user("lis", np.array([[1, 2, 3, 4, -1], [7, -1, -1, -1, -1]]))
+    lm = Lists.one_per_user("gloss", np.array([[2, 9, 8, -1, -1], [8, 9, -1, -1, -1]]))
+    items, scores = interleave_lists([lis, lm], {"lis": 2, "gloss": 1}, 6)
+    # user 0: lis 1, 2 | lm 9 (2 is listed) | lis 3, 4 | lm 8
+    assert items[0].tolist() == [1, 2, 9, 3, 4, 8]
+    # user 1: lis 7, then lis is out: its places pass to the LM (8, 9); then both are out
+    assert items[1].tolist() == [7, 8, 9, -1, -1, -1]
+    assert scores[0].tolist() == pytest.approx([1 / r for r in range(1, 7)])
+    assert np.isneginf(scores[1, 3:]).all()
+    only_lm, _ = interleave_lists([lis, lm], {"lis": 0, "gloss": 3}, 3)
+    assert only_lm[0].tolist() == [2, 9, 8]
+    with pytest.raises(ValueError, match="one list per user"):
+        interleave_lists([Lists("gloss", np.array([[1], [2]]), np.array([0, 2]))], {"gloss": 1}, 2)
+
+
+def test_tune_interleave_over_every_split_of_a_block() -> None:
+    grid = slot_grid(["lis", "gloss"], 5)
+    assert len(grid) == 6 and {"lis": 3, "gloss": 2} in grid
+    assert all(sum(g.values()) == 5 for g in slot_grid(["a", "b", "c"], 5))
+    # The target is LIS's 2nd item for users 0-1 and the LM's 1st for user 2. Slots (2, 3)
+    # rank them at places 2, 2 and 3: the best NDCG@10 ((3, 2) puts user 2's at 4, (1, 4)
+    # users 0-1's at 6, (5, 0) never lists it).
+    lis = Lists.one_per_user("lis", np.array([[1, 5, 6], [2, 6, 7], [3, 4, 5]]))
+    lm = Lists.one_per_user("gloss", np.array([[8, 9, 10], [8, 9, 10], [9, 8, 10]]))
+    t = tune([lis, lm], np.array([5, 6, 9]), HybridConfig(fusion="interleave", block=5))
+    assert t.fixed == {"slots": {"lis": 2, "gloss": 3}}
+    assert len(t.tried) == 6
+    with pytest.raises(ValueError, match="slots"):
+        HybridConfig(fusion="interleave", slots={"lis": 0, "gloss": 0})
 
 
 def _shop(n_users: int = 300, seed: int = 0) -> Dataset:

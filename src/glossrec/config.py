@@ -482,8 +482,17 @@ class ItemKNNConfig(_Section):
 
 
 class HybridConfig(_Section):
-    """Weighted reciprocal-rank fusion of text and ID-based lists (glossrec.hybrid)."""
+    """The fusion of text and ID-based lists into one (glossrec.hybrid): weighted
+    reciprocal-rank fusion, or interleaving."""
 
+    fusion: Literal["rrf", "interleave"] = "rrf"
+    """How the components' lists become one.
+
+    "rrf": weighted reciprocal-rank fusion (weights, rrf_k). "interleave": every block of
+    places is filled by the components in order (lis, gloss, then the models), each taking
+    `slots[name]` places with its best items not yet listed; a component out of items
+    passes its place on. The LM's component is then its own ranked list (retrieve.ranking, the
+    GLoSS row's), not one list per text."""
     depth: int = Field(100, ge=1)
     """Items per list fused."""
     weights: dict[str, float] | None = None
@@ -496,6 +505,30 @@ class HybridConfig(_Section):
     """Weights tried per component when tuning."""
     rrf_k_grid: list[int] = [10, 60]
     """rrf k values tried when tuning."""
+    slots: dict[str, int] | None = None
+    """With fusion = "interleave": places per block for each component; none: tuned on the
+    validation users over every split of `block` places among the components."""
+    block: int = Field(5, ge=1)
+    """With fusion = "interleave" and slots tuned: the places a block's slots share (the
+    block repeats down the list)."""
+
+    def share(self, name: str) -> float:
+        """A component's part in the fusion: its weight (rrf) or its slots (interleave); 0
+        means it takes no part."""
+        parts = self.slots if self.fusion == "interleave" else self.weights
+        return float((parts or {}).get(name, 0))
+
+    @property
+    def is_fixed(self) -> bool:
+        """Whether the fusion is fixed (weights for rrf, slots for interleaving), not tuned."""
+        return (self.slots if self.fusion == "interleave" else self.weights) is not None
+
+    @field_validator("slots")
+    @classmethod
+    def _slots_fill_places(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None and (any(n < 0 for n in v.values()) or sum(v.values()) == 0):
+            raise ValueError(f"slots must be counts >= 0 with at least one place ({v})")
+        return v
     tune_users: int | None = Field(None, ge=1)
     """Tune on a reproducible random sample of this many validation users; none: all of them.
 

@@ -1,16 +1,26 @@
-"""A hybrid ranking: the text paths (Last-Item Search, the LM's generated texts) and an
-ID-based model (SASRec) fused per user by weighted reciprocal-rank fusion.
+"""A hybrid ranking: the text paths (Last-Item Search, the LM's generated texts) and ID-based
+models fused per user, by weighted reciprocal-rank fusion or by interleaving.
 
 Each component gives every user ranked lists of catalog positions (depth ``hybrid.depth``):
 
 - ``lis``: the last history item's text searched in the catalog (one list);
-- ``gloss``: each generated text's hits (one list per text; texts from a generations file);
+- ``gloss``: each generated text's hits (one list per text; texts from a generations file),
+  or, for interleaving, the LM's own ranked list (``retrieve.ranking``, the GLoSS row's);
 - ``sasrec`` / ``itemknn`` / ``pop``: the trained model's top items (one list).
 
-The fused score of item i is ``sum over lists l of w_c(l) / (rrf_k + rank_l(i))``
-(:func:`glossrec.retrieve.ranking.fuse` with row weights), ties to the item seen first. The
-weights and rrf_k are chosen on validation users by grid search on NDCG@10, never on test users,
-unless ``hybrid.weights`` fixes them.
+Weighted rrf (``hybrid.fusion = "rrf"``): the fused score of item i is
+``sum over lists l of w_c(l) / (rrf_k + rank_l(i))`` (:func:`glossrec.retrieve.ranking.fuse`
+with row weights), ties to the item seen first.
+
+Interleaving (``"interleave"``): places 1..k are dealt in blocks of sum(``hybrid.slots``);
+within a block, each component in turn takes ``slots[c]`` places with its best items not yet listed (a
+component out of items passes its place to the next one that has some). With slots
+{lis: 3, gloss: 2} a list is LIS's top 3, the LM's top 2, LIS's next 3, ... The item at place
+r scores 1 / r. Unlike rrf it keeps each list's own order and gives a component places it
+fills whatever the others hold, which is what a generator with a few confident items needs.
+
+The weights and rrf_k, or the slots, are chosen on validation users by grid search on
+NDCG@10, never on test users, unless ``hybrid.weights`` / ``hybrid.slots`` fixes them.
 
 New items: an ID model cannot rank an item it never saw in training (its score is -inf), so
 such an item reaches a user's list only through the text components, which search the live
@@ -29,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from glossrec.baselines import IdModel, rank_histories
-from glossrec.config import HybridConfig
+from glossrec.config import HybridConfig, Ranking
 from glossrec.errors import ConfigError
 from glossrec.evaluate import ndcg_at, target_ranks
 from glossrec.retrieve.base import Retriever
@@ -60,8 +70,12 @@ def lis_lists(retriever: Retriever, last_texts: Sequence[str], depth: int,
 
 
 def text_lists(retriever: Retriever, texts_per_user: Sequence[Sequence[str]], depth: int,
-               exclude: Sequence[np.ndarray] | None) -> Lists:
-    """Every generated text's own hits (one list per text), as the ranking path searches them."""
+               exclude: Sequence[np.ndarray] | None, ranking: Ranking | None = None) -> Lists:
+    """The generated texts through the ranking path: every text's own hits (one list per
+    text), or with `ranking` the user's one list ranked by it (what a GLoSS row ranks)."""
+    if ranking is not None:
+        return Lists.one_per_user("gloss", rank_texts(retriever, texts_per_user, depth, ranking,
+                                                      exclude=exclude).items)
     res = rank_texts(retriever, texts_per_user, depth, "max", exclude=exclude, per_text_k=depth)
     return Lists("gloss", res.hit_idx, res.offsets)
 
@@ -89,25 +103,27 @@ class IdComponent:
 def build_lists(cfg: HybridConfig, depth: int, *, retriever: Retriever | None = None,
                 last_texts: Sequence[str] = (), texts: Sequence[Sequence[str]] | None = None,
                 exclude: Sequence[np.ndarray | None] | None = None,
-                models: Sequence[IdComponent] = (),
-                weights: dict[str, float] | None = None) -> list[Lists]:
+                models: Sequence[IdComponent] = (), fixed: bool = False,
+                ranking: Ranking = "paper") -> list[Lists]:
     """The hybrid's components for a batch of users (lis, gloss, then each ID model): the one
     place that assembles them, for evaluation (glossrec.pipeline.run_hybrid) and serving (the
     Recommender) alike.
 
     One inclusion rule: LIS when ``hybrid.lis`` (the users' `last_texts` searched), the LM's
-    generated `texts` when given, and every ID model; with `weights` fixed, a component whose
-    weight is 0 (or absent) is not built, as fusion would ignore it. `exclude`: per user, the
-    catalog positions never ranked.
+    generated `texts` when given, and every ID model; with the fusion `fixed` (`cfg` holds its
+    weights or slots), a component with no share in it is not built, as fusion would ignore it.
+    `exclude`: per user, the catalog positions never ranked. `ranking`: how the LM's texts
+    become its one list when interleaving.
     """
     def kept(name: str) -> bool:
-        return weights is None or weights.get(name, 0.0) > 0
+        return not fixed or cfg.share(name) > 0
 
     out: list[Lists] = []
     if cfg.lis and kept("lis"):
         out.append(lis_lists(_need(retriever), last_texts, depth, exclude))  # type: ignore[arg-type]
     if texts is not None and kept("gloss"):
-        out.append(text_lists(_need(retriever), texts, depth, exclude))  # type: ignore[arg-type]
+        out.append(text_lists(_need(retriever), texts, depth, exclude,  # type: ignore[arg-type]
+                              ranking if cfg.fusion == "interleave" else None))
     for m in models:
         if not kept(m.model.kind):
             continue
@@ -148,6 +164,56 @@ def fuse_lists(components: Sequence[Lists], weights: dict[str, float], k: int,
                       np.concatenate(w) if w else np.zeros(0))
 
 
+def interleave_lists(components: Sequence[Lists], slots: dict[str, int],
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items [n, k], scores [n, k]) by interleaving one list per user per component: each
+    block of sum(slots) places goes to the components in order, `slots[name]` places each
+    (their best items not yet listed); a component out of items passes its place on; place r
+    scores 1 / r. Components with no slots take no part."""
+    comps = [c for c in components if slots.get(c.name, 0) > 0]
+    if not comps:
+        raise ValueError(f"no component has a place ({slots})")
+    for c in comps:
+        if len(c.rows) != len(c.offsets) - 1:
+            raise ValueError(f"interleaving needs one list per user; {c.name} has several")
+    turns = [i for i, c in enumerate(comps) for _ in range(slots[c.name])]
+    n = len(comps[0].rows)
+    items = np.full((n, k), -1, dtype=np.int64)
+    for u in range(n):
+        lists = [c.rows[u][c.rows[u] >= 0].tolist() for c in comps]
+        heads = [0] * len(comps)
+        taken: set[int] = set()
+        for place in range(k):
+            order = turns[place % len(turns)]
+            for c in [order, *(i for i in range(len(comps)) if i != order)]:
+                while heads[c] < len(lists[c]) and lists[c][heads[c]] in taken:
+                    heads[c] += 1
+                if heads[c] < len(lists[c]):
+                    break
+            else:
+                break  # every component is out of items
+            items[u, place] = lists[c][heads[c]]
+            taken.add(lists[c][heads[c]])
+    scores = np.where(items >= 0, 1.0 / np.arange(1, k + 1), -np.inf)
+    return items, scores
+
+
+def fuse(components: Sequence[Lists], cfg: HybridConfig, k: int,
+         rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The config's fixed fusion of the components' lists (rrf_k: the default for rrf)."""
+    if cfg.fusion == "interleave":
+        assert cfg.slots is not None, "interleaving needs fixed slots"
+        return interleave_lists(components, cfg.slots, k)
+    assert cfg.weights is not None, "rrf needs fixed weights"
+    return fuse_lists(components, cfg.weights, k, cfg.rrf_k or rrf_k)
+
+
+def slot_grid(names: Sequence[str], block: int) -> list[dict[str, int]]:
+    """Every split of `block` places among the components (each may get 0)."""
+    return [dict(zip(names, combo)) for combo in itertools.product(range(block + 1), repeat=len(names))
+            if sum(combo) == block]
+
+
 def weight_grid(names: Sequence[str], cfg: HybridConfig) -> list[dict[str, float]]:
     """Every weighting to try: the first component fixed at 1, each other one from the grid."""
     first, rest = names[0], list(names[1:])
@@ -157,26 +223,30 @@ def weight_grid(names: Sequence[str], cfg: HybridConfig) -> list[dict[str, float
 
 @dataclass
 class Tuned:
-    weights: dict[str, float]
-    rrf_k: int
+    fixed: dict[str, Any]
+    """The hybrid fields that fix the chosen fusion: weights and rrf_k, or slots."""
     valid_ndcg10: float
     tried: list[dict[str, Any]]
 
 
 def tune(components: Sequence[Lists], targets: np.ndarray, cfg: HybridConfig) -> Tuned:
-    """The weights and rrf_k with the best NDCG@10 on these (validation) users."""
+    """The config's fusion with the best NDCG@10 on these (validation) users: weights and
+    rrf_k over weight_grid x rrf_k_grid, or slots over every split of a block."""
+    names = [c.name for c in components]
+    if cfg.fusion == "interleave":
+        grid: list[dict[str, Any]] = [{"slots": s} for s in slot_grid(names, cfg.block)]
+    else:
+        grid = [{"weights": w, "rrf_k": k} for k in cfg.rrf_k_grid for w in weight_grid(names, cfg)]
     tried = []
     best: Tuned | None = None
-    for rrf_k in cfg.rrf_k_grid:
-        for weights in weight_grid([c.name for c in components], cfg):
-            items, _ = fuse_lists(components, weights, 10, rrf_k)
-            score = float(ndcg_at(target_ranks(items, targets), 10).mean())
-            tried.append({"weights": weights, "rrf_k": rrf_k, "ndcg@10": round(score, 5)})
-            if best is None or score > best.valid_ndcg10:
-                best = Tuned(weights, rrf_k, score, tried)
+    for fixed in grid:
+        items, _ = fuse(components, cfg.model_copy(update=fixed), 10, 60)
+        score = float(ndcg_at(target_ranks(items, targets), 10).mean())
+        tried.append({**fixed, "ndcg@10": round(score, 5)})
+        if best is None or score > best.valid_ndcg10:
+            best = Tuned(fixed, score, tried)
     assert best is not None
-    log.info("hybrid: best on validation %s rrf_k=%d ndcg@10=%.4f", best.weights, best.rrf_k,
-             best.valid_ndcg10)
+    log.info("hybrid: best on validation %s ndcg@10=%.4f", best.fixed, best.valid_ndcg10)
     return best
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from glossrec.config import Ranking, RunConfig
+from glossrec.config import HybridConfig, Ranking, RunConfig
 from glossrec.data import Dataset, load_data  # noqa: F401 (the pipeline's load_data is data's)
 from glossrec.errors import ConfigError, DataError, import_optional
 from glossrec.evaluate import Evaluation, evaluate, write_run
@@ -176,13 +176,15 @@ def run_baseline(cfg: RunConfig, kind: str, out: Path | None = None,
 def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path | None = None,
                generations: dict[str, Path] | None = None, ds: Dataset | None = None) -> Evaluation:
     """Fuse Last-Item Search, the LM's texts (`generations`: split -> file, "valid" and "test")
-    and ID-based models (`models`: `glossrec baseline` run directories) by weighted rrf.
+    and ID-based models (`models`: `glossrec baseline` run directories) by weighted rrf or by
+    interleaving (hybrid.fusion).
 
-    Weights are tuned on the validation users (glossrec.hybrid.tune) unless hybrid.weights
-    fixes them; the config's users of evaluate.split are then ranked once and scored.
+    The fusion's weights (or slots) are tuned on the validation users (glossrec.hybrid.tune)
+    unless the config fixes them; the config's users of evaluate.split are then ranked once
+    and scored.
     """
     from glossrec.generate import read_generations
-    from glossrec.hybrid import IdComponent, Lists, build_lists, fuse_lists, load_id_model, tune
+    from glossrec.hybrid import IdComponent, Lists, build_lists, fuse, load_id_model, tune
 
     prep = prepare(cfg, ds)
     ds, splits, examples = prep.dataset, prep.splits, prep.examples
@@ -199,8 +201,8 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
     retriever = build_index(cfg, ds) if hc.lis or gens else None
     cat = ds.catalog
 
-    def lists(examples: Sequence[Example], split: str,
-              weights: dict[str, float] | None = None) -> list[Lists]:
+    def lists(examples: Sequence[Example], split: str, hc: HybridConfig,
+              fixed: bool = False) -> list[Lists]:
         texts = None
         if split in gens:
             missing = [e.user_id for e in examples if e.user_id not in gens[split]]
@@ -212,29 +214,33 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
         histories = [e.history for e in examples]
         return build_lists(hc, hc.depth, retriever=retriever, texts=texts, exclude=excl,
                            last_texts=[cat.text(e.history[-1]) for e in examples],
-                           models=[IdComponent(m, histories, excl) for m in ids], weights=weights)
+                           models=[IdComponent(m, histories, excl) for m in ids], fixed=fixed,
+                           ranking=cfg.retrieve.ranking)
 
-    extra: dict[str, Any] = {"method": "hybrid"}
-    if hc.weights is not None:
-        weights, rrf_k = hc.weights, hc.rrf_k or cfg.retrieve.rrf_k
-    else:
+    extra: dict[str, Any] = {"method": "hybrid", "fusion": hc.fusion}
+    if hc.fusion == "rrf" and hc.weights is not None:
+        cfg = cfg.updated(hybrid={"rrf_k": hc.rrf_k or cfg.retrieve.rrf_k})
+    elif not hc.is_fixed:
         if generations and "valid" not in gens:
             raise ConfigError("tuning the hybrid on validation users needs their generated texts "
-                              "(generations for the valid split), or fixed hybrid.weights")
+                              "(generations for the valid split), or a fixed fusion "
+                              "(hybrid.weights, or hybrid.slots)")
         valid = sample_users(splits.valid, hc.tune_users, cfg.evaluate.user_seed)
         t0 = time.perf_counter()
-        tuned = tune(lists(valid, "valid"), np.array([e.target for e in valid]), hc)
-        weights, rrf_k = tuned.weights, tuned.rrf_k
+        tuned = tune(lists(valid, "valid", hc), np.array([e.target for e in valid]), hc)
+        cfg = cfg.updated(hybrid=tuned.fixed)
         extra["tuned"] = {"valid_users": len(valid), "valid_ndcg@10": tuned.valid_ndcg10,
                           "seconds": round(time.perf_counter() - t0, 1), "tried": tuned.tried}
-        log(f"hybrid: weights {weights}, rrf_k {rrf_k} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
+        log(f"hybrid: {tuned.fixed} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
+    hc = cfg.hybrid
     t0 = time.perf_counter()
-    final = lists(examples, cfg.evaluate.split, weights)
-    ranked, scores = fuse_lists(final, weights, max(cfg.evaluate.cutoffs), rrf_k)
-    extra.update({"weights": weights, "rrf_k": rrf_k, "components": [c.name for c in final],
+    final = lists(examples, cfg.evaluate.split, hc, fixed=True)
+    ranked, scores = fuse(final, hc, max(cfg.evaluate.cutoffs), cfg.retrieve.rrf_k)
+    chosen = ({"slots": hc.slots} if hc.fusion == "interleave"
+              else {"weights": hc.weights, "rrf_k": hc.rrf_k})
+    extra.update({**chosen, "components": [c.name for c in final],
                   "timing_s": {"rank": round(time.perf_counter() - t0, 2)}})
-    return _finish(cfg.updated(hybrid={"weights": weights, "rrf_k": rrf_k}),
-                   Prepared(ds, examples), ranked, scores, out, extra)
+    return _finish(cfg, Prepared(ds, examples), ranked, scores, out, extra)
 
 
 # --- the full GLoSS run ----------------------------------------------------------------------

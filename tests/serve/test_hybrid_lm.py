@@ -4,6 +4,7 @@ them with LIS and the ID model, as `glossrec hybrid --generations ...` fused the
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from glossrec.config import ModelConfig, RunConfig
 from glossrec.io import write_jsonl
 from glossrec.pipeline import prepare, run_baseline, run_hybrid
+from glossrec.rundir import RunDir
 from glossrec.serve import Recommender
 from glossrec.serve.app import ServeSettings, create_app
 
@@ -68,3 +70,35 @@ def test_concurrent_hybrid_requests_share_one_grounded_search(
         assert "gloss" in {s for i in body["items"] for s in i["sources"]}
         assert len(body["items"]) == 6
     rec.close()
+
+
+def test_serving_an_interleaved_hybrid_of_lis_and_the_lm(tmp_path: Path,
+                                                          tiny_model_config: ModelConfig) -> None:
+    """No ID model: a run whose fixed fusion interleaves LIS and the LM is served as a hybrid
+    of the two, places dealt as offline (LIS's first, then the LM's)."""
+    data = write_dataset(tmp_path / "data")
+    cfg = RunConfig(model=tiny_model_config).updated(
+        data={"path": data}, split={"valid_fraction": 0.34},
+        generate={"num_beams": 3, "num_return": 3, "max_new_tokens": 4, "constrain": "catalog",
+                  "batch_size": 8},
+        retrieve={"retriever": "bm25", "exclude_history": True}, evaluate={"cutoffs": [5]},
+        hybrid={"fusion": "interleave", "slots": {"lis": 1, "gloss": 1}, "depth": 5})
+    prep = prepare(cfg)
+    gens = tmp_path / "texts.jsonl"
+    write_jsonl(gens, ({"user_id": e.user_id, "texts": ["Title: Rose water facial toner spray"]}
+                       for e in prep.examples))
+    run_hybrid(cfg, [], tmp_path / "hybrid", generations={"test": gens})
+    meta = json.loads(RunDir(tmp_path / "hybrid").metrics.read_text())
+    assert meta["slots"] == {"lis": 1, "gloss": 1} and meta["components"] == ["lis", "gloss"]
+    rec = Recommender.from_run(tmp_path / "hybrid", mode="lm")
+    assert rec.hybrid and rec.components == ["lis", "gloss"]
+    out = rec.recommend(["A2", "A3"], k=4)
+    assert rec.generate_calls == 1 and len({i.item_id for i in out.items}) == len(out.items)
+    lis_first = Recommender(rec.catalog).recommend(["A2", "A3"], k=1).items[0]
+    assert out.items[0].item_id == lis_first.item_id and "lis" in out.items[0].sources
+    assert "gloss" in out.items[1].sources  # the LM's best item not already listed
+    assert [i.score for i in out.items] == [1 / r for r in range(1, len(out.items) + 1)]
+    rec.close()
+    plain = Recommender.from_run(tmp_path / "hybrid", mode="lis")  # LIS mode: LIS alone
+    assert not plain.hybrid
+    plain.close()

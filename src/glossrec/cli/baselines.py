@@ -71,8 +71,9 @@ def hybrid(
     gen_valid: Annotated[Optional[Path], typer.Option("--generations-valid", help="Generated texts of the validation users (for tuning the weights).")] = None,
     gen_test: Annotated[Optional[Path], typer.Option("--generations", help="Generated texts of the evaluated users (the LM's path).")] = None,
 ) -> None:
-    """Fuse Last-Item Search, generated texts and ID-based models per user (weighted rrf,
-    weights tuned on validation users; hybrid.weights fixes them)."""
+    """Fuse Last-Item Search, generated texts and ID-based models per user (weighted rrf, or
+    interleaving with hybrid.fusion = "interleave"; tuned on validation users unless
+    hybrid.weights / hybrid.slots fixes them)."""
     from glossrec.pipeline import run_hybrid
 
     show_progress_logs()

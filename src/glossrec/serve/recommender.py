@@ -187,8 +187,9 @@ class Recommender:
                  ranking: Ranking | None = None,
                  id_models: Sequence[tuple[Any, Sequence[str]]] = ()) -> None:
         """id_models: (ID-based model, the item id of each of its positions) pairs; with them
-        every request is a hybrid: the text lists and the models' lists fused by weighted rrf
-        with the config's [hybrid] weights (glossrec.hybrid)."""
+        every request is a hybrid: the text lists and the models' lists fused as the config's
+        [hybrid] section fixes it (weights, or slots; glossrec.hybrid). In LM mode, a config
+        whose fixed fusion gives both LIS and the LM a share makes a hybrid of the two alone."""
         self.catalog = catalog
         self.config = config or RunConfig()
         self.mode: Mode = mode or ("lm" if generator is not None else "lis")
@@ -206,9 +207,13 @@ class Recommender:
         self._lm_lock = threading.Lock()
         """Grounded: a sync must not change the trie while a generate call walks it."""
         self._id_models = [(m, list(ids), {iid: p for p, iid in enumerate(ids)}) for m, ids in id_models]
-        if self._id_models and not self.config.hybrid.weights:
-            raise ConfigError("serving a hybrid needs [hybrid] weights: tune them with "
-                              "`glossrec hybrid` and serve its run directory")
+        if self._id_models and not self.config.hybrid.is_fixed:
+            raise ConfigError("serving a hybrid needs its fusion fixed ([hybrid] weights, or "
+                              "slots): tune it with `glossrec hybrid` and serve its run directory")
+        hc = self.config.hybrid
+        self.hybrid = bool(self._id_models) or (
+            self.mode == "lm" and hc.is_fixed and hc.lis and hc.share("lis") > 0 and hc.share("gloss") > 0)
+        """Whether requests fuse several components (glossrec.hybrid), not one ranking path."""
 
     def _trie_sync(self, generator: Any) -> TrieSync | None:
         """Grounded LM mode: the generator's trie, filled from the live catalog now."""
@@ -307,12 +312,11 @@ class Recommender:
     @property
     def components(self) -> list[str]:
         """What can put an item in a list (the names of RecommendedItem.sources): "lis" in LIS
-        mode, "gloss" in LM mode, and for a hybrid each component with a positive weight."""
-        if not self._id_models:
+        mode, "gloss" in LM mode, and for a hybrid each component with a share in its fusion."""
+        if not self.hybrid:
             return ["gloss" if self.mode == "lm" else "lis"]
-        w = self.config.hybrid.weights or {}
         names = ["lis"] + (["gloss"] if self.mode == "lm" else []) + [m.kind for m, _, _ in self._id_models]
-        return [n for n in names if w.get(n, 0) > 0]
+        return [n for n in names if self.config.hybrid.share(n) > 0]
 
     # ---- catalog ------------------------------------------------------------------------------
 
@@ -413,7 +417,7 @@ class Recommender:
 
     def _search(self, todo: list[_Resolved]) -> list[Recommendation]:
         """The one ranking path (retrieve.ranking.rank_texts): LIS is its case of one text."""
-        if self._id_models:
+        if self.hybrid:
             return self._search_hybrid(todo)
         method: Ranking = LIS if self.mode == "lis" else self.ranking
         rc = self.config.retrieve
@@ -436,15 +440,13 @@ class Recommender:
 
 
     def _search_hybrid(self, todo: list[_Resolved]) -> list[Recommendation]:
-        """Text lists (LIS; the generated texts in LM mode) and each ID model's list, fused by
-        weighted rrf as offline (glossrec.hybrid). A model's items are mapped to the live
-        catalog by id: an item removed since training drops out, an item added since is
-        reachable through the text lists only."""
-        from glossrec.hybrid import IdComponent, build_lists, fuse_lists
+        """Text lists (LIS; the generated texts in LM mode) and each ID model's list, fused as
+        offline (glossrec.hybrid: weighted rrf or interleaving). A model's items are mapped to
+        the live catalog by id: an item removed since training drops out, an item added since
+        is reachable through the text lists only."""
+        from glossrec.hybrid import IdComponent, build_lists, fuse
 
         hc = self.config.hybrid
-        weights = dict(hc.weights or {})
-        rrf_k = hc.rrf_k or self.config.retrieve.rrf_k
         k = max(r.k for r in todo)
         cat = self.catalog
         out: list[Recommendation] = []
@@ -460,14 +462,16 @@ class Recommender:
             comps = build_lists(hc, max(hc.depth, k), retriever=cat.retriever,
                                 last_texts=[r.texts[-1] for r in todo], exclude=exclude,
                                 texts=[r.queries for r in todo] if self.mode == "lm" else None,
-                                models=models, weights=weights)
-            # Per component, per row: the query texts (or <model>) that the row's items were found by.
+                                models=models, fixed=True, ranking=self.config.retrieve.ranking)
+            # Per component, per row: the query texts (or <model>) that the row's items were
+            # found by (the LM's one list per user when interleaving: all its texts).
             labels = [[[r.texts[-1]] for r in todo] if c.name == "lis"
+                      else [list(r.queries) for r in todo] if c.name == "gloss" and hc.fusion == "interleave"
                       else [[q] for r in todo for q in r.queries] if c.name == "gloss"
                       else [[f"<{c.name}>"] for _ in todo] for c in comps]
-            items, scores = fuse_lists(comps, weights, k, rrf_k)
-            # A component with weight 0 takes no part in the fusion: it found nothing.
-            used = [(c, labs) for c, labs in zip(comps, labels) if weights.get(c.name, 0) > 0]
+            items, scores = fuse(comps, hc, k, self.config.retrieve.rrf_k)
+            # A component with no share takes no part in the fusion: it found nothing.
+            used = [(c, labs) for c, labs in zip(comps, labels) if hc.share(c.name) > 0]
             for u, r in enumerate(todo):
                 ranked_items = []
                 for rank, (p, sc) in enumerate(zip(items[u].tolist(), scores[u].tolist()), start=1):
