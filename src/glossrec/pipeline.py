@@ -233,6 +233,9 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
                           "seconds": round(time.perf_counter() - t0, 1), "tried": tuned.tried}
         log(f"hybrid: {tuned.fixed} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
     hc = cfg.hybrid
+    if hc.share("gloss") > 0 and cfg.evaluate.split not in gens:
+        raise ConfigError(f"the fusion gives the LM's texts a share ({hc.slots or hc.weights}) but "
+                          f"there are none for the {cfg.evaluate.split} users (--generations)")
     t0 = time.perf_counter()
     final = lists(examples, cfg.evaluate.split, hc, fixed=True)
     ranked, scores = fuse(final, hc, max(cfg.evaluate.cutoffs), cfg.retrieve.rrf_k)

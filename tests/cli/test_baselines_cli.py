@@ -47,3 +47,28 @@ def test_bad_baseline_and_compare_input_are_one_line_errors(tmp_path: Path, monk
     assert code == 2 and "unknown baseline 'bert4rec'" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(monkeypatch, capsys, "compare", str(tmp_path), str(tmp_path))
     assert code == 2 and "rankings.jsonl" in err
+
+
+def test_hybrid_scores_the_texts_given_for_the_evaluated_split(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--generations holds the evaluated users' texts, validation users' too; a fusion that
+    gives the LM a share with no texts for them is an error, not LIS alone."""
+    from glossrec.config import RunConfig
+    from glossrec.io import write_jsonl
+    from glossrec.pipeline import prepare
+
+    cfg = RunConfig().updated(data={"path": SAMPLE}, evaluate={"split": "valid"})
+    prep = prepare(cfg)
+    cat = prep.dataset.catalog
+    gens = tmp_path / "valid.jsonl"  # a perfect LM: the target's own title
+    write_jsonl(gens, ({"user_id": e.user_id, "texts": [cat.text(e.target)]} for e in prep.examples))
+    args = ["-q", "hybrid", "--data", str(SAMPLE), "--retriever", "bm25", "--exclude-history",
+            "--set", "evaluate.split=valid", "--set", "hybrid.fusion=interleave",
+            "--set", "hybrid.slots={lis = 1, gloss = 1}", "--json"]
+    code, out, err = cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "hyb"), "--generations", str(gens))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "hyb" / "metrics.json").read_text())
+    assert metrics["components"] == ["lis", "gloss"]
+    # the LM's item at place 2 (LIS alone finds a few percent; items with a twin title miss)
+    assert json.loads(out)["hybrid"]["overall"]["recall@5"] > 0.9
+    code, _, err = cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "hyb2"))
+    assert code != 0 and "no" in err and "--generations" in err

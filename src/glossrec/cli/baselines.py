@@ -77,6 +77,13 @@ def hybrid(
     from glossrec.pipeline import run_hybrid
 
     show_progress_logs()
-    gens = {k: v for k, v in (("valid", gen_valid), ("test", gen_test)) if v is not None}
-    ev = run_hybrid(opts.run_config(), model or [], opts.out, gens)
+    cfg = opts.run_config()
+    gens = {"valid": gen_valid} if gen_valid is not None else {}
+    if gen_test is not None:  # the evaluated users' texts, whichever split they are
+        split = cfg.evaluate.split
+        if gens.get(split, gen_test) != gen_test:
+            raise typer.BadParameter(f"--generations and --generations-valid name two files for "
+                                     f"the {split} users", param_hint="--generations")
+        gens[split] = gen_test
+    ev = run_hybrid(cfg, model or [], opts.out, gens)
     print_result("hybrid", ev, opts.out, opts.json_out)
