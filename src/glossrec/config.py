@@ -486,7 +486,7 @@ class HybridConfig(_Section):
     reciprocal-rank fusion, or interleaving."""
 
     fusion: Literal["rrf", "interleave"] = "rrf"
-    """How the components' lists become one.
+    """How the components' lists become one: weighted rrf, or interleaving (places per list).
 
     "rrf": weighted reciprocal-rank fusion (weights, rrf_k). "interleave": every block of
     places is filled by the components in order (lis, gloss, then the models), each taking
