@@ -88,14 +88,26 @@ def recall_point(run_dir: Path) -> dict[str, Any]:
         hits = np.array([t in items[:5] for t, items in run.users.values()], dtype=float)
         return float(hits.mean()), list(bootstrap_ci(hits))
 
-    name = tomllib.loads((run_dir / "config.toml").read_text())["model"].get("weights")
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    name = cfg["model"].get("weights")
     info = weights.train_info(weights.record_dir(name)) if name else {}
     run = read_run(run_dir)
     mean, ci = r5(run)
     lis = read_run(run_dir / "lis-bm25") if (run_dir / "lis-bm25").is_dir() else None
     return {"run_dir": str(run_dir), "weights": name, "examples": info.get("examples_seen_total"),
             "recall@5": mean, "recall@5_ci": ci, "users": len(run.users),
-            "lis_bm25_recall@5": r5(lis)[0] if lis else None}
+            "lis_bm25_recall@5": r5(lis)[0] if lis else None,
+            "prior_weight": cfg.get("generate", {}).get("prior_weight")}
+
+
+def with_prior_weight(point: dict[str, Any], default: float | None) -> dict[str, Any]:
+    """A carried-forward point from before points recorded the search's prior weight: read it
+    from its run's config where that run is at hand, else `default`."""
+    if point.get("prior_weight") is None:
+        cfg = Path(point["run_dir"]) / "config.toml"
+        point["prior_weight"] = (tomllib.loads(cfg.read_text()).get("generate", {}).get("prior_weight")
+                                 if cfg.is_file() else default)
+    return point
 
 
 def plot(path: Path, model: str, rows: list[dict[str, Any]], recall: list[dict[str, Any]]) -> None:
@@ -105,28 +117,40 @@ def plot(path: Path, model: str, rows: list[dict[str, Any]], recall: list[dict[s
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for r in sorted({x["run"] for x in rows}):
+    runs = sorted({x["run"] for x in rows})
+    users_of = {r: next(x["valid_users"] for x in rows if x["run"] == r) for r in runs}
+    labelled_first = False
+    for r in runs:  # one colour per run; labels once, the legend would outgrow the plot
         pts = [x for x in rows if x["run"] == r]
-        users = pts[0]["valid_users"]
-        label = f"run {r} ({users or '?'} validation users)"
         first = [x for x in pts if x["valid_loss_first"] is not None]
         for ax, key in ((axes[0], "examples"), (axes[1], "hours")):
             line, = ax.plot([x[key] for x in pts], [x["valid_loss"] for x in pts], "o-", ms=3,
-                            label=label)
+                            label="the next item's tokens (a colour per run)" if r == runs[0] else None)
             if first:  # the next item's first tokens, where the grounded search chooses
                 ax.plot([x[key] for x in first], [x["valid_loss_first"] for x in first], "s--",
-                        ms=3, color=line.get_color(), label=f"run {r}, first tokens only")
+                        ms=3, color=line.get_color(),
+                        label=None if labelled_first else "its first tokens only")
+        labelled_first = labelled_first or bool(first)
+    spans: dict[Any, list[int]] = {}
+    for r in runs:
+        spans.setdefault(users_of[r], []).append(r)
+    axes[0].set_title("validation users: " + "; ".join(
+        f"runs {v[0]}-{v[-1]}: {u or '?'}" if len(v) > 1 else f"run {v[0]}: {u or '?'}"
+        for u, v in spans.items()), fontsize=8)
     axes[0].set_xlabel("training examples seen")
     axes[1].set_xlabel("training hours (paused time left out; the machines differ per run)")
     for ax in axes[:2]:
         ax.set_ylabel("validation loss, next item's tokens")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper right")
     pts = [p for p in recall if p["examples"] is not None]
+    for w in sorted({p.get("prior_weight") for p in pts}, key=lambda w: (w is None, w or 0)):
+        ws = [p for p in pts if p.get("prior_weight") == w]  # one series per search prior weight
+        axes[2].errorbar([p["examples"] for p in ws], [p["recall@5"] for p in ws],
+                         yerr=[[p["recall@5"] - p["recall@5_ci"][0] for p in ws],
+                               [p["recall@5_ci"][1] - p["recall@5"] for p in ws]],
+                         fmt="o", capsize=3,
+                         label=f"GLoSS-135M (grounded search, prior weight {'?' if w is None else w})")
     if pts:
-        axes[2].errorbar([p["examples"] for p in pts], [p["recall@5"] for p in pts],
-                         yerr=[[p["recall@5"] - p["recall@5_ci"][0] for p in pts],
-                               [p["recall@5_ci"][1] - p["recall@5"] for p in pts]],
-                         fmt="o", capsize=3, label="GLoSS-135M (grounded search)")
         lis = [p["lis_bm25_recall@5"] for p in pts if p["lis_bm25_recall@5"] is not None]
         if lis:
             axes[2].axhline(lis[0], color="gray", lw=1, label="LIS-BM25, same users")
@@ -147,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recall-from", type=Path, metavar="LINEAGE_JSON",
                    help="also the Recall points an earlier lineage JSON recorded (their run "
                         "directories need not exist any more)")
+    p.add_argument("--carried-prior-weight", type=float, metavar="W",
+                   help="the search prior weight of carried points that do not record it and "
+                        "whose run directory is gone (default: unknown, drawn as '?')")
     p.add_argument("--json", type=Path, help="default: bench/results/lineage--MODEL.json")
     args = p.parse_args(argv)
     from glossrec import weights
@@ -156,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or RESULTS / f"lineage--{name}.json"
     rows = lineage_points(Path(folder))
     recall = json.loads(args.recall_from.read_text())["recall"] if args.recall_from else []
-    recall += [recall_point(d) for d in args.recall]
+    recall = ([with_prior_weight(q, args.carried_prior_weight) for q in recall]
+              + [recall_point(d) for d in args.recall])
     write_results(out, {"model": name, "validations": rows, "recall": recall}, machine())
     plot(out.with_suffix(".png"), name, rows, recall)
     print("| run | step | examples | hours | validation users | validation loss | first tokens |")
@@ -168,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     for q in recall:
         lo, hi = q["recall@5_ci"]
         print(f"{q['weights']}: {q['examples']} examples, R@5 {q['recall@5']:.3f} [{lo:.3f}, {hi:.3f}]"
-              f" on {q['users']} users; LIS-BM25 {q['lis_bm25_recall@5']}")
+              f" on {q['users']} users, prior weight {q['prior_weight']}; LIS-BM25 {q['lis_bm25_recall@5']}")
     return 0
 
 
