@@ -13,8 +13,8 @@ Weighted rrf (``hybrid.fusion = "rrf"``): the fused score of item i is
 with row weights), ties to the item seen first.
 
 Interleaving (``"interleave"``): places 1..k are dealt in blocks of sum(``hybrid.slots``);
-within a block, each component in turn takes ``slots[c]`` places with its best items not yet listed (a
-component out of items passes its place to the next one that has some). With slots
+within a block, each component in turn takes ``slots[c]`` places with its best items not yet
+listed (a component out of items passes its place to the next one that has some). With slots
 {lis: 3, gloss: 2} a list is LIS's top 3, the LM's top 2, LIS's next 3, ... The item at place
 r scores 1 / r. Unlike rrf it keeps each list's own order and gives a component places it
 fills whatever the others hold, which is what a generator with a few confident items needs.
@@ -210,8 +210,8 @@ def fuse(components: Sequence[Lists], cfg: HybridConfig, k: int,
 
 def slot_grid(names: Sequence[str], block: int) -> list[dict[str, int]]:
     """Every split of `block` places among the components (each may get 0)."""
-    return [dict(zip(names, combo)) for combo in itertools.product(range(block + 1), repeat=len(names))
-            if sum(combo) == block]
+    combos = itertools.product(range(block + 1), repeat=len(names))
+    return [dict(zip(names, combo)) for combo in combos if sum(combo) == block]
 
 
 def weight_grid(names: Sequence[str], cfg: HybridConfig) -> list[dict[str, float]]:

@@ -212,7 +212,8 @@ class Recommender:
                               "slots): tune it with `glossrec hybrid` and serve its run directory")
         hc = self.config.hybrid
         self.hybrid = bool(self._id_models) or (
-            self.mode == "lm" and hc.is_fixed and hc.lis and hc.share("lis") > 0 and hc.share("gloss") > 0)
+            self.mode == "lm" and hc.is_fixed and hc.lis
+            and hc.share("lis") > 0 and hc.share("gloss") > 0)
         """Whether requests fuse several components (glossrec.hybrid), not one ranking path."""
 
     def _trie_sync(self, generator: Any) -> TrieSync | None:
