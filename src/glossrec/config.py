@@ -511,6 +511,18 @@ class HybridConfig(_Section):
     block: int = Field(5, ge=1)
     """With fusion = "interleave" and slots tuned: the places a block's slots share (the
     block repeats down the list)."""
+    tune_users: int | None = Field(None, ge=1)
+    """Tune on a reproducible random sample of this many validation users; none: all of them.
+
+    The sample is drawn with evaluate.user_seed, as `glossrec generate --split valid --users N`
+    draws it, so generated texts for that many validation users fit the tuning."""
+    lis: bool = True
+    """Fuse Last-Item Search's list."""
+    models: list[Path] = []
+    """`glossrec baseline` run directories whose ID-based models are fused.
+
+    A hybrid run's config records them, so `glossrec serve --run HYBRID_RUN` serves the same
+    fusion."""
 
     def share(self, name: str) -> float:
         """A component's part in the fusion: its weight (rrf) or its slots (interleave); 0
@@ -529,18 +541,6 @@ class HybridConfig(_Section):
         if v is not None and (any(n < 0 for n in v.values()) or sum(v.values()) == 0):
             raise ValueError(f"slots must be counts >= 0 with at least one place ({v})")
         return v
-    tune_users: int | None = Field(None, ge=1)
-    """Tune on a reproducible random sample of this many validation users; none: all of them.
-
-    The sample is drawn with evaluate.user_seed, as `glossrec generate --split valid --users N`
-    draws it, so generated texts for that many validation users fit the tuning."""
-    lis: bool = True
-    """Fuse Last-Item Search's list."""
-    models: list[Path] = []
-    """`glossrec baseline` run directories whose ID-based models are fused.
-
-    A hybrid run's config records them, so `glossrec serve --run HYBRID_RUN` serves the same
-    fusion."""
 
 
 class _Stages(_Section):
