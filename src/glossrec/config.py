@@ -531,6 +531,13 @@ class HybridConfig(_Section):
         return float((parts or {}).get(name, 0))
 
     @property
+    def fixing(self) -> dict[str, Any]:
+        """The fields that fix the fusion: slots (interleave), or weights and rrf_k (rrf)."""
+        if self.fusion == "interleave":
+            return {"slots": self.slots}
+        return {"weights": self.weights, "rrf_k": self.rrf_k}
+
+    @property
     def is_fixed(self) -> bool:
         """Whether the fusion is fixed (weights for rrf, slots for interleaving), not tuned."""
         return (self.slots if self.fusion == "interleave" else self.weights) is not None

@@ -234,14 +234,12 @@ def run_hybrid(cfg: RunConfig, models: Sequence[Path] | None = None, out: Path |
         log(f"hybrid: {tuned.fixed} (validation NDCG@10 {tuned.valid_ndcg10:.4f})")
     hc = cfg.hybrid
     if hc.share("gloss") > 0 and cfg.evaluate.split not in gens:
-        raise ConfigError(f"the fusion gives the LM's texts a share ({hc.slots or hc.weights}) but "
+        raise ConfigError(f"the fusion gives the LM's texts a share ({hc.fixing}) but "
                           f"there are none for the {cfg.evaluate.split} users (--generations)")
     t0 = time.perf_counter()
     final = lists(examples, cfg.evaluate.split, hc, fixed=True)
     ranked, scores = fuse(final, hc, max(cfg.evaluate.cutoffs), cfg.retrieve.rrf_k)
-    chosen = ({"slots": hc.slots} if hc.fusion == "interleave"
-              else {"weights": hc.weights, "rrf_k": hc.rrf_k})
-    extra.update({**chosen, "components": [c.name for c in final],
+    extra.update({**hc.fixing, "components": [c.name for c in final],
                   "timing_s": {"rank": round(time.perf_counter() - t0, 2)}})
     return _finish(cfg, Prepared(ds, examples), ranked, scores, out, extra)
 
