@@ -97,8 +97,30 @@ def test_serving_an_interleaved_hybrid_of_lis_and_the_lm(tmp_path: Path,
     lis_first = Recommender(rec.catalog).recommend(["A2", "A3"], k=1).items[0]
     assert out.items[0].item_id == lis_first.item_id and "lis" in out.items[0].sources
     assert "gloss" in out.items[1].sources  # the LM's best item not already listed
+    assert set(out.queries) <= set(out.items[1].queries)  # its one list: found by all its texts
     assert [i.score for i in out.items] == [1 / r for r in range(1, len(out.items) + 1)]
     rec.close()
     plain = Recommender.from_run(tmp_path / "hybrid", mode="lis")  # LIS mode: LIS alone
     assert not plain.hybrid
     plain.close()
+
+
+def test_row_labels_follow_the_components_rows() -> None:
+    """The LM's rows are labelled one text each, or all of a user's texts where its rows are
+    the user's one list (interleaving); LIS by the last item, a model by its name."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from glossrec.hybrid import Lists
+    from glossrec.serve.recommender import _row_labels
+
+    todo = [SimpleNamespace(texts=["a", "b"], queries=["q1", "q2"]),
+            SimpleNamespace(texts=["c"], queries=["q3"])]
+    rows = np.zeros((3, 2), dtype=np.int64)
+    per_text = Lists("gloss", rows, np.array([0, 2, 3]))
+    assert _row_labels(per_text, todo) == [["q1"], ["q2"], ["q3"]]  # type: ignore[arg-type]
+    one_list = Lists.one_per_user("gloss", rows[:2])
+    assert _row_labels(one_list, todo) == [["q1", "q2"], ["q3"]]  # type: ignore[arg-type]
+    assert _row_labels(Lists.one_per_user("lis", rows[:2]), todo) == [["b"], ["c"]]  # type: ignore[arg-type]
+    assert _row_labels(Lists.one_per_user("pop", rows[:2]), todo) == [["<pop>"], ["<pop>"]]  # type: ignore[arg-type]

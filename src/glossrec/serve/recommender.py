@@ -32,6 +32,7 @@ from glossrec.rundir import MAKE_RUN, RunDir, make_index_run
 
 if TYPE_CHECKING:
     from glossrec.generate.constrain import CatalogTrie
+    from glossrec.hybrid import Lists
 
 Mode = Literal["lis", "lm"]
 # Ranking (paper | max | rrf) is glossrec.config's, imported above; re-exported for older imports.
@@ -464,12 +465,7 @@ class Recommender:
                                 last_texts=[r.texts[-1] for r in todo], exclude=exclude,
                                 texts=[r.queries for r in todo] if self.mode == "lm" else None,
                                 models=models, fixed=True, ranking=self.config.retrieve.ranking)
-            # Per component, per row: the query texts (or <model>) that the row's items were
-            # found by (the LM's one list per user when interleaving: all its texts).
-            labels = [[[r.texts[-1]] for r in todo] if c.name == "lis"
-                      else [list(r.queries) for r in todo] if c.name == "gloss" and hc.fusion == "interleave"
-                      else [[q] for r in todo for q in r.queries] if c.name == "gloss"
-                      else [[f"<{c.name}>"] for _ in todo] for c in comps]
+            labels = [_row_labels(c, todo) for c in comps]
             items, scores = fuse(comps, hc, k, self.config.retrieve.rrf_k)
             # A component with no share takes no part in the fusion: it found nothing.
             used = [(c, labs) for c, labs in zip(comps, labels) if hc.share(c.name) > 0]
@@ -488,6 +484,22 @@ class Recommender:
                                                         found, sources))
                 out.append(Recommendation(ranked_items, list(r.queries), self.mode, cat.version))
         return out
+
+
+def _row_labels(c: Lists, todo: Sequence[_Resolved]) -> list[list[str]]:
+    """Per row of a hybrid component, the query texts (or <model>) its items were found by:
+    the last item's text for LIS; for the LM, one text per row, or all of the user's texts
+    where its rows are the user's one list (interleaving)."""
+    out: list[list[str]] = []
+    for u, r in enumerate(todo):
+        n = int(c.offsets[u + 1] - c.offsets[u])
+        if c.name == "lis":
+            out += [[r.texts[-1]]] * n
+        elif c.name == "gloss":
+            out += [[q] for q in r.queries] if n == len(r.queries) else [list(r.queries)] * n
+        else:
+            out += [[f"<{c.name}>"]] * n
+    return out
 
 
 def _hybrid_models(cfg: RunConfig) -> list[tuple[Any, list[str]]]:
