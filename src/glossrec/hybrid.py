@@ -199,13 +199,16 @@ def interleave_lists(components: Sequence[Lists], slots: dict[str, int],
 
 
 def fuse(components: Sequence[Lists], cfg: HybridConfig, k: int,
-         rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The config's fixed fusion of the components' lists (rrf_k: the default for rrf)."""
+         rrf_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The config's fixed fusion of the components' lists (rrf_k: rrf's k where the config
+    leaves it unset)."""
     if cfg.fusion == "interleave":
         assert cfg.slots is not None, "interleaving needs fixed slots"
         return interleave_lists(components, cfg.slots, k)
     assert cfg.weights is not None, "rrf needs fixed weights"
-    return fuse_lists(components, cfg.weights, k, cfg.rrf_k or rrf_k)
+    k_rrf = cfg.rrf_k or rrf_k
+    assert k_rrf is not None, "rrf needs an rrf_k"
+    return fuse_lists(components, cfg.weights, k, k_rrf)
 
 
 def slot_grid(names: Sequence[str], block: int) -> list[dict[str, int]]:
@@ -240,7 +243,7 @@ def tune(components: Sequence[Lists], targets: np.ndarray, cfg: HybridConfig) ->
     tried = []
     best: Tuned | None = None
     for fixed in grid:
-        items, _ = fuse(components, cfg.model_copy(update=fixed), 10, 60)
+        items, _ = fuse(components, cfg.model_copy(update=fixed), 10)
         score = float(ndcg_at(target_ranks(items, targets), 10).mean())
         tried.append({**fixed, "ndcg@10": round(score, 5)})
         if best is None or score > best.valid_ndcg10:
