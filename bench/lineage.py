@@ -97,7 +97,12 @@ def recall_point(run_dir: Path) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "weights": name, "examples": info.get("examples_seen_total"),
             "recall@5": mean, "recall@5_ci": ci, "users": len(run.users),
             "lis_bm25_recall@5": r5(lis)[0] if lis else None,
-            "prior_weight": cfg.get("generate", {}).get("prior_weight")}
+            "prior_weight": prior_weight(cfg)}
+
+
+def prior_weight(cfg: dict[str, Any]) -> float | None:
+    """The search's prior weight in a run's parsed config.toml."""
+    return cfg.get("generate", {}).get("prior_weight")
 
 
 def with_prior_weight(point: dict[str, Any], default: float | None) -> dict[str, Any]:
@@ -105,7 +110,7 @@ def with_prior_weight(point: dict[str, Any], default: float | None) -> dict[str,
     from its run's config where that run is at hand, else `default`."""
     if point.get("prior_weight") is None:
         cfg = Path(point["run_dir"]) / "config.toml"
-        point["prior_weight"] = (tomllib.loads(cfg.read_text()).get("generate", {}).get("prior_weight")
+        point["prior_weight"] = (prior_weight(tomllib.loads(cfg.read_text()))
                                  if cfg.is_file() else default)
     return point
 
