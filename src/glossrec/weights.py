@@ -71,7 +71,8 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty-wholetext-3": "smollm2-beauty-wholetext-2 trained on, 4,800 examples more "
                                   "(card and training log; weights retired from the package)",
     "smollm2-beauty-wholetext-4": "smollm2-beauty-wholetext-3 trained on, 4,799 examples more "
-                                  "(the 5-item whole-text lineage's last)",
+                                  "(the 5-item whole-text lineage's last; card and training log, "
+                                  "weights retired from the package)",
     "smollm2-beauty-wholetext-h20": "smollm2-beauty-wholetext-4 trained on with 20 history items "
                                     "per text (card and training log; weights retired from the "
                                     "package)",
