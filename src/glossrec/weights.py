@@ -98,6 +98,9 @@ SHIPPED = MappingProxyType({
                                       "more (20 history items; the demo starts from it)",
     "smollm2-beauty-wholetext-h20-9": "smollm2-beauty-wholetext-h20-8 trained on, 4,800 examples "
                                       "more (the whole-text lineage's newest, 20 history items)",
+    "smollm2-beauty-wholetext-h20-10": "smollm2-beauty-wholetext-h20-9 trained on, 3,200 examples "
+                                       "more (a running stretch's step-200 checkpoint; 20 history "
+                                       "items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
 keeps its card, recipe and training log there; a lineage's older models have their weights
