@@ -1,5 +1,5 @@
 """Where GLoSS and Last-Item Search find their targets: continuations of the last item's brand
-against everything else.
+against everything else, and what the two lists interleaved keep of each.
 
 A Beauty title usually begins with its brand, so "the target's title starts with the same word
 as the last history item's" is a cheap proxy for a same-brand continuation. For each run
@@ -7,6 +7,9 @@ directory (a `glossrec run` with its `lis-bm25/` beside it, the same users and t
 splits the users by that proxy and counts, for GLoSS and for LIS:
 
 - hits in the top 5 in each part (and both lists' shared hits);
+- the same for the two lists interleaved as `hybrid.fusion = "interleave"` does it (per block of
+  5 places, LIS's best 2 then GLoSS's best 3 not yet listed; `--slots`), with its Recall@5 and
+  NDCG@5 and their paired bootstrap 95% CIs against LIS's;
 - how often the top item, and the top 5 on average, start with the last item's first word;
 - the median popularity (purchases before each user's last two items) of the recommended items
   and of the targets.
@@ -14,7 +17,7 @@ splits the users by that proxy and counts, for GLoSS and for LIS:
 It reads rankings only, so it costs seconds.
 
     .venv/bin/python bench/hit_anatomy.py runs/valid500-wholetext-h20-7 [RUN ...] \\
-        [--json bench/results/hit_anatomy.json]
+        [--slots 2 3] [--json bench/results/hit_anatomy.json]
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write_results  # noqa: E402
@@ -44,10 +49,37 @@ def _dataset(path: str, item_format: str, title_words: int) -> Any:
     return load_dataset(path, item_format, title_words)
 
 
-def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
+def interleaved(lis: list[list[int]], gloss: list[list[int]], slots: tuple[int, int],
+                k: int) -> np.ndarray:
+    """[users, k] catalog positions: each user's LIS and GLoSS lists interleaved by the owner of
+    the rule (``glossrec.hybrid.interleave_lists``), LIS first in each block."""
+    from glossrec.hybrid import Lists, interleave_lists
+
+    def lists(name: str, rows: list[list[int]]) -> Lists:
+        depth = max(1, max(map(len, rows), default=1))
+        out = np.full((len(rows), depth), -1, dtype=np.int64)
+        for u, row in enumerate(rows):
+            out[u, :len(row)] = row
+        return Lists.one_per_user(name, out)
+
+    items, _ = interleave_lists([lists("lis", lis), lists("gloss", gloss)],
+                                {"lis": slots[0], "gloss": slots[1]}, k)
+    return items
+
+
+def _paired(values: np.ndarray, base: np.ndarray) -> dict[str, Any]:
+    """Mean, and the difference from `base` with its paired bootstrap 95% CI."""
+    from glossrec.evaluate import bootstrap_ci
+
+    lo, hi = bootstrap_ci(values - base)
+    return {"mean": float(values.mean()), "minus_lis": float((values - base).mean()), "ci": [lo, hi]}
+
+
+def anatomy(run_dir: Path, k: int = 5, slots: tuple[int, int] = (2, 3)) -> dict[str, Any]:
     """The counts above for one run directory and its lis-bm25 run."""
     from glossrec.compare import read_run
     from glossrec.config import load_config
+    from glossrec.evaluate import ndcg_at, recall_at, target_ranks
 
     cfg = load_config(run_dir / "config.toml")
     ds = _dataset(str(cfg.data.path), cfg.data.item_format, cfg.data.title_words)
@@ -60,6 +92,7 @@ def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
     parts: dict[str, Counter[str]] = {"same first word": Counter(), "other": Counter()}
     top1, topk = Counter(), Counter()
     pops: dict[str, list[int]] = {"gloss": [], "lis": [], "target": []}
+    user_part, targets, lis_rows, gloss_rows = [], [], [], []
     for user in users:
         seq = ds.sequences[ds.user_index[user]]
         target, g_items = gloss.users[user]
@@ -68,7 +101,8 @@ def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
             raise SystemExit(f"{run_dir}: user {user}'s target is not the {cfg.evaluate.split} target "
                              "of the dataset, or differs from lis-bm25's")
         last = word[int(seq[-back - 1])]
-        part = parts["same first word" if word[ids[target]] == last else "other"]
+        user_part.append("same first word" if word[ids[target]] == last else "other")
+        part = parts[user_part[-1]]
         g, li = g_items[:k], l_items[:k]
         part["users"] += 1
         part["gloss"] += target in g
@@ -79,9 +113,22 @@ def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
             topk[name] += sum(word[ids[x]] == last for x in items) / k
             pops[name] += [popularity[ids[x]] for x in items]
         pops["target"].append(popularity[ids[target]])
+        targets.append(ids[target])
+        lis_rows.append([ids[x] for x in l_items])
+        gloss_rows.append([ids[x] for x in g_items])
+    mixed = interleaved(lis_rows, gloss_rows, slots, k)
+    lis_top = np.full((len(users), k), -1, dtype=np.int64)
+    for u, row in enumerate(lis_rows):
+        lis_top[u, :len(row[:k])] = row[:k]
+    ranks = {name: target_ranks(top, np.asarray(targets)) for name, top in (("mixed", mixed), ("lis", lis_top))}
+    for u, name in enumerate(user_part):
+        parts[name]["interleaved"] += bool(ranks["mixed"][u] <= k)
     n = len(users)
     return {"run": str(run_dir), "split": cfg.evaluate.split, "users": n, "k": k,
             "parts": {name: dict(c) for name, c in parts.items()},
+            "interleaved": {"slots": {"lis": slots[0], "gloss": slots[1]},
+                            f"recall@{k}": _paired(recall_at(ranks["mixed"], k), recall_at(ranks["lis"], k)),
+                            f"ndcg@{k}": _paired(ndcg_at(ranks["mixed"], k), ndcg_at(ranks["lis"], k))},
             "top1_same_first_word": {m: top1[m] / n for m in ("gloss", "lis")},
             "topk_same_first_word": {m: topk[m] / n for m in ("gloss", "lis")},
             "median_popularity": {m: statistics.median(v) if v else None for m, v in pops.items()}}
@@ -89,17 +136,22 @@ def anatomy(run_dir: Path, k: int = 5) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = ["| run | users | target starts like the last item | GLoSS hits there | LIS hits there | "
-           "GLoSS hits elsewhere | LIS hits elsewhere | shared hits | top 1 starts like the last item "
-           "(GLoSS / LIS) | median popularity (GLoSS / LIS / target) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+           "interleaved hits there | GLoSS hits elsewhere | LIS hits elsewhere | interleaved hits "
+           "elsewhere | shared hits | top 1 starts like the last item (GLoSS / LIS) | median "
+           "popularity (GLoSS / LIS / target) | interleaved R@k / N@k minus LIS [95% CI] |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
         same, other = r["parts"]["same first word"], r["parts"]["other"]
         shared = same.get("both", 0) + other.get("both", 0)
         t1, mp = r["top1_same_first_word"], r["median_popularity"]
+        rec, ndcg = r["interleaved"][f"recall@{r['k']}"], r["interleaved"][f"ndcg@{r['k']}"]
         out.append(f"| {Path(r['run']).name} | {r['users']} | {same.get('users', 0)} | "
-                   f"{same.get('gloss', 0)} | {same.get('lis', 0)} | {other.get('gloss', 0)} | "
-                   f"{other.get('lis', 0)} | {shared} | {t1['gloss']:.2f} / {t1['lis']:.2f} | "
-                   f"{mp['gloss']} / {mp['lis']} / {mp['target']} |")
+                   f"{same.get('gloss', 0)} | {same.get('lis', 0)} | {same.get('interleaved', 0)} | "
+                   f"{other.get('gloss', 0)} | {other.get('lis', 0)} | {other.get('interleaved', 0)} | "
+                   f"{shared} | {t1['gloss']:.2f} / {t1['lis']:.2f} | "
+                   f"{mp['gloss']} / {mp['lis']} / {mp['target']} | "
+                   f"{rec['mean']:.3f} {rec['minus_lis']:+.3f} [{rec['ci'][0]:+.3f}, {rec['ci'][1]:+.3f}] / "
+                   f"{ndcg['mean']:.4f} {ndcg['minus_lis']:+.4f} [{ndcg['ci'][0]:+.4f}, {ndcg['ci'][1]:+.4f}] |")
     return "\n".join(out)
 
 
@@ -107,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", type=Path, nargs="+", help="glossrec run directories with lis-bm25/")
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--slots", type=int, nargs=2, default=(2, 3), metavar=("LIS", "GLOSS"),
+                    help="places per block of the interleave for LIS and GLoSS (default: 2 3, "
+                         "configs/gloss-lis-interleave-beauty.toml's)")
     ap.add_argument("--json", type=Path, default=RESULTS / "hit_anatomy.json")
     args = ap.parse_args(argv)
     before = machine()
-    rows = [anatomy(r, args.k) for r in args.runs]
+    rows = [anatomy(r, args.k, tuple(args.slots)) for r in args.runs]
     print(table(rows))
-    write_results(args.json, {"k": args.k, "runs": rows}, before)
+    write_results(args.json, {"k": args.k, "slots": list(args.slots), "runs": rows}, before)
     return 0
 
 
