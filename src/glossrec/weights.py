@@ -97,9 +97,14 @@ SHIPPED = MappingProxyType({
     "smollm2-beauty-wholetext-h20-8": "smollm2-beauty-wholetext-h20-7 trained on, 4,800 examples "
                                       "more (20 history items; the demo starts from it)",
     "smollm2-beauty-wholetext-h20-9": "smollm2-beauty-wholetext-h20-8 trained on, 4,796 examples "
-                                      "more (20 history items)",
+                                      "more (card and training log; weights retired from the "
+                                      "package)",
     "smollm2-beauty-wholetext-h20-10": "smollm2-beauty-wholetext-h20-9 trained on, 4,799 examples "
-                                       "more (the whole-text lineage's newest, 20 history items)",
+                                       "more (the whole-text lineage's newest scored, 20 history "
+                                       "items)",
+    "smollm2-beauty-wholetext-h20-11": "smollm2-beauty-wholetext-h20-10 trained on, 3,200 examples "
+                                       "more (a running stretch's step-200 checkpoint; 20 history "
+                                       "items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
 keeps its card, recipe and training log there; a lineage's older models have their weights
