@@ -49,20 +49,21 @@ def _dataset(path: str, item_format: str, title_words: int) -> Any:
     return load_dataset(path, item_format, title_words)
 
 
-def interleaved(lis: list[list[int]], gloss: list[list[int]], slots: tuple[int, int],
-                k: int) -> np.ndarray:
+def _padded(rows: list[list[int]]) -> np.ndarray:
+    """[users, longest list] catalog positions, -1 padding: the shape ``glossrec.hybrid.Lists``
+    and ``glossrec.evaluate.target_ranks`` take."""
+    out = np.full((len(rows), max(1, max(map(len, rows), default=1))), -1, dtype=np.int64)
+    for u, row in enumerate(rows):
+        out[u, :len(row)] = row
+    return out
+
+
+def interleaved(lis: np.ndarray, gloss: np.ndarray, slots: tuple[int, int], k: int) -> np.ndarray:
     """[users, k] catalog positions: each user's LIS and GLoSS lists interleaved by the owner of
     the rule (``glossrec.hybrid.interleave_lists``), LIS first in each block."""
     from glossrec.hybrid import Lists, interleave_lists
 
-    def lists(name: str, rows: list[list[int]]) -> Lists:
-        depth = max(1, max(map(len, rows), default=1))
-        out = np.full((len(rows), depth), -1, dtype=np.int64)
-        for u, row in enumerate(rows):
-            out[u, :len(row)] = row
-        return Lists.one_per_user(name, out)
-
-    items, _ = interleave_lists([lists("lis", lis), lists("gloss", gloss)],
+    items, _ = interleave_lists([Lists.one_per_user("lis", lis), Lists.one_per_user("gloss", gloss)],
                                 {"lis": slots[0], "gloss": slots[1]}, k)
     return items
 
@@ -116,11 +117,10 @@ def anatomy(run_dir: Path, k: int = 5, slots: tuple[int, int] = (2, 3)) -> dict[
         targets.append(ids[target])
         lis_rows.append([ids[x] for x in l_items])
         gloss_rows.append([ids[x] for x in g_items])
-    mixed = interleaved(lis_rows, gloss_rows, slots, k)
-    lis_top = np.full((len(users), k), -1, dtype=np.int64)
-    for u, row in enumerate(lis_rows):
-        lis_top[u, :len(row[:k])] = row[:k]
-    ranks = {name: target_ranks(top, np.asarray(targets)) for name, top in (("mixed", mixed), ("lis", lis_top))}
+    lis_lists = _padded(lis_rows)
+    mixed = interleaved(lis_lists, _padded(gloss_rows), slots, k)
+    ranks = {name: target_ranks(lists, np.asarray(targets))  # metrics at k cut the ranks at k
+             for name, lists in (("mixed", mixed), ("lis", lis_lists))}
     for u, name in enumerate(user_part):
         parts[name]["interleaved"] += bool(ranks["mixed"][u] <= k)
     n = len(users)
