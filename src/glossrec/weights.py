@@ -100,10 +100,12 @@ SHIPPED = MappingProxyType({
                                       "more (card and training log; weights retired from the "
                                       "package)",
     "smollm2-beauty-wholetext-h20-10": "smollm2-beauty-wholetext-h20-9 trained on, 4,799 examples "
-                                       "more (the whole-text lineage's newest scored, 20 history "
-                                       "items)",
+                                       "more (card and training log; weights retired from the "
+                                       "package)",
     "smollm2-beauty-wholetext-h20-11": "smollm2-beauty-wholetext-h20-10 trained on, 3,200 examples "
-                                       "more (a running stretch's step-200 checkpoint; 20 history "
+                                       "more (a stretch's step-200 checkpoint; 20 history items)",
+    "smollm2-beauty-wholetext-h20-12": "smollm2-beauty-wholetext-h20-11 trained on, 4,800 examples "
+                                       "more (the whole-text lineage's newest scored, 20 history "
                                        "items)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
