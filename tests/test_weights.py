@@ -8,6 +8,7 @@ stage) is replaced by a recorder of the weights folder it was handed.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from glossrec.errors import ConfigError
 from glossrec.rundir import RunDir
 from glossrec.weights import base_and_adapter, check_init, kind, resolve_weights, run_weights
 
-from .conftest import write_tiny_dataset
+from .conftest import cli, write_tiny_dataset
 
 TITLES = {f"i{j}": f"{w} {c}" for j, (w, c) in enumerate(
     (w, c) for w in ("red", "blue", "green", "soft") for c in ("brush", "cream", "gel"))}
@@ -115,6 +116,31 @@ def test_a_retired_shipped_model_says_where_its_weights_are(tmp_path: Path,
         w.shipped_dir("no-such-model")
 
 
+def test_the_models_listing_reads_which_weights_are_in_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from safetensors.numpy import save_file
+
+    import glossrec.weights as w
+
+    here, gone = _lora(tmp_path / "m-new"), _lora(tmp_path / "m-old")
+    save_file({"a": np.zeros(2, dtype=np.float32)}, str(here / w.ADAPTER_WEIGHTS))
+    (here / w.TRAIN_INFO).write_text(json.dumps({"examples_seen_total": 4800, "init_adapter": "m-old",
+                                                 "train_seconds_total": 7200.0}))
+    (gone / "provenance.json").write_text(json.dumps({"retired": {"commit": "f" * 40}}))
+    monkeypatch.setattr(w, "_SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(w, "SHIPPED", {"m-old": "the first", "m-new": "m-old trained on"})
+    old, new = w.shipped_models()
+    assert (old.name, old.in_package, old.retired_commit, old.examples) == ("m-old", False, "f" * 40, None)
+    assert (new.in_package, new.retired_commit, new.init, new.examples, new.train_hours) == \
+        (True, None, "m-old", 4800, 2.0)
+    code, out, _ = cli(monkeypatch, capsys, "models")
+    assert code == 0
+    assert re.search(r"m-old +retired \(fffffff\) .*the first", out)
+    assert re.search(r"m-new +here +4,800 +2\.0 +m-old trained on", out)
+    code, out, _ = cli(monkeypatch, capsys, "models", "--json")
+    assert [json.loads(line)["in_package"] for line in out.splitlines()] == [False, True]
+
+
 def test_full_weights_replace_the_base_model(tmp_path: Path, tiny_model_config: Any) -> None:
     full, lora = _full(tmp_path / "full"), _lora(tmp_path / "lora")
     model, adapter = base_and_adapter(tiny_model_config, full)
@@ -198,8 +224,6 @@ def test_recommender_uses_the_same_rule(run: RunDir, tmp_path: Path,
 
 
 def test_every_shipped_model_has_its_card_and_log_and_weights_or_their_commit() -> None:
-    import re
-
     import glossrec.weights as w
 
     for name in w.SHIPPED:

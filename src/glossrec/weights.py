@@ -37,6 +37,7 @@ serving all call it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -47,7 +48,7 @@ from glossrec.io import read_json
 
 __all__ = [
     "SHIPPED", "ADAPTER_FILES", "TRAIN_INFO", "Kind", "kind", "is_lora", "is_full_model",
-    "resolve_weights", "shipped_dir", "record_dir", "retired_checkout", "run_weights", "base_and_adapter", "lora_settings",
+    "resolve_weights", "shipped_dir", "ShippedModel", "shipped_models", "record_dir", "retired_checkout", "run_weights", "base_and_adapter", "lora_settings",
     "train_info", "check_init", "save", "load_into", "check_model_files", "first_line",
 ]
 
@@ -64,54 +65,35 @@ TRAIN_INFO = "glossrec_train.json"
 
 SHIPPED = MappingProxyType({
     "smollm2-beauty": "LoRA adapter of embedded:smollm2 fine-tuned on Amazon 2014 Beauty",
-    "smollm2-beauty-wholetext": "smollm2-beauty continued with the whole-text loss (card and "
-                                "training log; weights retired from the package)",
-    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch "
-                                  "(card and training log; weights retired from the package)",
-    "smollm2-beauty-wholetext-3": "smollm2-beauty-wholetext-2 trained on, 4,800 examples more "
-                                  "(card and training log; weights retired from the package)",
+    "smollm2-beauty-wholetext": "smollm2-beauty continued with the whole-text loss",
+    "smollm2-beauty-wholetext-2": "smollm2-beauty-wholetext trained on into its second epoch",
+    "smollm2-beauty-wholetext-3": "smollm2-beauty-wholetext-2 trained on, 4,800 examples more",
     "smollm2-beauty-wholetext-4": "smollm2-beauty-wholetext-3 trained on, 4,799 examples more "
-                                  "(the 5-item whole-text lineage's last; card and training log, "
-                                  "weights retired from the package)",
+                                  "(the 5-item whole-text lineage's last)",
     "smollm2-beauty-wholetext-h20": "smollm2-beauty-wholetext-4 trained on with 20 history items "
-                                    "per text (card and training log; weights retired from the "
-                                    "package)",
-    "smollm2-beauty-wholetext-h20-2": "smollm2-beauty-wholetext-h20 trained on, 4,800 examples "
-                                      "more (card and training log; weights retired from the "
-                                      "package)",
-    "smollm2-beauty-wholetext-h20-3": "smollm2-beauty-wholetext-h20-2 trained on, 4,796 examples "
-                                      "more (card and training log; weights retired from the "
-                                      "package)",
-    "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 4,799 examples "
-                                      "more (card and training log; weights retired from the "
-                                      "package)",
+                                    "per text",
+    "smollm2-beauty-wholetext-h20-2": "smollm2-beauty-wholetext-h20 trained on, 4,800 examples more",
+    "smollm2-beauty-wholetext-h20-3": "smollm2-beauty-wholetext-h20-2 trained on, 4,796 examples more",
+    "smollm2-beauty-wholetext-h20-4": "smollm2-beauty-wholetext-h20-3 trained on, 4,799 examples more",
     "smollm2-beauty-wholetext-h20-5": "smollm2-beauty-wholetext-h20-4 trained on, 1,280 examples "
-                                      "more, a stretch stopped at its step 80 (card and training "
-                                      "log; weights retired from the package)",
-    "smollm2-beauty-wholetext-h20-6": "smollm2-beauty-wholetext-h20-5 trained on, 4,800 examples "
-                                      "more (card and training log; weights retired from the "
-                                      "package)",
-    "smollm2-beauty-wholetext-h20-7": "smollm2-beauty-wholetext-h20-6 trained on, 4,800 examples "
-                                      "more (card and training log; weights retired from the "
-                                      "package)",
+                                      "more (a stretch stopped at its step 80)",
+    "smollm2-beauty-wholetext-h20-6": "smollm2-beauty-wholetext-h20-5 trained on, 4,800 examples more",
+    "smollm2-beauty-wholetext-h20-7": "smollm2-beauty-wholetext-h20-6 trained on, 4,800 examples more",
     "smollm2-beauty-wholetext-h20-8": "smollm2-beauty-wholetext-h20-7 trained on, 4,800 examples "
-                                      "more (20 history items; the demo starts from it)",
-    "smollm2-beauty-wholetext-h20-9": "smollm2-beauty-wholetext-h20-8 trained on, 4,796 examples "
-                                      "more (card and training log; weights retired from the "
-                                      "package)",
+                                      "more (the demo starts from it)",
+    "smollm2-beauty-wholetext-h20-9": "smollm2-beauty-wholetext-h20-8 trained on, 4,796 examples more",
     "smollm2-beauty-wholetext-h20-10": "smollm2-beauty-wholetext-h20-9 trained on, 4,799 examples "
-                                       "more (card and training log; weights retired from the "
-                                       "package)",
+                                       "more",
     "smollm2-beauty-wholetext-h20-11": "smollm2-beauty-wholetext-h20-10 trained on, 3,200 examples "
-                                       "more (a stretch's step-200 checkpoint; 20 history items)",
+                                       "more (a stretch's step-200 checkpoint)",
     "smollm2-beauty-wholetext-h20-12": "smollm2-beauty-wholetext-h20-11 trained on, 4,800 examples "
-                                       "more (the whole-text lineage's newest scored, 20 history "
-                                       "items)",
+                                       "more",
 })
-"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME). Each
-keeps its card, recipe and training log there; a lineage's older models have their weights
-retired from the package (``tools/ship_model.py --retire``), and :func:`resolve_weights` then
-names the commit that holds them."""
+"""Models trained by this project and shipped inside the package (glossrec/shipped/NAME), with
+what each is. Each keeps its card, recipe and training log there; a lineage's older models have
+their weights retired from the package (``tools/ship_model.py --retire``), and
+:func:`resolve_weights` then names the commit that holds them (:func:`shipped_models` says which
+are in the package)."""
 _SHIPPED_DIR = Path(__file__).parent / "shipped"
 
 Kind = Literal["lora", "full"]
@@ -186,12 +168,52 @@ def _retired(name: str, folder: Path) -> str:
     recipe and training log, but the weights only of the newest of each lineage and of a model
     the demo starts from (a wheel holds each one whole); the others stay in the project's git
     history."""
-    provenance = folder / "provenance.json"
-    commit = (read_json(provenance).get("retired") or {}).get("commit") if provenance.is_file() else None
+    commit = _retired_commit(folder)
     where = (f"`{retired_checkout(name, commit)}` in a clone of the glossrec repository"
              if commit else "the glossrec repository's history")
     return (f"shipped model {name!r}: its weights are not in the package (retired; its card, "
             f"recipe and training log are in {folder}); get them with {where}")
+
+
+def _retired_commit(folder: Path) -> str | None:
+    """The commit that holds a retired shipped model's weights (its provenance records it)."""
+    provenance = folder / "provenance.json"
+    return (read_json(provenance).get("retired") or {}).get("commit") if provenance.is_file() else None
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped model as a user chooses among them: what it is, whether its weights are in
+    this install, and what its training did (its ``glossrec_train.json``)."""
+
+    name: str
+    description: str
+    folder: Path
+    in_package: bool
+    retired_commit: str | None
+    init: str | None
+    examples: int | None
+    train_hours: float | None
+    best_valid_loss: float | None
+
+
+def shipped_models() -> list[ShippedModel]:
+    """Every shipped model, in :data:`SHIPPED`'s order (each lineage oldest first). Whether its
+    weights are here is read from its folder, not written by hand."""
+    models = []
+    for name, description in SHIPPED.items():
+        folder = shipped_dir(name)
+        info = train_info(folder) or {}
+        seconds = info.get("train_seconds_total", info.get("train_seconds"))
+        in_package = (folder / ADAPTER_WEIGHTS).is_file() or kind(folder) == "full"
+        models.append(ShippedModel(
+            name=name, description=description, folder=folder, in_package=in_package,
+            retired_commit=None if in_package else _retired_commit(folder),
+            init=info.get("init_adapter"),
+            examples=info.get("examples_seen_total", info.get("examples_seen")),
+            train_hours=None if seconds is None else seconds / 3600,
+            best_valid_loss=info.get("best_valid_loss")))
+    return models
 
 
 def check_model_files(folder: Path) -> None:

@@ -19,6 +19,7 @@ from glossrec.cli import run as _run  # noqa: F401,E402
 from glossrec.cli import serve as _serve  # noqa: F401,E402
 from glossrec.cli import baselines as _baselines  # noqa: F401,E402
 from glossrec.cli import config as _config  # noqa: F401,E402
+from glossrec.cli import models as _models  # noqa: F401,E402
 
 __all__ = ["app", "main"]
 
