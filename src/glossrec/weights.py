@@ -88,6 +88,8 @@ SHIPPED = MappingProxyType({
                                        "more (a stretch's step-200 checkpoint)",
     "smollm2-beauty-wholetext-h20-12": "smollm2-beauty-wholetext-h20-11 trained on, 4,800 examples "
                                        "more",
+    "smollm2-beauty-wholetext-h20-13": "smollm2-beauty-wholetext-h20-12 trained on, 4,800 examples "
+                                       "more",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME), with
 what each is. Each keeps its card, recipe and training log there; a lineage's older models have
