@@ -205,7 +205,7 @@ def shipped_models() -> list[ShippedModel]:
     models = []
     for name, description in SHIPPED.items():
         folder = shipped_dir(name)
-        info = train_info(folder) or {}
+        info = train_info(folder)
         seconds = info.get("train_seconds_total", info.get("train_seconds"))
         in_package = (folder / ADAPTER_WEIGHTS).is_file() or kind(folder) == "full"
         models.append(ShippedModel(
