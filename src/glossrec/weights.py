@@ -148,7 +148,7 @@ def resolve_weights(spec: str | Path) -> Path:
     (adapter_config.json) or a fully fine-tuned model folder (config.json)."""
     if isinstance(spec, str) and spec in SHIPPED:
         folder = shipped_dir(spec)
-        if kind(folder) == "lora" and not (folder / ADAPTER_WEIGHTS).is_file():
+        if _weights_retired(folder):
             raise ConfigError(_retired(spec, folder))
         if kind(folder) is None:
             raise ConfigError(f"shipped model {spec!r}: {folder} is missing from this install")
@@ -175,6 +175,11 @@ def _retired(name: str, folder: Path) -> str:
              if commit else "the glossrec repository's history")
     return (f"shipped model {name!r}: its weights are not in the package (retired; its card, "
             f"recipe and training log are in {folder}); get them with {where}")
+
+
+def _weights_retired(folder: Path) -> bool:
+    """A shipped LoRA folder whose weights left the package (its config and card stay)."""
+    return kind(folder) == "lora" and not (folder / ADAPTER_WEIGHTS).is_file()
 
 
 def _retired_commit(folder: Path) -> str | None:
@@ -206,13 +211,13 @@ def shipped_models() -> list[ShippedModel]:
     for name, description in SHIPPED.items():
         folder = shipped_dir(name)
         info = train_info(folder)
-        seconds = info.get("train_seconds_total", info.get("train_seconds"))
-        in_package = (folder / ADAPTER_WEIGHTS).is_file() or kind(folder) == "full"
+        seconds = info.get("train_seconds_total")
+        in_package = kind(folder) is not None and not _weights_retired(folder)
         models.append(ShippedModel(
             name=name, description=description, folder=folder, in_package=in_package,
             retired_commit=None if in_package else _retired_commit(folder),
             init=info.get("init_adapter"),
-            examples=info.get("examples_seen_total", info.get("examples_seen")),
+            examples=info.get("examples_seen_total"),
             train_hours=None if seconds is None else seconds / 3600,
             best_valid_loss=info.get("best_valid_loss")))
     return models

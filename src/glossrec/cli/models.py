@@ -19,7 +19,7 @@ def models_cmd(
     """List the models glossrec ships: their weights in this install or retired (with the
     commit that holds them), examples trained on, training hours, and what each is. Use one
     with model.weights = NAME (or `glossrec serve --model NAME`)."""
-    from glossrec.weights import shipped_models
+    from glossrec.weights import retired_checkout, shipped_models
 
     models = shipped_models()
     if as_json:
@@ -35,6 +35,6 @@ def models_cmd(
     for r in rows:
         typer.echo("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]),
                               r[2].rjust(widths[2]), r[3].rjust(widths[3]), r[4]]).rstrip())
-    typer.echo("\nhours: training on 2 CPU cores, the lineage's whole chain. A retired model's "
-               "weights: `git checkout COMMIT -- src/glossrec/shipped/NAME/adapter_model.safetensors` "
-               "in a clone of the glossrec repository.")
+    typer.echo(f"\nhours: training on 2 CPU cores, the lineage's whole chain. A retired model's "
+               f"weights: `{retired_checkout('NAME', 'COMMIT')}` in a clone of the glossrec "
+               f"repository.")
