@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -382,6 +383,22 @@ def test_start_examples_continues_the_data_order(tiny_lm_dir: Path, tok, tmp_pat
                                 start_examples=20, **kw), tmp_path / "sixth", data)
     assert longer.history[4]["epoch"] > 1 and sixth.history[0]["epoch"] == longer.history[5]["epoch"]
     assert sixth.history[0]["loss"] == pytest.approx(longer.history[5]["loss"], rel=1e-5)
+
+
+def test_a_start_off_the_adapters_examples_is_warned(tiny_lm_dir: Path, tok, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # The adapter saw 8 examples: starting at 8 continues its order quietly; starting at 12
+    # skips 4 of them, which the run says, naming the value that would continue.
+    data = helper.pairs(tok, 16)
+    kw = dict(warmup_steps=0, schedule="constant", learning_rate=1e-3)
+    first = train(helper.config(tiny_lm_dir, max_steps=2, **kw), tmp_path / "first", data)
+    with caplog.at_level(logging.WARNING, logger="glossrec"):
+        train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir),
+                            start_examples=8, **kw), tmp_path / "on", data)
+        assert "start_examples" not in caplog.text
+        train(helper.config(tiny_lm_dir, max_steps=1, init_adapter=str(first.adapter_dir),
+                            start_examples=12, **kw), tmp_path / "off", data)
+    assert "skips 4 examples" in caplog.text and "train.start_examples = 8" in caplog.text
 
 
 def test_start_examples_counts_short_micro_batches(tiny_lm_dir: Path, tok, tmp_path: Path) -> None:

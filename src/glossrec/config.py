@@ -190,7 +190,9 @@ class TrainConfig(_Section):
     At the first micro-batch not wholly taken by that many examples (micro-batches are counted
     with their real sizes, some short); past one epoch (every training example) it starts in a
     later epoch, in that epoch's order. A run continued from init_adapter with the same seed
-    then sees the examples that adapter has not seen, rather than replaying them."""
+    then sees the examples that adapter has not seen, rather than replaying them: set it to
+    the adapter's examples_seen_total (its glossrec_train.json); another nonzero value is
+    warned about."""
     max_batch_tokens: int | None = Field(1024, ge=32)
     """Memory bound: a micro-batch whose padded size exceeds it runs in parts; none: never split.
 

@@ -90,7 +90,7 @@ SHIPPED = MappingProxyType({
                                        "more",
     "smollm2-beauty-wholetext-h20-13": "smollm2-beauty-wholetext-h20-12 trained on, 4,800 examples "
                                        "more",
-    "smollm2-beauty-wholetext-h20-14": "smollm2-beauty-wholetext-h20-13 trained on, 4,800 examples "
+    "smollm2-beauty-wholetext-h20-14": "smollm2-beauty-wholetext-h20-13 trained on, 4,796 examples "
                                        "more",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME), with

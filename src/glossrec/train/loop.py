@@ -295,6 +295,20 @@ def _init_weights(model: Any, cfg: RunConfig, device: str) -> None:
     folder = weights.check_init(cfg.train.init_adapter, cfg.train.method, cfg.lora)  # type: ignore[arg-type]
     weights.load_into(model, folder, device)
     log.info("initial weights from %s", folder)
+    _check_start(cfg.train, weights.train_info(folder).get("examples_seen_total"))
+
+
+def _check_start(t: TrainConfig, seen: int | None) -> None:
+    """Warn when a continuation does not start where its init_adapter stopped: a nonzero
+    train.start_examples other than the adapter's examples_seen_total skips or repeats part of
+    the seeded order. (0 is a fresh order, e.g. other data, and is not checked.)"""
+    if not t.start_examples or seen is None or t.start_examples == seen:
+        return
+    gap = t.start_examples - seen
+    log.warning("train.start_examples = %d, but train.init_adapter %r has seen %d examples: "
+                "this run %s %d examples of the order (set train.start_examples = %d to "
+                "continue where it stopped)", t.start_examples, t.init_adapter, seen,
+                "skips" if gap > 0 else "repeats", abs(gap), seen)
 
 
 def _write_final_adapter(run: _Run) -> Path:
