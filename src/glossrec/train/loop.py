@@ -119,6 +119,19 @@ def _start_position(t: TrainConfig, lengths: Sequence[int]) -> tuple[int, int]:
     return epoch, len(batches)
 
 
+def _check_start(t: TrainConfig, seen: int | None) -> None:
+    """Warn when a continuation does not start where its init_adapter stopped: a nonzero
+    train.start_examples other than the adapter's examples_seen_total skips or repeats part of
+    the seeded order. (0 is a fresh order, e.g. other data, and is not checked.)"""
+    if not t.start_examples or seen is None or t.start_examples == seen:
+        return
+    gap = t.start_examples - seen
+    log.warning("train.start_examples = %d, but train.init_adapter %r has seen %d examples: "
+                "this run %s %d examples of the order (set train.start_examples = %d to "
+                "continue where it stopped)", t.start_examples, t.init_adapter, seen,
+                "skips" if gap > 0 else "repeats", abs(gap), seen)
+
+
 def _optimizer_step(run: _Run, micro: list[dict[str, Any]]) -> dict[str, Any]:
     """Accumulate the micro-batches' gradients, clip, step: the log record of one step.
 
@@ -207,6 +220,7 @@ def train(cfg: RunConfig, run_dir: Path, train_pairs: Sequence[PromptPair],
     restore_fp32 = _bf16_frozen_weights(run)
     resumed_from = _resume_latest(run, total, ckpt)
     if resumed_from is None:
+        _check_start(t, run.prior.get("examples_seen_total"))
         run.state.epoch, run.state.batch_in_epoch = _start_position(t, lengths)
     if t.report_to and procs.main:  # a resumed run sends only the steps after its checkpoint
         run.trackers = _Trackers(t.report_to, run_dir, cfg)
@@ -295,20 +309,6 @@ def _init_weights(model: Any, cfg: RunConfig, device: str) -> None:
     folder = weights.check_init(cfg.train.init_adapter, cfg.train.method, cfg.lora)  # type: ignore[arg-type]
     weights.load_into(model, folder, device)
     log.info("initial weights from %s", folder)
-    _check_start(cfg.train, weights.train_info(folder).get("examples_seen_total"))
-
-
-def _check_start(t: TrainConfig, seen: int | None) -> None:
-    """Warn when a continuation does not start where its init_adapter stopped: a nonzero
-    train.start_examples other than the adapter's examples_seen_total skips or repeats part of
-    the seeded order. (0 is a fresh order, e.g. other data, and is not checked.)"""
-    if not t.start_examples or seen is None or t.start_examples == seen:
-        return
-    gap = t.start_examples - seen
-    log.warning("train.start_examples = %d, but train.init_adapter %r has seen %d examples: "
-                "this run %s %d examples of the order (set train.start_examples = %d to "
-                "continue where it stopped)", t.start_examples, t.init_adapter, seen,
-                "skips" if gap > 0 else "repeats", abs(gap), seen)
 
 
 def _write_final_adapter(run: _Run) -> Path:
