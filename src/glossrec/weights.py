@@ -92,6 +92,8 @@ SHIPPED = MappingProxyType({
                                        "more",
     "smollm2-beauty-wholetext-h20-14": "smollm2-beauty-wholetext-h20-13 trained on, 4,796 examples "
                                        "more",
+    "smollm2-beauty-wholetext-h20-15": "smollm2-beauty-wholetext-h20-14 trained on, 1,600 examples "
+                                       "more (a stretch's step-100 checkpoint)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME), with
 what each is. Each keeps its card, recipe and training log there; a lineage's older models have
