@@ -96,6 +96,8 @@ SHIPPED = MappingProxyType({
                                        "more (a stretch's step-100 checkpoint)",
     "smollm2-beauty-wholetext-h20-16": "smollm2-beauty-wholetext-h20-15 trained on, 4,800 examples "
                                        "more",
+    "smollm2-beauty-wholetext-h20-17": "smollm2-beauty-wholetext-h20-16 trained on, 1,600 examples "
+                                       "more (a stretch's step-100 checkpoint)",
 })
 """Models trained by this project and shipped inside the package (glossrec/shipped/NAME), with
 what each is. Each keeps its card, recipe and training log there; a lineage's older models have
